@@ -1,0 +1,215 @@
+//! How the engine's state is laid out in the metadata store.
+//!
+//! Keys start with a tag byte; numbers are big-endian so that keys sort in
+//! numeric order. Map values are fixed little-endian layouts (they are many);
+//! records (pool, LUN, snapshot, group) are JSON (they are few, and a person
+//! debugging a pool can read them).
+
+use crate::map::{HeadExt, HistRange, Val, Version};
+use crate::types::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+pub const TAG_POOL: u8 = b'P';
+pub const TAG_LUN: u8 = b'L';
+pub const TAG_SNAPSHOT: u8 = b'S';
+pub const TAG_GROUP: u8 = b'G';
+pub const TAG_HEAD: u8 = b'h';
+pub const TAG_HISTORY: u8 = b'y';
+pub const TAG_REFS: u8 = b'r';
+
+/// Bumped when the layout changes incompatibly.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub fn key_pool() -> Vec<u8> {
+    vec![TAG_POOL]
+}
+
+pub fn key_u64(tag: u8, a: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(tag);
+    k.extend_from_slice(&a.to_be_bytes());
+    k
+}
+
+pub fn key_u64_u64(tag: u8, a: u64, b: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(tag);
+    k.extend_from_slice(&a.to_be_bytes());
+    k.extend_from_slice(&b.to_be_bytes());
+    k
+}
+
+pub fn key_name(tag: u8, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(tag);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn corrupt(what: &str, key: &[u8]) -> Error {
+    Error::Store(format!("corrupt {what} record under key {key:02x?}"))
+}
+
+pub fn parse_u64(key: &[u8], at: usize) -> Result<u64> {
+    key.get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| corrupt("key", key))
+}
+
+fn le(v: &[u8], at: usize) -> Option<u64> {
+    v.get(at..at + 8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+}
+
+pub fn encode_head(e: &HeadExt) -> Vec<u8> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&e.len.to_le_bytes());
+    v.extend_from_slice(&e.val.encode().to_le_bytes());
+    v.extend_from_slice(&e.birth.to_le_bytes());
+    v
+}
+
+pub fn decode_head(key: &[u8], v: &[u8]) -> Result<HeadExt> {
+    match (v.len(), le(v, 0), le(v, 8), le(v, 16)) {
+        (24, Some(len), Some(val), Some(birth)) if len > 0 => Ok(HeadExt {
+            len,
+            val: Val::decode(val),
+            birth,
+        }),
+        _ => Err(corrupt("head extent", key)),
+    }
+}
+
+pub fn encode_history(r: &HistRange) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + 24 * r.versions.len());
+    v.extend_from_slice(&r.len.to_le_bytes());
+    for ver in &r.versions {
+        v.extend_from_slice(&ver.birth.to_le_bytes());
+        v.extend_from_slice(&ver.death.to_le_bytes());
+        v.extend_from_slice(&ver.val.encode().to_le_bytes());
+    }
+    v
+}
+
+pub fn decode_history(key: &[u8], v: &[u8]) -> Result<HistRange> {
+    let len = le(v, 0).ok_or_else(|| corrupt("history range", key))?;
+    if len == 0 || v.len() < 32 || !(v.len() - 8).is_multiple_of(24) {
+        return Err(corrupt("history range", key));
+    }
+    let versions = v[8..]
+        .chunks_exact(24)
+        .map(|c| Version {
+            birth: le(c, 0).expect("24-byte chunk"),
+            death: le(c, 8).expect("24-byte chunk"),
+            val: Val::decode(le(c, 16).expect("24-byte chunk")),
+        })
+        .collect::<Vec<_>>();
+    if versions.windows(2).any(|w| w[0].death > w[1].birth)
+        || versions.iter().any(|v| v.birth >= v.death)
+    {
+        return Err(corrupt("history range (lifetimes)", key));
+    }
+    Ok(HistRange { len, versions })
+}
+
+pub fn encode_refs(len: u64, refs: u32) -> Vec<u8> {
+    let mut v = Vec::with_capacity(12);
+    v.extend_from_slice(&len.to_le_bytes());
+    v.extend_from_slice(&refs.to_le_bytes());
+    v
+}
+
+pub fn decode_refs(key: &[u8], v: &[u8]) -> Result<(u64, u32)> {
+    match (v.len(), le(v, 0)) {
+        (12, Some(len)) if len > 0 => {
+            let refs = u32::from_le_bytes(v[8..12].try_into().expect("4 bytes"));
+            if refs < 2 {
+                return Err(corrupt("reference count", key));
+            }
+            Ok((len, refs))
+        }
+        _ => Err(corrupt("reference count", key)),
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub format: u32,
+    pub capacity_blocks: u64,
+    pub epoch: u64,
+    pub next_lun_id: u64,
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LunRecord {
+    pub name: String,
+    pub size_blocks: u64,
+    pub created: u64,
+    /// Backing snapshot for clones: (LUN id, epoch).
+    pub parent: Option<(u64, u64)>,
+    /// Blocks at or past this read zeros instead of the parent (after a shrink).
+    pub parent_limit_blocks: u64,
+    /// Deleted snapshots left garbage in the history map.
+    pub gc_needed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub name: String,
+    pub created: u64,
+    pub size_blocks: u64,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupRecord {
+    pub epoch: u64,
+    pub created: u64,
+    /// (LUN id, LUN name at creation)
+    pub members: Vec<(u64, String)>,
+}
+
+pub fn to_json<T: Serialize>(t: &T) -> Vec<u8> {
+    serde_json::to_vec(t).expect("records serialize")
+}
+
+pub fn from_json<T: for<'a> Deserialize<'a>>(key: &[u8], v: &[u8]) -> Result<T> {
+    serde_json::from_slice(v)
+        .map_err(|e| Error::Store(format!("corrupt record under key {key:02x?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let e = HeadExt {
+            len: 7,
+            val: Val::Zero,
+            birth: 3,
+        };
+        assert_eq!(decode_head(b"k", &encode_head(&e)).unwrap(), e);
+        let r = HistRange {
+            len: 4,
+            versions: vec![
+                Version {
+                    birth: 1,
+                    death: 2,
+                    val: Val::Data(9),
+                },
+                Version {
+                    birth: 2,
+                    death: 5,
+                    val: Val::Zero,
+                },
+            ],
+        };
+        assert_eq!(decode_history(b"k", &encode_history(&r)).unwrap(), r);
+        assert_eq!(decode_refs(b"k", &encode_refs(5, 3)).unwrap(), (5, 3));
+        assert!(decode_head(b"k", &[0; 23]).is_err());
+        assert!(decode_history(b"k", &[0; 8]).is_err());
+        assert!(decode_refs(b"k", &encode_refs(5, 1)).is_err());
+    }
+}

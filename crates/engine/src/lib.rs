@@ -1,0 +1,17 @@
+//! blockfork's storage engine: a pool of 4 KiB blocks, thin LUNs mapped by
+//! extent, O(1) snapshots by epoch, and crash-safe batched metadata commits.
+//!
+//! See `shared/DESIGN.md` for the model and the invariants, and
+//! `docs/decisions/` for the choices made here.
+
+mod codec;
+mod engine;
+pub mod io;
+mod map;
+pub mod sim;
+mod space;
+mod state;
+mod types;
+
+pub use engine::{Engine, EngineConfig, Target};
+pub use types::*;

@@ -1,0 +1,508 @@
+//! A LUN's block map, as extents.
+//!
+//! The *head* map holds the current version of every mapped logical block.
+//! The *history* map holds older versions that snapshots still see, each with
+//! its lifetime `[birth, death)` in epochs. A snapshot taken at epoch `s` sees
+//! a version when `birth <= s < death` (the head's versions never died).
+//! Lifetimes of one logical block never overlap, so history ranges are split
+//! wherever any version's extent starts or ends, and each range keeps its
+//! versions sorted by death: a lookup is one B-tree search and one binary
+//! search, whatever the number of snapshots.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What a version of a block holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Val {
+    /// Data in physical block `pba` (for the extent's first block).
+    Data(u64),
+    /// Zeros, without space (write-zeroes, or a trim that must hide a parent).
+    Zero,
+}
+
+impl Val {
+    /// The value `by` blocks further into an extent.
+    pub fn offset(self, by: u64) -> Val {
+        match self {
+            Val::Data(p) => Val::Data(p + by),
+            Val::Zero => Val::Zero,
+        }
+    }
+
+    /// Whether `next` continues `self` after `len` blocks (so the extents merge).
+    fn continues(self, len: u64, next: Val) -> bool {
+        match (self, next) {
+            (Val::Data(a), Val::Data(b)) => a + len == b,
+            (Val::Zero, Val::Zero) => true,
+            _ => false,
+        }
+    }
+
+    pub const ZERO_CODE: u64 = u64::MAX;
+
+    pub fn encode(self) -> u64 {
+        match self {
+            Val::Data(p) => p,
+            Val::Zero => Self::ZERO_CODE,
+        }
+    }
+
+    pub fn decode(code: u64) -> Val {
+        if code == Self::ZERO_CODE {
+            Val::Zero
+        } else {
+            Val::Data(code)
+        }
+    }
+}
+
+/// One extent of the head map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadExt {
+    pub len: u64,
+    pub val: Val,
+    pub birth: u64,
+}
+
+/// A piece cut out of a map: logical start, length, value, birth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub lba: u64,
+    pub len: u64,
+    pub val: Val,
+    pub birth: u64,
+}
+
+/// The current version of every mapped block.
+#[derive(Debug, Default)]
+pub struct HeadMap {
+    extents: BTreeMap<u64, HeadExt>,
+    /// Keys changed since the last commit.
+    pub dirty: BTreeSet<u64>,
+}
+
+/// Result of looking up one position: how many blocks from it share the
+/// answer, and the answer (value at the position and its birth) if mapped.
+pub type Lookup = (u64, Option<(Val, u64)>);
+
+impl HeadMap {
+    pub fn load(&mut self, lba: u64, ext: HeadExt) {
+        assert!(ext.len > 0, "stored head extent at {lba} is empty");
+        self.extents.insert(lba, ext);
+    }
+
+    pub fn get(&self, lba: u64) -> Option<HeadExt> {
+        self.extents.get(&lba).copied()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.extents.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, HeadExt)> + '_ {
+        self.extents.iter().map(|(&l, &e)| (l, e))
+    }
+
+    /// What `pos` maps to, and for how many blocks (up to `end`) that holds.
+    pub fn lookup(&self, pos: u64, end: u64) -> Lookup {
+        debug_assert!(pos < end);
+        if let Some((&s, e)) = self.extents.range(..=pos).next_back() {
+            if s + e.len > pos {
+                let len = (s + e.len).min(end) - pos;
+                return (len, Some((e.val.offset(pos - s), e.birth)));
+            }
+        }
+        let next = self
+            .extents
+            .range(pos..end)
+            .next()
+            .map(|(&s, _)| s)
+            .unwrap_or(end);
+        (next - pos, None)
+    }
+
+    fn split_at(&mut self, at: u64) {
+        if let Some((&s, &e)) = self.extents.range(..at).next_back() {
+            if s + e.len > at {
+                let left = at - s;
+                self.extents.insert(s, HeadExt { len: left, ..e });
+                self.extents.insert(
+                    at,
+                    HeadExt {
+                        len: e.len - left,
+                        val: e.val.offset(left),
+                        birth: e.birth,
+                    },
+                );
+                self.dirty.insert(s);
+                self.dirty.insert(at);
+            }
+        }
+    }
+
+    /// Removes and returns every mapped piece of `[start, start+len)`.
+    pub fn cut(&mut self, start: u64, len: u64) -> Vec<Piece> {
+        let end = start + len;
+        self.split_at(start);
+        self.split_at(end);
+        let keys: Vec<u64> = self.extents.range(start..end).map(|(&k, _)| k).collect();
+        let mut pieces = Vec::with_capacity(keys.len());
+        for k in keys {
+            let e = self.extents.remove(&k).expect("key just listed");
+            self.dirty.insert(k);
+            pieces.push(Piece {
+                lba: k,
+                len: e.len,
+                val: e.val,
+                birth: e.birth,
+            });
+        }
+        pieces
+    }
+
+    /// Maps `[lba, lba+len)`, which must be unmapped, merging with neighbours
+    /// that continue it.
+    pub fn insert(&mut self, lba: u64, len: u64, val: Val, birth: u64) {
+        assert!(len > 0);
+        let (mut start, mut ext) = (lba, HeadExt { len, val, birth });
+        if let Some((&s, &e)) = self.extents.range(..lba).next_back() {
+            assert!(
+                s + e.len <= lba,
+                "head insert at {lba} overlaps extent at {s}"
+            );
+            if s + e.len == lba && e.birth == birth && e.val.continues(e.len, val) {
+                start = s;
+                ext = HeadExt {
+                    len: e.len + len,
+                    val: e.val,
+                    birth,
+                };
+            }
+        }
+        if let Some((&n, &e)) = self.extents.range(lba..).next() {
+            assert!(
+                lba + len <= n,
+                "head insert at {lba} overlaps extent at {n}"
+            );
+            if lba + len == n && e.birth == birth && val.offset(len) == e.val {
+                self.extents.remove(&n);
+                self.dirty.insert(n);
+                ext.len += e.len;
+            }
+        }
+        self.extents.insert(start, ext);
+        self.dirty.insert(start);
+    }
+
+    /// Removes everything, returning the pieces.
+    pub fn drain(&mut self) -> Vec<Piece> {
+        let all = std::mem::take(&mut self.extents);
+        all.into_iter()
+            .map(|(k, e)| {
+                self.dirty.insert(k);
+                Piece {
+                    lba: k,
+                    len: e.len,
+                    val: e.val,
+                    birth: e.birth,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One old version of a history range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub birth: u64,
+    pub death: u64,
+    /// Value at the range's first block.
+    pub val: Val,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistRange {
+    pub len: u64,
+    /// Sorted by death; lifetimes do not overlap.
+    pub versions: Vec<Version>,
+}
+
+/// Old versions that snapshots still see.
+#[derive(Debug, Default)]
+pub struct HistoryMap {
+    ranges: BTreeMap<u64, HistRange>,
+    pub dirty: BTreeSet<u64>,
+}
+
+impl HistoryMap {
+    pub fn load(&mut self, lba: u64, range: HistRange) {
+        assert!(
+            range.len > 0 && !range.versions.is_empty(),
+            "stored history range at {lba} is empty"
+        );
+        self.ranges.insert(lba, range);
+    }
+
+    pub fn get(&self, lba: u64) -> Option<&HistRange> {
+        self.ranges.get(&lba)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &HistRange)> + '_ {
+        self.ranges.iter().map(|(&l, r)| (l, r))
+    }
+
+    /// The version of `pos` that epoch `at` sees, and for how many blocks (up
+    /// to `end`) that answer holds.
+    pub fn lookup(&self, pos: u64, at: u64, end: u64) -> Lookup {
+        debug_assert!(pos < end);
+        if let Some((&s, r)) = self.ranges.range(..=pos).next_back() {
+            if s + r.len > pos {
+                let len = (s + r.len).min(end) - pos;
+                let i = r.versions.partition_point(|v| v.death <= at);
+                return match r.versions.get(i) {
+                    Some(v) if v.birth <= at => (len, Some((v.val.offset(pos - s), v.birth))),
+                    _ => (len, None),
+                };
+            }
+        }
+        let next = self
+            .ranges
+            .range(pos..end)
+            .next()
+            .map(|(&s, _)| s)
+            .unwrap_or(end);
+        (next - pos, None)
+    }
+
+    fn split_at(&mut self, at: u64) {
+        if let Some((&s, r)) = self.ranges.range(..at).next_back() {
+            if s + r.len > at {
+                let left = at - s;
+                let right = HistRange {
+                    len: r.len - left,
+                    versions: r
+                        .versions
+                        .iter()
+                        .map(|v| Version {
+                            val: v.val.offset(left),
+                            ..*v
+                        })
+                        .collect(),
+                };
+                self.ranges.get_mut(&s).expect("range just found").len = left;
+                self.ranges.insert(at, right);
+                self.dirty.insert(s);
+                self.dirty.insert(at);
+            }
+        }
+    }
+
+    /// Records that the piece died at `death`. Its death is the newest of any
+    /// version of these blocks, so it goes last in every range it covers.
+    pub fn push(&mut self, piece: Piece, death: u64) {
+        assert!(
+            piece.birth < death,
+            "a version must live at least one epoch"
+        );
+        let end = piece.lba + piece.len;
+        self.split_at(piece.lba);
+        self.split_at(end);
+        let keys: Vec<(u64, u64)> = self
+            .ranges
+            .range(piece.lba..end)
+            .map(|(&k, r)| (k, r.len))
+            .collect();
+        let mut pos = piece.lba;
+        let version_at = |lba: u64| Version {
+            birth: piece.birth,
+            death,
+            val: piece.val.offset(lba - piece.lba),
+        };
+        for (k, len) in keys {
+            if k > pos {
+                self.ranges.insert(
+                    pos,
+                    HistRange {
+                        len: k - pos,
+                        versions: vec![version_at(pos)],
+                    },
+                );
+                self.dirty.insert(pos);
+            }
+            let r = self.ranges.get_mut(&k).expect("range just listed");
+            let last = r.versions.last().expect("ranges are never empty");
+            assert!(
+                last.death <= piece.birth,
+                "history lifetimes overlap at block {k}: [{}, {}) then [{}, {death})",
+                last.birth,
+                last.death,
+                piece.birth
+            );
+            r.versions.push(version_at(k));
+            self.dirty.insert(k);
+            pos = k + len;
+        }
+        if pos < end {
+            self.ranges.insert(
+                pos,
+                HistRange {
+                    len: end - pos,
+                    versions: vec![version_at(pos)],
+                },
+            );
+            self.dirty.insert(pos);
+        }
+    }
+
+    /// Drops the versions `keep` rejects in ranges starting at or after
+    /// `from`, visiting at most `ranges_max` ranges. Returns the dropped
+    /// pieces and where to continue (`None` when done).
+    pub fn collect_garbage(
+        &mut self,
+        from: u64,
+        ranges_max: usize,
+        keep: impl Fn(&Version) -> bool,
+    ) -> (Vec<Piece>, Option<u64>) {
+        let keys: Vec<u64> = self
+            .ranges
+            .range(from..)
+            .take(ranges_max + 1)
+            .map(|(&k, _)| k)
+            .collect();
+        let next = keys.get(ranges_max).copied();
+        let mut dropped = Vec::new();
+        for &k in keys.iter().take(ranges_max) {
+            let r = self.ranges.get_mut(&k).expect("key just listed");
+            let before = r.versions.len();
+            let len = r.len;
+            r.versions.retain(|v| {
+                let kept = keep(v);
+                if !kept {
+                    dropped.push(Piece {
+                        lba: k,
+                        len,
+                        val: v.val,
+                        birth: v.birth,
+                    });
+                }
+                kept
+            });
+            if r.versions.len() != before {
+                self.dirty.insert(k);
+                if r.versions.is_empty() {
+                    self.ranges.remove(&k);
+                }
+            }
+        }
+        (dropped, next)
+    }
+
+    pub fn drain(&mut self) -> Vec<Piece> {
+        let all = std::mem::take(&mut self.ranges);
+        let mut pieces = Vec::new();
+        for (k, r) in all {
+            self.dirty.insert(k);
+            for v in r.versions {
+                pieces.push(Piece {
+                    lba: k,
+                    len: r.len,
+                    val: v.val,
+                    birth: v.birth,
+                });
+            }
+        }
+        pieces
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_insert_merges_and_cut_splits() {
+        let mut h = HeadMap::default();
+        h.insert(0, 4, Val::Data(100), 1);
+        h.insert(4, 4, Val::Data(104), 1);
+        assert_eq!(h.len(), 1, "contiguous extents merge");
+        h.insert(8, 2, Val::Data(104), 1);
+        assert_eq!(h.len(), 2, "a non-contiguous physical run does not merge");
+        let cut = h.cut(2, 3);
+        assert_eq!(
+            cut,
+            vec![Piece {
+                lba: 2,
+                len: 3,
+                val: Val::Data(102),
+                birth: 1
+            }]
+        );
+        assert_eq!(h.lookup(0, 20), (2, Some((Val::Data(100), 1))));
+        assert_eq!(h.lookup(2, 20), (3, None));
+        assert_eq!(h.lookup(5, 20), (3, Some((Val::Data(105), 1))));
+        assert_eq!(h.lookup(10, 20), (10, None));
+    }
+
+    #[test]
+    fn history_lookup_by_epoch() {
+        let mut y = HistoryMap::default();
+        // block range 0..10 born at 1, died at 3; then 5..15 born 3 died 6.
+        y.push(
+            Piece {
+                lba: 0,
+                len: 10,
+                val: Val::Data(0),
+                birth: 1,
+            },
+            3,
+        );
+        y.push(
+            Piece {
+                lba: 5,
+                len: 10,
+                val: Val::Data(50),
+                birth: 3,
+            },
+            6,
+        );
+        assert_eq!(y.lookup(0, 2, 100), (5, Some((Val::Data(0), 1))));
+        assert_eq!(y.lookup(6, 2, 100), (4, Some((Val::Data(6), 1))));
+        assert_eq!(y.lookup(6, 4, 100), (4, Some((Val::Data(51), 3))));
+        assert_eq!(y.lookup(6, 6, 100), (4, None));
+        assert_eq!(y.lookup(12, 2, 100), (3, None));
+        assert_eq!(y.lookup(12, 5, 100), (3, Some((Val::Data(57), 3))));
+        let (dropped, next) = y.collect_garbage(0, 100, |v| v.birth != 1);
+        assert_eq!(next, None);
+        assert_eq!(dropped.iter().map(|p| p.len).sum::<u64>(), 10);
+        assert_eq!(y.lookup(0, 2, 100), (5, None));
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn overlapping_lifetimes_are_loud() {
+        let mut y = HistoryMap::default();
+        y.push(
+            Piece {
+                lba: 0,
+                len: 1,
+                val: Val::Data(0),
+                birth: 1,
+            },
+            5,
+        );
+        y.push(
+            Piece {
+                lba: 0,
+                len: 1,
+                val: Val::Data(1),
+                birth: 4,
+            },
+            6,
+        );
+    }
+}

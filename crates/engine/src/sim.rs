@@ -1,0 +1,292 @@
+//! Simulated storage for tests: a data file and a metadata store that keep a
+//! durable image apart from what is only written, and that fail or crash at
+//! a chosen step, reproducibly from a seed.
+//!
+//! A crash keeps a random subset of the writes made since the last sync (each
+//! 4 KiB block of a write independently, as a disk with atomic 4 KiB writes
+//! would) and, for a commit in progress, applies it entirely or not at all.
+
+use crate::io::{DataFile, KeyValueVisitor, MetaPut, MetaStore};
+use crate::types::{Error, Result};
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::Arc;
+
+/// What to inject at a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call fails with EIO and changes nothing durable.
+    Eio,
+    /// The call fails with ENOSPC.
+    NoSpace,
+    /// A write stores only part of its bytes, then fails.
+    ShortWrite,
+    /// The machine stops: this call and every later one fail.
+    Crash,
+}
+
+struct Plan {
+    rng: StdRng,
+    step: u64,
+    /// Fault at step number.
+    faults: BTreeMap<u64, Fault>,
+    crashed: bool,
+}
+
+/// Shared by a `SimData` and a `SimStore` so that steps count across both.
+#[derive(Clone)]
+pub struct FaultPlan(Arc<Mutex<Plan>>);
+
+impl FaultPlan {
+    pub fn new(seed: u64) -> FaultPlan {
+        FaultPlan(Arc::new(Mutex::new(Plan {
+            rng: StdRng::seed_from_u64(seed),
+            step: 0,
+            faults: BTreeMap::new(),
+            crashed: false,
+        })))
+    }
+
+    /// Injects `fault` at the `after`-th I/O step from now.
+    pub fn inject_after(&self, after: u64, fault: Fault) {
+        let mut p = self.0.lock();
+        let at = p.step + after;
+        p.faults.insert(at, fault);
+    }
+
+    pub fn clear(&self) {
+        let mut p = self.0.lock();
+        p.faults.clear();
+        p.crashed = false;
+    }
+
+    pub fn crashed(&self) -> bool {
+        self.0.lock().crashed
+    }
+
+    pub fn steps(&self) -> u64 {
+        self.0.lock().step
+    }
+
+    fn next(&self) -> Option<Fault> {
+        let mut p = self.0.lock();
+        if p.crashed {
+            return Some(Fault::Crash);
+        }
+        p.step += 1;
+        let step = p.step;
+        let f = p.faults.remove(&step);
+        if f == Some(Fault::Crash) {
+            p.crashed = true;
+        }
+        f
+    }
+
+    fn coin(&self) -> bool {
+        self.0.lock().rng.gen_bool(0.5)
+    }
+
+    fn below(&self, n: usize) -> usize {
+        self.0.lock().rng.gen_range(0..n.max(1))
+    }
+}
+
+fn crash_err() -> io::Error {
+    io::Error::other("simulated crash: the machine is down")
+}
+
+struct DataInner {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    /// Byte ranges written since the last sync.
+    unsynced: Vec<(u64, u64)>,
+}
+
+/// A data file in memory.
+#[derive(Clone)]
+pub struct SimData {
+    inner: Arc<Mutex<DataInner>>,
+    plan: FaultPlan,
+}
+
+impl SimData {
+    pub fn new(plan: FaultPlan) -> SimData {
+        SimData {
+            inner: Arc::new(Mutex::new(DataInner {
+                durable: Vec::new(),
+                current: Vec::new(),
+                unsynced: Vec::new(),
+            })),
+            plan,
+        }
+    }
+
+    /// After a crash: decides which unsynced blocks reached the disk, and
+    /// returns a fresh device holding that.
+    pub fn after_crash(&self, plan: FaultPlan) -> SimData {
+        let mut d = self.inner.lock();
+        let unsynced = std::mem::take(&mut d.unsynced);
+        for (off, len) in unsynced {
+            let mut b = off - off % 4096;
+            while b < off + len {
+                let end = (b + 4096).min(off + len).min(d.current.len() as u64);
+                let start = b.max(off);
+                if start < end && self.plan.coin() {
+                    let (s, e) = (start as usize, end as usize);
+                    let bytes = d.current[s..e].to_vec();
+                    d.durable[s..e].copy_from_slice(&bytes);
+                }
+                b += 4096;
+            }
+        }
+        let durable = d.durable.clone();
+        SimData {
+            inner: Arc::new(Mutex::new(DataInner {
+                durable: durable.clone(),
+                current: durable,
+                unsynced: Vec::new(),
+            })),
+            plan,
+        }
+    }
+}
+
+impl DataFile for SimData {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.plan.next() == Some(Fault::Crash) {
+            return Err(crash_err());
+        }
+        let d = self.inner.lock();
+        let end = offset as usize + buf.len();
+        if end > d.current.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the data file",
+            ));
+        }
+        buf.copy_from_slice(&d.current[offset as usize..end]);
+        Ok(())
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let fault = self.plan.next();
+        let mut d = self.inner.lock();
+        let end = offset as usize + buf.len();
+        if end > d.current.len() {
+            return Err(io::Error::other("write past the end of the data file"));
+        }
+        let stored = match fault {
+            None => buf.len(),
+            Some(Fault::Crash) => return Err(crash_err()),
+            Some(Fault::Eio) => 0,
+            Some(Fault::NoSpace) => 0,
+            Some(Fault::ShortWrite) => self.plan.below(buf.len()),
+        };
+        d.current[offset as usize..offset as usize + stored].copy_from_slice(&buf[..stored]);
+        if stored > 0 {
+            d.unsynced.push((offset, stored as u64));
+        }
+        match fault {
+            None => Ok(()),
+            Some(Fault::NoSpace) => Err(io::Error::from_raw_os_error(libc::ENOSPC)),
+            _ => Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        match self.plan.next() {
+            None => {}
+            Some(Fault::Crash) => return Err(crash_err()),
+            Some(_) => return Err(io::Error::from_raw_os_error(libc::EIO)),
+        }
+        let mut d = self.inner.lock();
+        let unsynced = std::mem::take(&mut d.unsynced);
+        for (off, len) in unsynced {
+            let (s, e) = (off as usize, (off + len) as usize);
+            let bytes = d.current[s..e].to_vec();
+            d.durable[s..e].copy_from_slice(&bytes);
+        }
+        Ok(())
+    }
+
+    fn ensure_len(&self, bytes: u64) -> io::Result<()> {
+        let mut d = self.inner.lock();
+        if (d.current.len() as u64) < bytes {
+            d.current.resize(bytes as usize, 0);
+            d.durable.resize(bytes as usize, 0);
+        }
+        Ok(())
+    }
+}
+
+/// A metadata store in memory.
+#[derive(Clone)]
+pub struct SimStore {
+    durable: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
+    plan: FaultPlan,
+}
+
+impl SimStore {
+    pub fn new(plan: FaultPlan) -> SimStore {
+        SimStore {
+            durable: Arc::new(Mutex::new(BTreeMap::new())),
+            plan,
+        }
+    }
+
+    /// The same durable content, with a new fault plan (after a crash).
+    pub fn after_crash(&self, plan: FaultPlan) -> SimStore {
+        SimStore {
+            durable: Arc::new(Mutex::new(self.durable.lock().clone())),
+            plan,
+        }
+    }
+
+    pub fn keys(&self) -> usize {
+        self.durable.lock().len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.durable
+            .lock()
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum()
+    }
+}
+
+impl MetaStore for SimStore {
+    fn for_each(&self, each: &mut KeyValueVisitor) -> Result<()> {
+        for (k, v) in self.durable.lock().iter() {
+            each(k, v)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, batch: &[MetaPut]) -> Result<()> {
+        let fault = self.plan.next();
+        let apply = match fault {
+            None => true,
+            // A crash during a commit: atomic, so all or nothing.
+            Some(Fault::Crash) => self.plan.coin(),
+            Some(_) => false,
+        };
+        if apply {
+            let mut d = self.durable.lock();
+            for (k, v) in batch {
+                match v {
+                    Some(v) => d.insert(k.clone(), v.clone()),
+                    None => d.remove(k),
+                };
+            }
+        }
+        match fault {
+            None => Ok(()),
+            Some(Fault::Crash) => Err(Error::Store("simulated crash during commit".into())),
+            Some(f) => Err(Error::Store(format!("simulated {f:?} during commit"))),
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Physical space: which blocks are free, and which are shared.
+//!
+//! Nothing here is persisted: on open, the allocator is rebuilt as the
+//! complement of what the committed maps reference, so space allocated but
+//! never committed is free again after a crash.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A run of physical blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Free physical blocks as extents, allocated next-fit from a cursor so that
+/// sequential writes land on contiguous blocks and their map extents merge.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    free: BTreeMap<u64, u64>,
+    free_blocks: u64,
+    capacity_blocks: u64,
+    cursor: u64,
+}
+
+impl Allocator {
+    /// An allocator whose free space is `[0, capacity)` minus `used`
+    /// (runs sorted by start and not overlapping).
+    pub fn from_used(capacity_blocks: u64, used: &[Run]) -> Allocator {
+        let mut alloc = Allocator {
+            capacity_blocks,
+            ..Default::default()
+        };
+        let mut pos = 0;
+        for run in used {
+            assert!(
+                run.start >= pos,
+                "used runs overlap or are unsorted at {}",
+                run.start
+            );
+            if run.start > pos {
+                alloc.insert_free(pos, run.start - pos);
+            }
+            pos = run.start + run.len;
+        }
+        assert!(
+            pos <= capacity_blocks,
+            "a used block lies beyond the pool's capacity"
+        );
+        if pos < capacity_blocks {
+            alloc.insert_free(pos, capacity_blocks - pos);
+        }
+        alloc
+    }
+
+    pub fn free_blocks(&self) -> u64 {
+        self.free_blocks
+    }
+
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_blocks
+    }
+
+    /// Adds `[old capacity, new capacity)` to the free space.
+    pub fn grow(&mut self, capacity_blocks: u64) {
+        assert!(capacity_blocks >= self.capacity_blocks);
+        let old = self.capacity_blocks;
+        self.capacity_blocks = capacity_blocks;
+        if capacity_blocks > old {
+            self.release(Run {
+                start: old,
+                len: capacity_blocks - old,
+            });
+        }
+    }
+
+    /// Takes `count` blocks, as few runs as the free space allows; `None`
+    /// (and nothing taken) when fewer than `count` blocks are free.
+    pub fn allocate(&mut self, count: u64) -> Option<Vec<Run>> {
+        if count > self.free_blocks {
+            return None;
+        }
+        let mut runs = Vec::new();
+        let mut needed = count;
+        while needed > 0 {
+            let (start, len) = match self.free.range(self.cursor..).next() {
+                Some((&s, &l)) => (s, l),
+                None => {
+                    // A free run may contain the cursor, or wrap to the start.
+                    let (&s, &l) = self
+                        .free
+                        .iter()
+                        .next()
+                        .expect("free_blocks says space is left");
+                    (s, l)
+                }
+            };
+            let take = len.min(needed);
+            self.free.remove(&start);
+            if take < len {
+                self.free.insert(start + take, len - take);
+            }
+            self.free_blocks -= take;
+            needed -= take;
+            self.cursor = start + take;
+            match runs.last_mut() {
+                Some(Run { start: s, len: l }) if *s + *l == start => *l += take,
+                _ => runs.push(Run { start, len: take }),
+            }
+        }
+        Some(runs)
+    }
+
+    /// Returns a run to the free space, merging with its neighbours.
+    pub fn release(&mut self, run: Run) {
+        if run.len == 0 {
+            return;
+        }
+        assert!(
+            run.start + run.len <= self.capacity_blocks,
+            "released run beyond capacity"
+        );
+        self.insert_free(run.start, run.len);
+    }
+
+    fn insert_free(&mut self, mut start: u64, mut len: u64) {
+        let added = len;
+        if let Some((&ps, &pl)) = self.free.range(..=start).next_back() {
+            assert!(ps + pl <= start, "double free of physical block {start}");
+            if ps + pl == start {
+                self.free.remove(&ps);
+                start = ps;
+                len += pl;
+            }
+        }
+        if let Some((&ns, &nl)) = self.free.range(start..).next() {
+            assert!(start + len <= ns, "double free of physical block {ns}");
+            if start + len == ns {
+                self.free.remove(&ns);
+                len += nl;
+            }
+        }
+        self.free.insert(start, len);
+        self.free_blocks += added;
+    }
+
+    /// Free runs in order (for invariant checks).
+    pub fn free_runs(&self) -> Vec<Run> {
+        self.free
+            .iter()
+            .map(|(&start, &len)| Run { start, len })
+            .collect()
+    }
+}
+
+/// Reference counts of physical blocks referenced more than once (by a
+/// restored LUN and its snapshot, or by range clones). A block absent from
+/// this map and in use is referenced exactly once.
+#[derive(Debug, Default)]
+pub struct RefCounts {
+    /// start -> (len, refs), refs >= 2.
+    shared: BTreeMap<u64, (u64, u32)>,
+    /// Keys changed since the last commit.
+    pub dirty: BTreeSet<u64>,
+}
+
+impl RefCounts {
+    pub fn load(&mut self, start: u64, len: u64, refs: u32) {
+        assert!(
+            refs >= 2 && len > 0,
+            "stored refcount entry at {start} is malformed"
+        );
+        self.shared.insert(start, (len, refs));
+    }
+
+    pub fn get(&self, start: u64) -> Option<(u64, u32)> {
+        self.shared.get(&start).copied()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.shared.iter().map(|(&s, &(l, r))| (s, l, r))
+    }
+
+    /// True when any block of the run is referenced more than once.
+    pub fn any_shared(&self, start: u64, len: u64) -> bool {
+        if let Some((&s, &(l, _))) = self.shared.range(..=start).next_back() {
+            if s + l > start {
+                return true;
+            }
+        }
+        self.shared.range(start..start + len).next().is_some()
+    }
+
+    fn split_at(&mut self, at: u64) {
+        if let Some((&s, &(l, r))) = self.shared.range(..at).next_back() {
+            if s + l > at {
+                self.shared.insert(s, (at - s, r));
+                self.shared.insert(at, (s + l - at, r));
+                self.dirty.insert(s);
+                self.dirty.insert(at);
+            }
+        }
+    }
+
+    /// Adds one reference to every block of the run (each must be in use).
+    pub fn incref(&mut self, run: Run) {
+        self.split_at(run.start);
+        self.split_at(run.start + run.len);
+        let mut pos = run.start;
+        let end = run.start + run.len;
+        let covered: Vec<(u64, u64)> = self
+            .shared
+            .range(run.start..end)
+            .map(|(&s, &(l, _))| (s, l))
+            .collect();
+        for (s, l) in covered {
+            if s > pos {
+                self.shared.insert(pos, (s - pos, 2));
+                self.dirty.insert(pos);
+            }
+            let entry = self.shared.get_mut(&s).expect("entry just listed");
+            entry.1 = entry.1.checked_add(1).expect("reference count overflow");
+            self.dirty.insert(s);
+            pos = s + l;
+        }
+        if pos < end {
+            self.shared.insert(pos, (end - pos, 2));
+            self.dirty.insert(pos);
+        }
+    }
+
+    /// Drops one reference from every block of the run; returns the runs that
+    /// nobody references any more.
+    pub fn decref(&mut self, run: Run) -> Vec<Run> {
+        self.split_at(run.start);
+        self.split_at(run.start + run.len);
+        let mut freed = Vec::new();
+        let mut pos = run.start;
+        let end = run.start + run.len;
+        let covered: Vec<(u64, u64, u32)> = self
+            .shared
+            .range(run.start..end)
+            .map(|(&s, &(l, r))| (s, l, r))
+            .collect();
+        for (s, l, r) in covered {
+            if s > pos {
+                freed.push(Run {
+                    start: pos,
+                    len: s - pos,
+                });
+            }
+            if r == 2 {
+                self.shared.remove(&s);
+            } else {
+                self.shared.insert(s, (l, r - 1));
+            }
+            self.dirty.insert(s);
+            pos = s + l;
+        }
+        if pos < end {
+            freed.push(Run {
+                start: pos,
+                len: end - pos,
+            });
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocate_and_release() {
+        let mut a = Allocator::from_used(100, &[Run { start: 10, len: 10 }]);
+        assert_eq!(a.free_blocks(), 90);
+        let runs = a.allocate(15).unwrap();
+        assert_eq!(
+            runs,
+            vec![Run { start: 0, len: 10 }, Run { start: 20, len: 5 }]
+        );
+        assert_eq!(a.free_blocks(), 75);
+        assert!(a.allocate(76).is_none());
+        assert_eq!(a.free_blocks(), 75);
+        a.release(Run { start: 0, len: 10 });
+        assert_eq!(a.free_blocks(), 85);
+        let all = a.allocate(85).unwrap();
+        assert_eq!(all.iter().map(|r| r.len).sum::<u64>(), 85);
+        assert_eq!(a.free_blocks(), 0);
+        a.grow(120);
+        assert_eq!(a.free_blocks(), 20);
+    }
+
+    #[test]
+    #[should_panic(expected = "double free")]
+    fn double_free_is_loud() {
+        let mut a = Allocator::from_used(10, &[]);
+        a.release(Run { start: 2, len: 2 });
+    }
+
+    #[test]
+    fn refcounts() {
+        let mut r = RefCounts::default();
+        r.incref(Run { start: 10, len: 10 });
+        assert!(r.any_shared(15, 1));
+        assert!(!r.any_shared(20, 5));
+        r.incref(Run { start: 15, len: 10 });
+        // 10..15 refs 2, 15..20 refs 3, 20..25 refs 2
+        let freed = r.decref(Run { start: 5, len: 25 });
+        assert_eq!(
+            freed,
+            vec![Run { start: 5, len: 5 }, Run { start: 25, len: 5 }]
+        );
+        let freed = r.decref(Run { start: 10, len: 15 });
+        assert_eq!(
+            freed,
+            vec![Run { start: 10, len: 5 }, Run { start: 20, len: 5 }]
+        );
+        let freed = r.decref(Run { start: 15, len: 5 });
+        assert_eq!(freed, vec![Run { start: 15, len: 5 }]);
+        assert_eq!(r.entries().count(), 0);
+    }
+}

@@ -1,0 +1,295 @@
+//! The engine's in-memory state: every LUN's maps, the space structures, and
+//! what changed since the last commit. Everything here runs under the
+//! engine's state mutex and does no I/O.
+
+use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
+use crate::io::MetaPut;
+use crate::map::{HeadMap, HistoryMap, Piece, Val};
+use crate::space::{Allocator, RefCounts, Run};
+use crate::types::{Epoch, Error, LunId, Result};
+use parking_lot::RwLock;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+pub struct Snapshot {
+    pub name: String,
+    pub created: u64,
+    pub size_blocks: u64,
+    pub group: Option<String>,
+}
+
+pub struct Lun {
+    pub id: LunId,
+    pub name: String,
+    pub size_blocks: u64,
+    pub created: u64,
+    pub parent: Option<(LunId, Epoch)>,
+    pub parent_limit_blocks: u64,
+    /// Live snapshots by epoch.
+    pub snapshots: BTreeMap<u64, Snapshot>,
+    /// Epochs of deleted snapshots whose deletion is not yet durable, or
+    /// whose garbage has not been collected yet: writes must still treat
+    /// them as seen, or a crash could bring back a snapshot whose blocks were
+    /// overwritten in place.
+    pub deleting: Vec<u64>,
+    pub gc_needed: bool,
+    pub head: HeadMap,
+    pub history: HistoryMap,
+    /// Writes hold it shared; snapshot, restore, resize and delete hold it
+    /// exclusive, so that they see no write half done.
+    pub fence: Arc<RwLock<()>>,
+}
+
+impl Lun {
+    pub fn snapshot_by_name(&self, name: &str) -> Option<u64> {
+        self.snapshots
+            .iter()
+            .find(|(_, s)| s.name == name)
+            .map(|(&e, _)| e)
+    }
+
+    /// The newest epoch any snapshot (live or being deleted) sees.
+    pub fn last_seen_epoch(&self) -> Option<u64> {
+        let live = self.snapshots.keys().next_back().copied();
+        let deleting = self.deleting.iter().copied().max();
+        live.max(deleting)
+    }
+
+    /// Whether some snapshot sees a version living `[birth, death)`.
+    pub fn is_seen(&self, birth: u64, death: u64) -> bool {
+        self.snapshots.range(birth..death).next().is_some()
+            || self.deleting.iter().any(|&e| birth <= e && e < death)
+    }
+
+    /// Whether the current version born at `birth` is seen by a snapshot.
+    pub fn head_is_seen(&self, birth: u64) -> bool {
+        self.last_seen_epoch().is_some_and(|e| e >= birth)
+    }
+
+    pub fn record(&self) -> LunRecord {
+        LunRecord {
+            name: self.name.clone(),
+            size_blocks: self.size_blocks,
+            created: self.created,
+            parent: self.parent.map(|(l, e)| (l.0, e.0)),
+            parent_limit_blocks: self.parent_limit_blocks,
+            gc_needed: self.gc_needed,
+        }
+    }
+}
+
+pub struct Group {
+    pub epoch: u64,
+    pub created: u64,
+    pub members: Vec<(LunId, String)>,
+}
+
+/// A background job's progress.
+#[derive(Debug, Clone)]
+pub struct GcJob {
+    pub id: u64,
+    pub lun: LunId,
+    pub cursor: u64,
+    pub ranges_done: u64,
+    pub ranges_total: u64,
+    /// Another snapshot was deleted while the job ran: scan again.
+    pub rescan: bool,
+    pub started: u64,
+    pub freed_blocks: u64,
+}
+
+#[derive(Default)]
+pub struct Dirty {
+    pub pool: bool,
+    pub luns: BTreeSet<LunId>,
+    pub snapshots: BTreeSet<(LunId, u64)>,
+    pub groups: BTreeSet<String>,
+    /// Deletes of keys whose owner (a deleted LUN) is gone from memory.
+    pub orphans: Vec<MetaPut>,
+    /// Map keys dirtied since the last commit (an estimate, for backpressure).
+    pub map_keys: usize,
+}
+
+pub struct State {
+    pub epoch: u64,
+    pub next_lun_id: u64,
+    pub created: u64,
+    pub luns: HashMap<LunId, Lun>,
+    pub names: BTreeMap<String, LunId>,
+    pub groups: BTreeMap<String, Group>,
+    pub alloc: Allocator,
+    pub refs: RefCounts,
+    /// Freed since the last commit began; reusable once a commit that
+    /// records the free is durable.
+    pub pending_free: Vec<Run>,
+    /// Freed by a commit now in progress.
+    pub committing_free: Vec<Run>,
+    /// Allocated to writes whose data is being written.
+    pub reserved_blocks: u64,
+    pub dirty: Dirty,
+    pub failed: Option<String>,
+    pub closed: bool,
+    pub jobs: BTreeMap<LunId, GcJob>,
+    pub next_job_id: u64,
+    pub finished_jobs: Vec<GcJob>,
+}
+
+impl State {
+    pub fn check_open(&self) -> Result<()> {
+        if let Some(why) = &self.failed {
+            return Err(Error::PoolFailed(why.clone()));
+        }
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    pub fn lun_id(&self, name: &str) -> Result<LunId> {
+        self.names
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::not_found("LUN", name))
+    }
+
+    pub fn lun(&self, id: LunId) -> Result<&Lun> {
+        self.luns
+            .get(&id)
+            .ok_or_else(|| Error::not_found("LUN", format!("#{id}")))
+    }
+
+    pub fn lun_mut(&mut self, id: LunId) -> Result<&mut Lun> {
+        self.luns
+            .get_mut(&id)
+            .ok_or_else(|| Error::not_found("LUN", format!("#{id}")))
+    }
+
+    pub fn pool_record(&self) -> PoolRecord {
+        PoolRecord {
+            format: codec::FORMAT_VERSION,
+            capacity_blocks: self.alloc.capacity_blocks(),
+            epoch: self.epoch,
+            next_lun_id: self.next_lun_id,
+            created: self.created,
+        }
+    }
+
+    /// Drops one reference to every data block of a piece; blocks nobody
+    /// references any more become free after the next durable commit.
+    pub fn release(&mut self, piece: &Piece) {
+        if let Val::Data(pba) = piece.val {
+            let freed = self.refs.decref(Run {
+                start: pba,
+                len: piece.len,
+            });
+            self.pending_free.extend(freed);
+        }
+    }
+
+    /// A head piece is being replaced at the current epoch: keep it as
+    /// history if a snapshot sees it, else drop it.
+    pub fn retire(&mut self, lun: LunId, piece: Piece) {
+        let now = self.epoch;
+        let l = self.luns.get_mut(&lun).expect("retire on a live LUN");
+        if l.head_is_seen(piece.birth) {
+            l.history.push(piece, now);
+        } else {
+            self.release(&piece);
+        }
+        self.dirty.map_keys += 1;
+    }
+
+    /// Replaces `[lba, lba+len)` of the head with `val` (or unmaps it).
+    pub fn set_head(&mut self, lun: LunId, lba: u64, len: u64, val: Option<Val>) {
+        let now = self.epoch;
+        let pieces = self
+            .luns
+            .get_mut(&lun)
+            .expect("set_head on a live LUN")
+            .head
+            .cut(lba, len);
+        for p in pieces {
+            self.retire(lun, p);
+        }
+        if let Some(val) = val {
+            self.luns
+                .get_mut(&lun)
+                .expect("live LUN")
+                .head
+                .insert(lba, len, val, now);
+            self.dirty.map_keys += 1;
+        }
+    }
+
+    /// Everything changed since the last commit, as store puts; clears the
+    /// dirty marks.
+    pub fn take_dirty(&mut self) -> Vec<MetaPut> {
+        let mut puts = std::mem::take(&mut self.dirty.orphans);
+        if std::mem::take(&mut self.dirty.pool) {
+            puts.push((codec::key_pool(), Some(codec::to_json(&self.pool_record()))));
+        }
+        for id in std::mem::take(&mut self.dirty.luns) {
+            let value = self.luns.get(&id).map(|l| codec::to_json(&l.record()));
+            puts.push((codec::key_u64(codec::TAG_LUN, id.0), value));
+        }
+        for (id, epoch) in std::mem::take(&mut self.dirty.snapshots) {
+            let value = self
+                .luns
+                .get(&id)
+                .and_then(|l| l.snapshots.get(&epoch))
+                .map(|s| {
+                    codec::to_json(&SnapshotRecord {
+                        name: s.name.clone(),
+                        created: s.created,
+                        size_blocks: s.size_blocks,
+                        group: s.group.clone(),
+                    })
+                });
+            puts.push((codec::key_u64_u64(codec::TAG_SNAPSHOT, id.0, epoch), value));
+        }
+        for name in std::mem::take(&mut self.dirty.groups) {
+            let value = self.groups.get(&name).map(|g| {
+                codec::to_json(&GroupRecord {
+                    epoch: g.epoch,
+                    created: g.created,
+                    members: g.members.iter().map(|(l, n)| (l.0, n.clone())).collect(),
+                })
+            });
+            puts.push((codec::key_name(codec::TAG_GROUP, &name), value));
+        }
+        for lun in self.luns.values_mut() {
+            for lba in std::mem::take(&mut lun.head.dirty) {
+                let value = lun.head.get(lba).map(|e| codec::encode_head(&e));
+                puts.push((codec::key_u64_u64(codec::TAG_HEAD, lun.id.0, lba), value));
+            }
+            for lba in std::mem::take(&mut lun.history.dirty) {
+                let value = lun.history.get(lba).map(codec::encode_history);
+                puts.push((codec::key_u64_u64(codec::TAG_HISTORY, lun.id.0, lba), value));
+            }
+        }
+        for start in std::mem::take(&mut self.refs.dirty) {
+            let value = self
+                .refs
+                .get(start)
+                .map(|(len, refs)| codec::encode_refs(len, refs));
+            puts.push((codec::key_u64(codec::TAG_REFS, start), value));
+        }
+        self.dirty.map_keys = 0;
+        puts
+    }
+
+    pub fn has_dirty(&self) -> bool {
+        let d = &self.dirty;
+        d.pool
+            || !d.luns.is_empty()
+            || !d.snapshots.is_empty()
+            || !d.groups.is_empty()
+            || !d.orphans.is_empty()
+            || !self.pending_free.is_empty()
+            || !self.refs.dirty.is_empty()
+            || self
+                .luns
+                .values()
+                .any(|l| !l.head.dirty.is_empty() || !l.history.dirty.is_empty())
+    }
+}

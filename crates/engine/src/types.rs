@@ -1,0 +1,260 @@
+//! Strong types for the quantities the engine juggles, and its error type.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Every logical and physical quantity is counted in blocks of this size.
+pub const BLOCK_SIZE: u64 = 4096;
+/// Largest LUN: 64 TiB.
+pub const LUN_SIZE_MAX_BYTES: u64 = 64 << 40;
+/// Largest single I/O call; the NBD layer limits requests to 32 MiB.
+pub const IO_BYTES_MAX: u64 = 64 << 20;
+/// Longest LUN or snapshot name, in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Most snapshots (including group members) one LUN may hold.
+pub const SNAPSHOTS_PER_LUN_MAX: usize = 65_536;
+
+macro_rules! newtype_u64 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+newtype_u64!(
+    /// A LUN's identity; never reused within a pool, so a stale handle can
+    /// never reach a LUN created later under the same name.
+    LunId
+);
+newtype_u64!(
+    /// The pool-wide counter stamped on every version of every block.
+    Epoch
+);
+
+/// Where a failure came from, so that the NBD layer can pick an errno and the
+/// API a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{kind} \"{name}\" does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} \"{name}\" already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    OutOfRange(String),
+    #[error("the pool is full: {0}")]
+    NoSpace(String),
+    #[error("{0} is read-only")]
+    ReadOnly(String),
+    #[error("{0}")]
+    HasDependents(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("metadata store error: {0}")]
+    Store(String),
+    #[error("the pool stopped after a failed metadata commit ({0}); restart the server to recover from the last durable state")]
+    PoolFailed(String),
+    #[error("the pool is closed")]
+    Closed,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A stable machine-readable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::AlreadyExists { .. } => "already_exists",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::OutOfRange(_) => "out_of_range",
+            Error::NoSpace(_) => "no_space",
+            Error::ReadOnly(_) => "read_only",
+            Error::HasDependents(_) => "has_dependents",
+            Error::Io(_) => "io_error",
+            Error::Store(_) => "store_error",
+            Error::PoolFailed(_) => "pool_failed",
+            Error::Closed => "closed",
+        }
+    }
+
+    pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Error {
+        Error::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+/// A LUN name is a path of segments made of `[A-Za-z0-9._-]`.
+pub fn validate_lun_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "LUN name must be 1 to {NAME_BYTES_MAX} bytes long, got {} bytes",
+            name.len()
+        )));
+    }
+    for segment in name.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(Error::InvalidArgument(format!(
+                "LUN name \"{name}\" has an empty, \".\" or \"..\" path segment"
+            )));
+        }
+        if let Some(c) = segment.chars().find(|c| !is_name_char(*c)) {
+            return Err(Error::InvalidArgument(format!(
+                "LUN name \"{name}\" contains {c:?}; use only letters, digits, '.', '_', '-' and '/' between segments"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot name is one segment of `[A-Za-z0-9._-]`.
+pub fn validate_snapshot_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot name must be 1 to {NAME_BYTES_MAX} bytes long, got {} bytes",
+            name.len()
+        )));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot name \"{name}\" is reserved"
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| !is_name_char(*c)) {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot name \"{name}\" contains {c:?}; use only letters, digits, '.', '_' and '-'"
+        )));
+    }
+    Ok(())
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'
+}
+
+/// Sizes must be whole blocks; a LUN holds at least one block.
+pub fn validate_lun_size(size_bytes: u64) -> Result<()> {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_SIZE) {
+        return Err(Error::InvalidArgument(format!(
+            "LUN size must be a positive multiple of {BLOCK_SIZE} bytes, got {size_bytes}"
+        )));
+    }
+    if size_bytes > LUN_SIZE_MAX_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "LUN size {size_bytes} bytes exceeds the 64 TiB maximum"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_lun_name("vol0/db").is_ok());
+        assert!(validate_lun_name("a.b_c-d").is_ok());
+        assert!(validate_lun_name("").is_err());
+        assert!(validate_lun_name("/a").is_err());
+        assert!(validate_lun_name("a//b").is_err());
+        assert!(validate_lun_name("a/../b").is_err());
+        assert!(validate_lun_name("a@b").is_err());
+        assert!(validate_lun_name(&"x".repeat(256)).is_err());
+        assert!(validate_snapshot_name("nightly-1").is_ok());
+        assert!(validate_snapshot_name("a/b").is_err());
+        assert!(validate_snapshot_name("a@b").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert!(validate_lun_size(4096).is_ok());
+        assert!(validate_lun_size(LUN_SIZE_MAX_BYTES).is_ok());
+        assert!(validate_lun_size(0).is_err());
+        assert!(validate_lun_size(4097).is_err());
+        assert!(validate_lun_size(LUN_SIZE_MAX_BYTES + 4096).is_err());
+    }
+}
+
+/// What `lun show` and `lun list` report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunInfo {
+    pub id: u64,
+    pub name: String,
+    pub size_bytes: u64,
+    /// Bytes of data the LUN's current content holds (shared or not).
+    pub allocated_bytes: u64,
+    pub snapshot_count: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// `LUN@SNAPSHOT` this LUN is a clone of.
+    pub parent: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub lun: String,
+    pub name: String,
+    pub epoch: u64,
+    pub created: u64,
+    pub size_bytes: u64,
+    /// Bytes only this snapshot sees: what deleting it frees.
+    pub exclusive_bytes: u64,
+    /// The group snapshot it belongs to.
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub epoch: u64,
+    pub created: u64,
+    /// Member LUN names; each holds a snapshot named like the group.
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: u64,
+    pub kind: String,
+    pub lun: String,
+    /// "running" or "done"
+    pub state: String,
+    /// 0.0 to 1.0
+    pub progress: f64,
+    pub freed_bytes: u64,
+    pub started: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub luns: u64,
+    pub snapshots: u64,
+    pub group_snapshots: u64,
+    pub epoch: u64,
+    pub jobs_running: u64,
+    pub created: u64,
+}
+
+/// What a range of a volume holds, for block status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Allocation {
+    Data,
+    /// Zeros recorded in the map: reads as zeros, allocated.
+    Zero,
+    /// Nothing mapped: reads as zeros, holds no space.
+    Hole,
+}

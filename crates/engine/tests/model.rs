@@ -1,0 +1,886 @@
+//! The backbone test: long random sequences of operations against the engine
+//! and against a simple in-memory model (a `Vec<u8>` per LUN and snapshot),
+//! compared after every step, with faults and crashes injected through the
+//! engine's I/O traits and the pool reopened.
+//!
+//! Seeds: `MODEL_SEEDS` (default 24) starting at `MODEL_SEED` (default 1);
+//! steps per seed: `MODEL_STEPS` (default 400). A failure prints its seed.
+
+use engine::sim::{Fault, FaultPlan, SimData, SimStore};
+use engine::{Engine, EngineConfig, Error, Target, BLOCK_SIZE};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+const BS: usize = BLOCK_SIZE as usize;
+const CAPACITY_BLOCKS: u64 = 120;
+
+#[derive(Clone, Default)]
+struct MLun {
+    data: Vec<u8>,
+    /// Content at the last durable point.
+    durable: Vec<u8>,
+    /// Other values each block may hold after a crash (written since).
+    since: HashMap<usize, Vec<Vec<u8>>>,
+    snapshots: BTreeMap<String, Vec<u8>>,
+}
+
+impl MLun {
+    fn new(blocks: usize) -> MLun {
+        MLun {
+            data: vec![0; blocks * BS],
+            durable: vec![0; blocks * BS],
+            ..Default::default()
+        }
+    }
+
+    fn blocks(&self) -> usize {
+        self.data.len() / BS
+    }
+
+    /// Records that bytes [off, off+len) changed (or may have).
+    fn touched(&mut self, off: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        for b in off / BS..(off + len).div_ceil(BS) {
+            let v = self.data[b * BS..(b + 1) * BS].to_vec();
+            self.since.entry(b).or_default().push(v);
+        }
+    }
+}
+
+struct World {
+    rng: StdRng,
+    seed: u64,
+    plan: FaultPlan,
+    data: SimData,
+    store: SimStore,
+    engine: Arc<Engine>,
+    luns: BTreeMap<String, MLun>,
+    /// Blocks whose content is unknown after a failed write.
+    unknown: HashMap<String, Vec<usize>>,
+    groups: BTreeMap<String, Vec<String>>,
+    crashes: u64,
+    faults: u64,
+    nospace: u64,
+    /// A management call failed in a crash: its outcome is decided on reopen.
+    pending_uncertain: Option<Uncertain>,
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        background: false,
+        dirty_keys_max: 1 << 30,
+        reclaim_ranges_per_batch: 3,
+        ..Default::default()
+    }
+}
+
+fn pattern(rng: &mut StdRng, len: usize) -> Vec<u8> {
+    let style = rng.gen_range(0..3);
+    let byte: u8 = rng.gen();
+    (0..len)
+        .map(|i| match style {
+            0 => byte,
+            1 => byte.wrapping_add(i as u8),
+            _ => rng.gen(),
+        })
+        .collect()
+}
+
+impl World {
+    fn new(seed: u64) -> World {
+        let plan = FaultPlan::new(seed);
+        let data = SimData::new(plan.clone());
+        let store = SimStore::new(plan.clone());
+        let engine = Engine::open_with(
+            Box::new(data.clone()),
+            Box::new(store.clone()),
+            CAPACITY_BLOCKS,
+            config(),
+        )
+        .expect("open a new pool");
+        World {
+            rng: StdRng::seed_from_u64(seed),
+            seed,
+            plan,
+            data,
+            store,
+            engine,
+            luns: BTreeMap::new(),
+            unknown: HashMap::new(),
+            groups: BTreeMap::new(),
+            crashes: 0,
+            faults: 0,
+            nospace: 0,
+            pending_uncertain: None,
+        }
+    }
+
+    fn lun_name(&mut self) -> String {
+        let names = ["a", "b", "vol/c", "vol/d"];
+        names[self.rng.gen_range(0..names.len())].to_string()
+    }
+
+    fn existing_lun(&mut self) -> Option<String> {
+        if self.luns.is_empty() {
+            return None;
+        }
+        let i = self.rng.gen_range(0..self.luns.len());
+        self.luns.keys().nth(i).cloned()
+    }
+
+    /// Everything the model holds is durable now.
+    fn all_durable(&mut self) {
+        for l in self.luns.values_mut() {
+            l.durable = l.data.clone();
+            l.since.clear();
+        }
+    }
+
+    fn target(&self, lun: &str) -> Target {
+        self.engine
+            .resolve(lun)
+            .unwrap_or_else(|e| panic!("seed {}: resolve {lun}: {e}", self.seed))
+    }
+
+    /// Maybe arm a fault for the next operation.
+    fn maybe_fault(&mut self) -> bool {
+        if self.rng.gen_ratio(1, 12) {
+            let fault = match self.rng.gen_range(0..4) {
+                0 => Fault::Eio,
+                1 => Fault::NoSpace,
+                2 => Fault::ShortWrite,
+                _ => Fault::Crash,
+            };
+            self.plan.inject_after(self.rng.gen_range(1..6), fault);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn step(&mut self) {
+        let armed = self.maybe_fault();
+        let op = self.rng.gen_range(0..100);
+        let result: Result<(), Error> = match op {
+            0..=5 => self.op_create_lun(),
+            6..=40 => self.op_write(),
+            41..=46 => self.op_trim(),
+            47..=52 => self.op_zero(),
+            53..=60 => self.op_flush(),
+            61..=70 => self.op_snapshot(),
+            71..=75 => self.op_delete_snapshot(),
+            76..=80 => self.op_restore(),
+            81..=83 => self.op_resize(),
+            84..=85 => self.op_delete_lun(),
+            86..=88 => self.op_group(),
+            89..=90 => self.op_delete_group(),
+            91..=94 => {
+                self.engine.run_job_batch();
+                Ok(())
+            }
+            95..=96 => self.op_reopen(),
+            _ => self.op_read_unaligned(),
+        };
+        if let Err(e) = result {
+            match e {
+                Error::PoolFailed(_) | Error::Io(_) | Error::Store(_)
+                    if armed || self.plan.crashed() => {}
+                Error::NoSpace(_) => self.nospace += 1,
+                e => panic!("seed {}: unexpected error {e}", self.seed),
+            }
+        }
+        let failed = self.engine.pool_status().is_err();
+        if failed || self.plan.crashed() {
+            self.crash();
+        }
+        self.plan.clear();
+        self.verify();
+    }
+
+    fn op_create_lun(&mut self) -> Result<(), Error> {
+        let name = self.lun_name();
+        let blocks = self.rng.gen_range(1..40);
+        let r = self.engine.create_lun(&name, blocks as u64 * BLOCK_SIZE);
+        match r {
+            Ok(_) => {
+                assert!(
+                    !self.luns.contains_key(&name),
+                    "seed {}: duplicate LUN created",
+                    self.seed
+                );
+                self.luns.insert(name, MLun::new(blocks));
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::AlreadyExists { .. }) => {
+                assert!(self.luns.contains_key(&name));
+                Ok(())
+            }
+            Err(e) => {
+                // Uncertain: decided after the crash.
+                self.pending_uncertain = Some(Uncertain::CreateLun(name, blocks));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_write(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let size = self.luns[&name].data.len();
+        let (off, len) = if self.rng.gen_bool(0.7) {
+            let b = self.rng.gen_range(0..size / BS);
+            let n = self.rng.gen_range(1..=(size / BS - b).min(6));
+            (b * BS, n * BS)
+        } else {
+            let off = self.rng.gen_range(0..size);
+            let len = self.rng.gen_range(1..=(size - off).min(3 * BS));
+            (off, len)
+        };
+        let data = pattern(&mut self.rng, len);
+        let fua = self.rng.gen_ratio(1, 10);
+        let t = self.target(&name);
+        match self.engine.write(t, off as u64, &data, fua) {
+            Ok(()) => {
+                let l = self.luns.get_mut(&name).unwrap();
+                l.data[off..off + len].copy_from_slice(&data);
+                l.touched(off, len);
+                if fua {
+                    self.all_durable();
+                }
+                Ok(())
+            }
+            Err(Error::NoSpace(m)) => {
+                // Nothing changed.
+                Err(Error::NoSpace(m))
+            }
+            Err(e) => {
+                self.faults += 1;
+                let l = self.luns.get_mut(&name).unwrap();
+                // Either content may be there now; after a crash any
+                // written version may be.
+                let mut new = l.data.clone();
+                new[off..off + len].copy_from_slice(&data);
+                for b in off / BS..(off + len).div_ceil(BS) {
+                    l.since
+                        .entry(b)
+                        .or_default()
+                        .push(new[b * BS..(b + 1) * BS].to_vec());
+                    self.unknown.entry(name.clone()).or_default().push(b);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn zero_like(&mut self, trim: bool) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let size = self.luns[&name].data.len();
+        let off = if self.rng.gen_bool(0.6) {
+            self.rng.gen_range(0..size / BS) * BS
+        } else {
+            self.rng.gen_range(0..size)
+        };
+        let len = self.rng.gen_range(0..=(size - off).min(8 * BS));
+        let t = self.target(&name);
+        let no_hole = self.rng.gen_bool(0.5);
+        let r = if trim {
+            self.engine.trim(t, off as u64, len as u64, false)
+        } else {
+            self.engine
+                .write_zeroes(t, off as u64, len as u64, no_hole, false)
+        };
+        let l = self.luns.get_mut(&name).unwrap();
+        match r {
+            Ok(()) => {
+                l.data[off..off + len].fill(0);
+                l.touched(off, len);
+                Ok(())
+            }
+            Err(e) => {
+                // Edges and middle are separate steps: the range may be
+                // partly zeroed.
+                let mut new = l.data.clone();
+                new[off..off + len].fill(0);
+                for b in off / BS..(off + len).div_ceil(BS) {
+                    l.since
+                        .entry(b)
+                        .or_default()
+                        .push(new[b * BS..(b + 1) * BS].to_vec());
+                    self.unknown.entry(name.clone()).or_default().push(b);
+                }
+                if !matches!(e, Error::NoSpace(_)) {
+                    self.faults += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn op_trim(&mut self) -> Result<(), Error> {
+        self.zero_like(true)
+    }
+
+    fn op_zero(&mut self) -> Result<(), Error> {
+        self.zero_like(false)
+    }
+
+    fn op_flush(&mut self) -> Result<(), Error> {
+        self.engine.flush()?;
+        self.all_durable();
+        Ok(())
+    }
+
+    fn snapshot_name(&mut self) -> String {
+        format!("s{}", self.rng.gen_range(0..6))
+    }
+
+    fn op_snapshot(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let snap = self.snapshot_name();
+        match self.engine.create_snapshot(&name, &snap) {
+            Ok(info) => {
+                let l = self.luns.get_mut(&name).unwrap();
+                assert!(!l.snapshots.contains_key(&snap));
+                assert_eq!(info.size_bytes as usize, l.data.len());
+                let content = l.data.clone();
+                l.snapshots.insert(snap, content);
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::AlreadyExists { .. }) => {
+                assert!(self.luns[&name].snapshots.contains_key(&snap));
+                Ok(())
+            }
+            Err(e) => {
+                let content = self.luns[&name].data.clone();
+                self.pending_uncertain = Some(Uncertain::Snapshot(name, snap, content));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_delete_snapshot(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let snap = self.snapshot_name();
+        let in_group = self.groups.get(&snap).is_some_and(|m| m.contains(&name));
+        match self.engine.delete_snapshot(&name, &snap) {
+            Ok(()) => {
+                assert!(
+                    !in_group,
+                    "seed {}: deleted a group member alone",
+                    self.seed
+                );
+                assert!(self
+                    .luns
+                    .get_mut(&name)
+                    .unwrap()
+                    .snapshots
+                    .remove(&snap)
+                    .is_some());
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::NotFound { .. }) => {
+                assert!(!self.luns[&name].snapshots.contains_key(&snap));
+                Ok(())
+            }
+            Err(Error::HasDependents(_)) => {
+                assert!(in_group);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_uncertain = Some(Uncertain::DeleteSnapshot(name, snap));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_restore(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let snap = self.snapshot_name();
+        match self.engine.restore_snapshot(&name, &snap) {
+            Ok(()) => {
+                let l = self.luns.get_mut(&name).unwrap();
+                l.data = l.snapshots[&snap].clone();
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::NotFound { .. }) => {
+                assert!(!self.luns[&name].snapshots.contains_key(&snap));
+                Ok(())
+            }
+            Err(e) => {
+                let content = self.luns[&name].snapshots[&snap].clone();
+                self.pending_uncertain = Some(Uncertain::Restore(name, content));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_resize(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let blocks = self.rng.gen_range(1..48);
+        let shrink_ok = self.rng.gen_bool(0.7);
+        let old = self.luns[&name].blocks();
+        match self
+            .engine
+            .resize_lun(&name, blocks as u64 * BLOCK_SIZE, shrink_ok)
+        {
+            Ok(info) => {
+                assert!(blocks >= old || shrink_ok);
+                assert_eq!(info.size_bytes, blocks as u64 * BLOCK_SIZE);
+                let l = self.luns.get_mut(&name).unwrap();
+                l.data.resize(blocks * BS, 0);
+                l.since.retain(|&b, _| b < blocks);
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::InvalidArgument(_)) => {
+                assert!(blocks < old && !shrink_ok);
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_uncertain = Some(Uncertain::Resize(name, blocks));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_delete_lun(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        let recursive = self.rng.gen_bool(0.5);
+        let l = &self.luns[&name];
+        let in_group = self.groups.values().any(|m| m.contains(&name));
+        match self.engine.delete_lun(&name, recursive) {
+            Ok(()) => {
+                assert!(!in_group && (recursive || l.snapshots.is_empty()));
+                self.luns.remove(&name);
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::HasDependents(_)) => {
+                assert!(in_group || (!recursive && !l.snapshots.is_empty()));
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_uncertain = Some(Uncertain::DeleteLun(name));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_group(&mut self) -> Result<(), Error> {
+        let name = format!("g{}", self.rng.gen_range(0..3));
+        let mut members: Vec<String> = self
+            .luns
+            .keys()
+            .filter(|_| self.rng.gen_bool(0.6))
+            .cloned()
+            .collect();
+        if members.is_empty() {
+            return Ok(());
+        }
+        members.sort();
+        let clash = self.groups.contains_key(&name)
+            || members
+                .iter()
+                .any(|m| self.luns[m].snapshots.contains_key(&name));
+        match self.engine.create_group_snapshot(&name, &members) {
+            Ok(info) => {
+                assert!(!clash);
+                assert_eq!(info.members.len(), members.len());
+                for m in &members {
+                    let l = self.luns.get_mut(m).unwrap();
+                    let content = l.data.clone();
+                    l.snapshots.insert(name.clone(), content);
+                }
+                self.groups.insert(name, members);
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::AlreadyExists { .. }) => {
+                assert!(clash);
+                Ok(())
+            }
+            Err(e) => {
+                let contents = members
+                    .iter()
+                    .map(|m| (m.clone(), self.luns[m].data.clone()))
+                    .collect();
+                self.pending_uncertain = Some(Uncertain::Group(name, contents));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_delete_group(&mut self) -> Result<(), Error> {
+        let name = format!("g{}", self.rng.gen_range(0..3));
+        match self.engine.delete_group_snapshot(&name) {
+            Ok(()) => {
+                let members = self.groups.remove(&name).expect("model has the group");
+                for m in members {
+                    if let Some(l) = self.luns.get_mut(&m) {
+                        l.snapshots.remove(&name);
+                    }
+                }
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::NotFound { .. }) => {
+                assert!(!self.groups.contains_key(&name));
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_uncertain = Some(Uncertain::DeleteGroup(name));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_reopen(&mut self) -> Result<(), Error> {
+        // A clean restart: close commits everything.
+        self.engine.close()?;
+        self.all_durable();
+        let plan = FaultPlan::new(self.rng.gen());
+        self.data = self.data.after_crash(plan.clone());
+        self.store = self.store.after_crash(plan.clone());
+        self.plan = plan;
+        self.engine = Engine::open_with(
+            Box::new(self.data.clone()),
+            Box::new(self.store.clone()),
+            CAPACITY_BLOCKS,
+            config(),
+        )
+        .unwrap_or_else(|e| panic!("seed {}: reopen: {e}", self.seed));
+        self.unknown.clear();
+        self.engine.run_jobs();
+        Ok(())
+    }
+
+    fn op_read_unaligned(&mut self) -> Result<(), Error> {
+        let Some(name) = self.existing_lun() else {
+            return Ok(());
+        };
+        if self.unknown.contains_key(&name) {
+            return Ok(());
+        }
+        let size = self.luns[&name].data.len();
+        let off = self.rng.gen_range(0..size);
+        let len = self.rng.gen_range(0..=(size - off).min(3 * BS));
+        let mut buf = vec![0xee; len];
+        self.engine.read(self.target(&name), off as u64, &mut buf)?;
+        assert!(
+            buf == self.luns[&name].data[off..off + len],
+            "seed {}: unaligned read of {name} differs",
+            self.seed
+        );
+        Ok(())
+    }
+
+    /// The process died: reopen from what reached the simulated disk, then
+    /// check that only what the crash contract allows was lost.
+    fn crash(&mut self) {
+        self.crashes += 1;
+        let plan = FaultPlan::new(self.rng.gen());
+        self.data = self.data.after_crash(plan.clone());
+        self.store = self.store.after_crash(plan.clone());
+        self.plan = plan;
+        self.engine = Engine::open_with(
+            Box::new(self.data.clone()),
+            Box::new(self.store.clone()),
+            CAPACITY_BLOCKS,
+            config(),
+        )
+        .unwrap_or_else(|e| panic!("seed {}: reopen after crash: {e}", self.seed));
+        self.engine
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("seed {}: after crash: {e}", self.seed));
+        self.resolve_uncertain();
+        // Existence must match the model now.
+        let listed: Vec<String> = self
+            .engine
+            .list_luns("")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        let modeled: Vec<String> = self.luns.keys().cloned().collect();
+        assert_eq!(listed, modeled, "seed {}: LUNs after crash", self.seed);
+        let names: Vec<String> = self.luns.keys().cloned().collect();
+        for name in names {
+            let info = self.engine.lun_info(&name).unwrap();
+            let l = self.luns.get_mut(&name).unwrap();
+            assert_eq!(
+                info.size_bytes as usize,
+                l.data.len(),
+                "seed {}: size of {name} after crash",
+                self.seed
+            );
+            let mut got = vec![0u8; l.data.len()];
+            let t = self.engine.resolve(&name).unwrap();
+            self.engine.read(t, 0, &mut got).unwrap();
+            for b in 0..l.blocks() {
+                let g = &got[b * BS..(b + 1) * BS];
+                let ok = g == &l.durable[b * BS..(b + 1) * BS]
+                    || g == &l.data[b * BS..(b + 1) * BS]
+                    || l.since.get(&b).is_some_and(|vs| vs.iter().any(|v| v == g));
+                assert!(
+                    ok,
+                    "seed {}: block {b} of {name} after crash holds data never written there",
+                    self.seed
+                );
+            }
+            l.data = got;
+            // Snapshots are exact.
+            for (snap, content) in &l.snapshots {
+                let t = self
+                    .engine
+                    .resolve(&format!("{name}@{snap}"))
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "seed {}: snapshot {name}@{snap} lost in a crash: {e}",
+                            self.seed
+                        )
+                    });
+                let mut got = vec![0u8; content.len()];
+                self.engine.read(t, 0, &mut got).unwrap();
+                assert!(
+                    &got == content,
+                    "seed {}: snapshot {name}@{snap} changed in a crash",
+                    self.seed
+                );
+            }
+        }
+        self.unknown.clear();
+        self.all_durable();
+        self.engine.run_jobs();
+    }
+
+    fn resolve_uncertain(&mut self) {
+        let Some(u) = self.pending_uncertain.take() else {
+            return;
+        };
+        match u {
+            Uncertain::CreateLun(name, blocks) => {
+                if self.engine.lun_info(&name).is_ok() && !self.luns.contains_key(&name) {
+                    self.luns.insert(name, MLun::new(blocks));
+                }
+            }
+            Uncertain::Snapshot(name, snap, content) => {
+                if self.engine.resolve(&format!("{name}@{snap}")).is_ok() {
+                    if let Some(l) = self.luns.get_mut(&name) {
+                        l.snapshots.entry(snap).or_insert(content);
+                    }
+                }
+            }
+            Uncertain::DeleteSnapshot(name, snap) => {
+                if self.engine.resolve(&format!("{name}@{snap}")).is_err() {
+                    self.luns.get_mut(&name).unwrap().snapshots.remove(&snap);
+                }
+            }
+            Uncertain::Restore(name, content) => {
+                let l = self.luns.get_mut(&name).unwrap();
+                let info = self.engine.lun_info(&name).unwrap();
+                if info.size_bytes as usize != l.data.len() {
+                    // Only the restore changes the size: it happened.
+                    l.data = content.clone();
+                    l.durable = content;
+                    l.since.clear();
+                } else {
+                    for b in 0..(content.len() / BS).min(l.blocks()) {
+                        l.since
+                            .entry(b)
+                            .or_default()
+                            .push(content[b * BS..(b + 1) * BS].to_vec());
+                    }
+                }
+            }
+            Uncertain::Resize(name, blocks) => {
+                let info = self.engine.lun_info(&name).unwrap();
+                let l = self.luns.get_mut(&name).unwrap();
+                if info.size_bytes as usize == blocks * BS {
+                    l.data.resize(blocks * BS, 0);
+                    l.durable.resize(blocks * BS, 0);
+                    l.since.retain(|&b, _| b < blocks);
+                }
+            }
+            Uncertain::DeleteLun(name) => {
+                if self.engine.lun_info(&name).is_err() {
+                    self.luns.remove(&name);
+                }
+            }
+            Uncertain::Group(name, contents) => {
+                if self.engine.group_info(&name).is_ok() {
+                    for (m, content) in &contents {
+                        self.luns
+                            .get_mut(m)
+                            .unwrap()
+                            .snapshots
+                            .insert(name.clone(), content.clone());
+                    }
+                    self.groups
+                        .insert(name, contents.into_iter().map(|(m, _)| m).collect());
+                }
+            }
+            Uncertain::DeleteGroup(name) => {
+                if self.engine.group_info(&name).is_err() {
+                    for m in self.groups.remove(&name).unwrap() {
+                        if let Some(l) = self.luns.get_mut(&m) {
+                            l.snapshots.remove(&name);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every LUN and snapshot reads exactly as the model says; invariants hold.
+    fn verify(&mut self) {
+        self.engine
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("seed {}: {e}", self.seed));
+        // Adopt what failed writes left.
+        for (name, blocks) in std::mem::take(&mut self.unknown) {
+            let Some(l) = self.luns.get_mut(&name) else {
+                continue;
+            };
+            let t = self.engine.resolve(&name).unwrap();
+            for b in blocks {
+                if b < l.blocks() {
+                    let mut got = vec![0u8; BS];
+                    self.engine.read(t, (b * BS) as u64, &mut got).unwrap();
+                    l.data[b * BS..(b + 1) * BS].copy_from_slice(&got);
+                }
+            }
+        }
+        let listed: Vec<String> = self
+            .engine
+            .list_luns("")
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(
+            listed,
+            self.luns.keys().cloned().collect::<Vec<_>>(),
+            "seed {}: LUN list",
+            self.seed
+        );
+        for (name, l) in &self.luns {
+            let t = self.engine.resolve(name).unwrap();
+            let mut got = vec![0u8; l.data.len()];
+            self.engine.read(t, 0, &mut got).unwrap();
+            if got != l.data {
+                let b = (0..l.blocks())
+                    .find(|&b| got[b * BS..(b + 1) * BS] != l.data[b * BS..(b + 1) * BS])
+                    .unwrap();
+                panic!(
+                    "seed {}: LUN {name} differs from the model at block {b}",
+                    self.seed
+                );
+            }
+            let snaps: Vec<String> = self
+                .engine
+                .list_snapshots(Some(name))
+                .unwrap()
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            let mut modeled: Vec<String> = l.snapshots.keys().cloned().collect();
+            let mut listed = snaps.clone();
+            listed.sort();
+            modeled.sort();
+            assert_eq!(listed, modeled, "seed {}: snapshots of {name}", self.seed);
+            for (snap, content) in &l.snapshots {
+                let t = self.engine.resolve(&format!("{name}@{snap}")).unwrap();
+                let mut got = vec![0u8; content.len()];
+                self.engine.read(t, 0, &mut got).unwrap();
+                assert!(
+                    &got == content,
+                    "seed {}: snapshot {name}@{snap} differs from the model",
+                    self.seed
+                );
+            }
+        }
+    }
+
+    /// Deleting everything returns the pool to empty (invariant 4).
+    fn teardown(&mut self) {
+        for g in self.groups.keys().cloned().collect::<Vec<_>>() {
+            self.engine.delete_group_snapshot(&g).unwrap();
+        }
+        for name in self.luns.keys().cloned().collect::<Vec<_>>() {
+            self.engine.delete_lun(&name, true).unwrap();
+        }
+        self.engine.run_jobs();
+        self.engine.flush().unwrap();
+        let status = self.engine.pool_status().unwrap();
+        assert_eq!(
+            status.used_bytes, 0,
+            "seed {}: pool not empty after deleting everything",
+            self.seed
+        );
+        assert_eq!(status.luns, 0);
+        self.engine.check_invariants().unwrap();
+    }
+}
+
+enum Uncertain {
+    CreateLun(String, usize),
+    Snapshot(String, String, Vec<u8>),
+    DeleteSnapshot(String, String),
+    Restore(String, Vec<u8>),
+    Resize(String, usize),
+    DeleteLun(String),
+    Group(String, Vec<(String, Vec<u8>)>),
+    DeleteGroup(String),
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn model_random_sequences_with_crashes() {
+    let first = env_u64("MODEL_SEED", 1);
+    let seeds = env_u64("MODEL_SEEDS", 24);
+    let steps = env_u64("MODEL_STEPS", 400);
+    let (mut crashes, mut faults, mut nospace) = (0, 0, 0);
+    for seed in first..first + seeds {
+        let mut w = World::new(seed);
+        for _ in 0..steps {
+            w.step();
+        }
+        w.teardown();
+        crashes += w.crashes;
+        faults += w.faults;
+        nospace += w.nospace;
+    }
+    eprintln!("model: {seeds} seeds x {steps} steps, {crashes} crashes, {faults} failed writes, {nospace} ENOSPC");
+    assert!(
+        crashes > 0,
+        "the run injected no crash: the test would not see crash bugs"
+    );
+    assert!(nospace > 0, "the run never filled the pool");
+}
