@@ -133,16 +133,13 @@ impl Engine {
             }
         };
         let data = FileData::open(&dir.join("data"), capacity_blocks * BLOCK_SIZE)?;
-        let mut engine =
-            Engine::open_with(Box::new(data), Box::new(store), capacity_blocks, config)?;
-        Arc::get_mut(&mut engine)
-            .expect("fresh engine")
-            .set_lock(lock);
-        Ok(engine)
-    }
-
-    fn set_lock(&mut self, lock: std::fs::File) {
-        self._lock = Some(lock);
+        Engine::open_inner(
+            Box::new(data),
+            Box::new(store),
+            capacity_blocks,
+            config,
+            Some(lock),
+        )
     }
 
     /// Opens a pool on any data file and store (tests pass simulated ones).
@@ -152,6 +149,16 @@ impl Engine {
         store: Box<dyn MetaStore>,
         capacity_blocks: u64,
         config: EngineConfig,
+    ) -> Result<Arc<Engine>> {
+        Engine::open_inner(data, store, capacity_blocks, config, None)
+    }
+
+    fn open_inner(
+        data: Box<dyn DataFile>,
+        store: Box<dyn MetaStore>,
+        capacity_blocks: u64,
+        config: EngineConfig,
+        lock: Option<std::fs::File>,
     ) -> Result<Arc<Engine>> {
         let (state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
         data.ensure_len(state.alloc.capacity_blocks() * BLOCK_SIZE)?;
@@ -167,7 +174,7 @@ impl Engine {
             config,
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
-            _lock: None,
+            _lock: lock,
         });
         if fresh {
             engine.state.lock().dirty.pool = true;
