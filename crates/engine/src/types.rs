@@ -258,3 +258,14 @@ pub enum Allocation {
     /// Nothing mapped: reads as zeros, holds no space.
     Hole,
 }
+
+/// Size of the block maps (what the metadata store holds for them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataStats {
+    pub head_extents: u64,
+    pub history_ranges: u64,
+    pub history_versions: u64,
+    pub shared_runs: u64,
+    /// Bytes of keys and values as stored, before the store's own overhead.
+    pub encoded_bytes: u64,
+}

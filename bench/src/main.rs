@@ -1,0 +1,397 @@
+//! blockfork's benchmark program. Every figure is printed beside a baseline
+//! measured in the same run on the same disk, because absolute numbers drift
+//! on shared machines.
+//!
+//!     cargo run --release -p bench -- engine [--quick] [--dir DIR]
+//!
+//! `engine`: the engine in-process against plain pread/pwrite/fdatasync.
+
+use engine::{Engine, EngineConfig, BLOCK_SIZE};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+struct Opts {
+    quick: bool,
+    dir: PathBuf,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = Opts {
+        quick: false,
+        dir: PathBuf::from("target/bench-data"),
+    };
+    let mut mode = None;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--quick" => opts.quick = true,
+            "--dir" => {
+                i += 1;
+                opts.dir = PathBuf::from(args.get(i).expect("--dir needs a directory"));
+            }
+            "engine" => mode = Some("engine"),
+            "-h" | "--help" => {
+                println!("usage: blockfork-bench engine [--quick] [--dir DIR]");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}; usage: blockfork-bench engine [--quick] [--dir DIR]");
+                std::process::exit(2);
+            }
+        }
+        i += 1;
+    }
+    match mode {
+        Some("engine") | None => engine_bench(&opts),
+        _ => unreachable!(),
+    }
+}
+
+fn fresh_dir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("create bench dir");
+    d
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn open_engine(dir: &Path, capacity: u64) -> Arc<Engine> {
+    Engine::open_dir(dir, Some(capacity), EngineConfig::default()).expect("open pool")
+}
+
+fn write_sequential(e: &Engine, lun: &str, bytes: u64) {
+    let t = e.resolve(lun).unwrap();
+    let chunk = vec![0x5au8; MIB as usize];
+    let mut off = 0;
+    while off < bytes {
+        e.write(t, off, &chunk, false).unwrap();
+        off += MIB;
+    }
+    e.flush().unwrap();
+}
+
+struct Row {
+    what: String,
+    ours: String,
+    baseline: String,
+    ratio: String,
+    goal: String,
+}
+
+fn print_table(rows: &[Row]) {
+    println!("| measurement | blockfork | baseline (same run) | ratio | goal |");
+    println!("| --- | --- | --- | --- | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.what, r.ours, r.baseline, r.ratio, r.goal
+        );
+    }
+}
+
+fn engine_bench(o: &Opts) {
+    let mut rows = Vec::new();
+    let mut rng = StdRng::seed_from_u64(42);
+    let written = if o.quick { 64 * MIB } else { GIB };
+    let snaps = if o.quick { 40 } else { 200 };
+    eprintln!(
+        "engine benchmark in {} ({} mode)",
+        o.dir.display(),
+        if o.quick { "quick" } else { "full" }
+    );
+
+    // Bare fdatasync of a 4 KiB pwrite, on the same disk.
+    let sync_dir = fresh_dir(&o.dir, "fdatasync");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(sync_dir.join("f"))
+        .unwrap();
+    f.set_len(64 * MIB).unwrap();
+    let mut sync_samples = Vec::new();
+    for _ in 0..snaps {
+        let off = rng.gen_range(0..16384u64) * 4096;
+        let t0 = Instant::now();
+        f.write_all_at(&[1u8; 4096], off).unwrap();
+        f.sync_data().unwrap();
+        sync_samples.push(t0.elapsed());
+    }
+    let sync_p50 = percentile(&mut sync_samples, 0.5);
+    let sync_p99 = percentile(&mut sync_samples, 0.99);
+
+    // Snapshot create on 1 GiB and 1 TiB LUNs with the same data written.
+    let mut snap_p50 = Vec::new();
+    for (label, size) in [("1 GiB", GIB), ("1 TiB", 1u64 << 40)] {
+        let dir = fresh_dir(&o.dir, "snap");
+        let e = open_engine(&dir, 2 * written + 256 * MIB);
+        e.create_lun("lun", size).unwrap();
+        write_sequential(&e, "lun", written);
+        let t = e.resolve("lun").unwrap();
+        let (mut idle, mut busy) = (Vec::new(), Vec::new());
+        for i in 0..snaps {
+            let t0 = Instant::now();
+            e.create_snapshot("lun", &format!("idle{i}")).unwrap();
+            idle.push(t0.elapsed());
+            // After a write the commit must sync data as well.
+            let off = rng.gen_range(0..written / BLOCK_SIZE) * BLOCK_SIZE;
+            e.write(t, off, &[7u8; 4096], false).unwrap();
+            let t0 = Instant::now();
+            e.create_snapshot("lun", &format!("busy{i}")).unwrap();
+            busy.push(t0.elapsed());
+        }
+        let (p50, p99) = (percentile(&mut idle, 0.5), percentile(&mut idle, 0.99));
+        snap_p50.push(p50);
+        rows.push(Row {
+            what: format!(
+                "snapshot create, {label} LUN, {} MiB written: p50 / p99",
+                written / MIB
+            ),
+            ours: format!("{} / {}", ms(p50), ms(p99)),
+            baseline: format!("fdatasync {} / {}", ms(sync_p50), ms(sync_p99)),
+            ratio: format!("{:.2}×", p50.as_secs_f64() / sync_p50.as_secs_f64()),
+            goal: "p50 ≤ fdatasync + 1 ms".into(),
+        });
+        let (bp50, bp99) = (percentile(&mut busy, 0.5), percentile(&mut busy, 0.99));
+        rows.push(Row {
+            what: format!("snapshot create right after a 4 KiB write, {label} LUN: p50 / p99"),
+            ours: format!("{} / {}", ms(bp50), ms(bp99)),
+            baseline: format!("fdatasync {} / {}", ms(sync_p50), ms(sync_p99)),
+            ratio: format!("{:.2}×", bp50.as_secs_f64() / sync_p50.as_secs_f64()),
+            goal: "(data sync + metadata commit)".into(),
+        });
+        // Many snapshots in one call share one commit.
+        if label == "1 GiB" {
+            let batch: Vec<(String, String)> = (0..1000)
+                .map(|i| ("lun".to_string(), format!("batch{i}")))
+                .collect();
+            let t0 = Instant::now();
+            e.create_snapshots(&batch, None).unwrap();
+            let took = t0.elapsed();
+            rows.push(Row {
+                what: "1,000 snapshots requested together".into(),
+                ours: ms(took),
+                baseline: "—".into(),
+                ratio: "—".into(),
+                goal: "< 1 s".into(),
+            });
+        }
+        e.close().unwrap();
+        drop(e);
+    }
+    let spread = (snap_p50[1].as_secs_f64() / snap_p50[0].as_secs_f64() - 1.0) * 100.0;
+    rows.push(Row {
+        what: "snapshot create p50, 1 TiB vs 1 GiB".into(),
+        ours: format!("{spread:+.1} %"),
+        baseline: "—".into(),
+        ratio: "—".into(),
+        goal: "within ±10 %".into(),
+    });
+
+    // In-process 4 KiB random writes and reads against pwrite/pread.
+    let lun_bytes = if o.quick { 256 * MIB } else { GIB };
+    let ops = if o.quick { 100_000 } else { 400_000 };
+    let blocks = lun_bytes / BLOCK_SIZE;
+    let offsets: Vec<u64> = (0..ops)
+        .map(|_| rng.gen_range(0..blocks) * BLOCK_SIZE)
+        .collect();
+    let raw_dir = fresh_dir(&o.dir, "raw");
+    let raw = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(raw_dir.join("raw"))
+        .unwrap();
+    raw.set_len(lun_bytes).unwrap();
+    let buf = vec![0x33u8; 4096];
+    let t0 = Instant::now();
+    for &off in &offsets {
+        raw.write_all_at(&buf, off).unwrap();
+    }
+    let raw_write = ops as f64 / t0.elapsed().as_secs_f64();
+    let mut rbuf = vec![0u8; 4096];
+    let t0 = Instant::now();
+    for &off in offsets.iter().rev() {
+        raw.read_exact_at(&mut rbuf, off).unwrap();
+    }
+    let raw_read = ops as f64 / t0.elapsed().as_secs_f64();
+    drop(raw);
+
+    let dir = fresh_dir(&o.dir, "rw");
+    let e = open_engine(&dir, lun_bytes * 3);
+    e.create_lun("lun", lun_bytes).unwrap();
+    let t = e.resolve("lun").unwrap();
+    let t0 = Instant::now();
+    for &off in &offsets {
+        e.write(t, off, &buf, false).unwrap();
+    }
+    let our_write = ops as f64 / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for &off in &offsets {
+        e.write(t, off, &buf, false).unwrap();
+    }
+    let our_overwrite = ops as f64 / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    for &off in offsets.iter().rev() {
+        e.read(t, off, &mut rbuf).unwrap();
+    }
+    let our_read = ops as f64 / t0.elapsed().as_secs_f64();
+    rows.push(Row {
+        what: format!(
+            "4 KiB random writes, first touch ({} MiB LUN), ops/s",
+            lun_bytes / MIB
+        ),
+        ours: format!("{:.0}", our_write),
+        baseline: format!("pwrite {:.0}", raw_write),
+        ratio: format!("{:.2}×", our_write / raw_write),
+        goal: "≥ 0.7×".into(),
+    });
+    rows.push(Row {
+        what: "4 KiB random overwrites (in place), ops/s".into(),
+        ours: format!("{:.0}", our_overwrite),
+        baseline: format!("pwrite {:.0}", raw_write),
+        ratio: format!("{:.2}×", our_overwrite / raw_write),
+        goal: "≥ 0.7×".into(),
+    });
+    rows.push(Row {
+        what: "4 KiB random reads, ops/s".into(),
+        ours: format!("{:.0}", our_read),
+        baseline: format!("pread {:.0}", raw_read),
+        ratio: format!("{:.2}×", our_read / raw_read),
+        goal: "≥ 0.8×".into(),
+    });
+
+    // Read latency with 0 and 1,000 snapshots, each after some overwrites.
+    let reads = 50_000usize;
+    let read_lat = |e: &Engine, export: &str, rng: &mut StdRng| -> Duration {
+        let t = e.resolve(export).unwrap();
+        let mut samples = Vec::with_capacity(reads);
+        let mut b = vec![0u8; 4096];
+        for _ in 0..reads {
+            let off = rng.gen_range(0..blocks) * BLOCK_SIZE;
+            let t0 = Instant::now();
+            e.read(t, off, &mut b).unwrap();
+            samples.push(t0.elapsed());
+        }
+        percentile(&mut samples, 0.5)
+    };
+    let zero = read_lat(&e, "lun", &mut rng);
+    for i in 0..1000 {
+        for _ in 0..16 {
+            let off = rng.gen_range(0..blocks) * BLOCK_SIZE;
+            e.write(t, off, &buf, false).unwrap();
+        }
+        let batch = [("lun".to_string(), format!("s{i}"))];
+        e.create_snapshots(&batch, None).unwrap();
+    }
+    let thousand = read_lat(&e, "lun", &mut rng);
+    let oldest = read_lat(&e, "lun@s0", &mut rng);
+    rows.push(Row {
+        what: "4 KiB random read p50, LUN with 1,000 snapshots vs none".into(),
+        ours: us(thousand),
+        baseline: format!("no snapshots {}", us(zero)),
+        ratio: format!("{:.2}×", thousand.as_secs_f64() / zero.as_secs_f64()),
+        goal: "within 10 %".into(),
+    });
+    rows.push(Row {
+        what: "4 KiB random read p50 of the oldest of 1,000 snapshots".into(),
+        ours: us(oldest),
+        baseline: format!("LUN, no snapshots {}", us(zero)),
+        ratio: format!("{:.2}×", oldest.as_secs_f64() / zero.as_secs_f64()),
+        goal: "(information)".into(),
+    });
+    e.close().unwrap();
+    drop(e);
+
+    // Metadata bytes per GiB written, sequential and random.
+    let meta_written = if o.quick { 256 * MIB } else { 2 * GIB };
+    for pattern in ["sequential 1 MiB", "random 4 KiB"] {
+        let dir = fresh_dir(&o.dir, "meta");
+        let e = open_engine(&dir, meta_written * 2);
+        let empty = std::fs::metadata(dir.join("meta.redb")).unwrap().len();
+        e.create_lun("lun", meta_written * 2).unwrap();
+        let t = e.resolve("lun").unwrap();
+        if pattern.starts_with("seq") {
+            write_sequential(&e, "lun", meta_written);
+        } else {
+            let n = meta_written / BLOCK_SIZE;
+            let span = meta_written * 2 / BLOCK_SIZE;
+            for _ in 0..n {
+                e.write(t, rng.gen_range(0..span) * BLOCK_SIZE, &buf, false)
+                    .unwrap();
+            }
+            e.flush().unwrap();
+        }
+        let encoded = e.metadata_stats().encoded_bytes;
+        e.close().unwrap();
+        drop(e);
+        let file = std::fs::metadata(dir.join("meta.redb"))
+            .unwrap()
+            .len()
+            .saturating_sub(empty);
+        let gib = meta_written as f64 / GIB as f64;
+        let per_gib = encoded as f64 / gib;
+        rows.push(Row {
+            what: format!(
+                "metadata per GiB written, {pattern} (encoded; store file grew {:.1} MiB/GiB)",
+                file as f64 / gib / MIB as f64
+            ),
+            ours: format!(
+                "{:.3} MiB/GiB ({:.1} MiB/TiB)",
+                per_gib / MIB as f64,
+                per_gib * 1024.0 / MIB as f64
+            ),
+            baseline: "—".into(),
+            ratio: "—".into(),
+            goal: if pattern.starts_with("seq") {
+                "≤ 64 MiB per TiB".into()
+            } else {
+                "(information)".into()
+            },
+        });
+    }
+    rows.push(Row {
+        what: "resident memory of this benchmark process at the end".into(),
+        ours: format!("{:.0} MiB", rss_mib()),
+        baseline: "—".into(),
+        ratio: "—".into(),
+        goal: "(information)".into(),
+    });
+    let _ = std::fs::remove_dir_all(&o.dir);
+    print_table(&rows);
+}
