@@ -1,0 +1,182 @@
+//! Accept loop, per-connection lifecycle and graceful shutdown.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::backend::{Backend, ClientInfo};
+use crate::proto::SHUTDOWN_DRAIN_SECS_MAX;
+use crate::{handshake, transmission, ConnError};
+
+/// Something that hands out client connections: TCP and unix sockets here,
+/// anything else (a TLS acceptor, a test harness) by implementing it.
+pub trait Listener: Send {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Must be cancel-safe: `serve` drops it when shutdown starts.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, ClientInfo)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Stream = TcpStream;
+    async fn accept(&mut self) -> io::Result<(TcpStream, ClientInfo)> {
+        let (stream, peer) = TcpListener::accept(self).await?;
+        // The spec asks both ends to disable Nagle: replies are small
+        // messages that must not wait for an ACK. Failing that only costs
+        // latency, so the connection is served anyway.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        Ok((stream, ClientInfo { peer: Some(peer) }))
+    }
+}
+
+impl Listener for UnixListener {
+    type Stream = UnixStream;
+    async fn accept(&mut self) -> io::Result<(UnixStream, ClientInfo)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        Ok((stream, ClientInfo { peer: None }))
+    }
+}
+
+/// An NBD server over a backend. Cheap to clone; clones share the backend.
+#[derive(Clone)]
+pub struct Server {
+    backend: Arc<dyn Backend>,
+    drain: Duration,
+}
+
+impl Server {
+    pub fn new(backend: Arc<dyn Backend>) -> Self {
+        Server {
+            backend,
+            drain: Duration::from_secs(SHUTDOWN_DRAIN_SECS_MAX),
+        }
+    }
+
+    /// How long `serve` waits for open connections after shutdown
+    /// (default SHUTDOWN_DRAIN_SECS_MAX).
+    pub fn with_drain_timeout(mut self, drain: Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Accepts connections until `shutdown` is cancelled, then stops
+    /// accepting, lets every connection finish the requests it has already
+    /// read, and returns when all are closed or the drain timeout passed
+    /// (remaining connections are then aborted).
+    pub async fn serve<L: Listener>(&self, mut listener: L, shutdown: CancellationToken) {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                // Reap finished connections so the set does not grow forever.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, client)) => {
+                        let server = self.clone();
+                        let shutdown = shutdown.clone();
+                        connections.spawn(async move {
+                            server.serve_connection(stream, client, shutdown).await;
+                        });
+                    }
+                    Err(e) => {
+                        // Usually out of file descriptors: back off rather
+                        // than spin, and keep serving existing clients.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        info!(connections = connections.len(), "nbd server stopping");
+        let drained = tokio::time::timeout(self.drain, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                connections = connections.len(),
+                "connections still open after the drain timeout; aborting them"
+            );
+            connections.shutdown().await;
+        }
+    }
+
+    /// Serves one already-accepted connection (any byte stream) to the end,
+    /// logging its opening and closing. Never panics on client input.
+    pub async fn serve_connection<S>(
+        &self,
+        stream: S,
+        client: ClientInfo,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = match client.peer {
+            Some(addr) => addr.to_string(),
+            None => "unix".to_string(),
+        };
+        info!(%peer, "nbd connection opened");
+        match self.run_connection(stream, &client, &shutdown).await {
+            Ok(()) => info!(%peer, "nbd connection closed"),
+            Err(ConnError::Io(e)) if is_hangup(&e) => {
+                info!(%peer, "nbd connection closed by client")
+            }
+            Err(e @ ConnError::Refused(_)) => info!(%peer, reason = %e, "nbd connection closed"),
+            Err(e) => warn!(%peer, error = %e, "nbd connection closed on error"),
+        }
+    }
+
+    async fn run_connection<S>(
+        &self,
+        stream: S,
+        client: &ClientInfo,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ConnError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        // One read buffer for the whole connection, so bytes a client sends
+        // right behind its GO are not lost between the two phases.
+        let mut stream = BufReader::new(stream);
+        let Some(negotiated) =
+            handshake::negotiate(&mut stream, &self.backend, client, shutdown).await?
+        else {
+            return Ok(());
+        };
+        info!(export = %negotiated.name, peer = ?client.peer, "nbd export opened");
+        let (reader, writer) = tokio::io::split(stream);
+        transmission::transmit(reader, writer, negotiated, shutdown).await
+    }
+}
+
+fn is_hangup(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Serves NBD on a TCP listener until `shutdown`; see [`Server::serve`].
+pub async fn serve(listener: TcpListener, backend: Arc<dyn Backend>, shutdown: CancellationToken) {
+    Server::new(backend).serve(listener, shutdown).await
+}
+
+/// Serves NBD on a unix-socket listener until `shutdown`; see
+/// [`Server::serve`]. Removing the socket file is the caller's business.
+pub async fn serve_unix(
+    listener: UnixListener,
+    backend: Arc<dyn Backend>,
+    shutdown: CancellationToken,
+) {
+    Server::new(backend).serve(listener, shutdown).await
+}
