@@ -89,7 +89,14 @@ fn rss_mib() -> f64 {
 }
 
 fn open_engine(dir: &Path, capacity: u64) -> Arc<Engine> {
-    Engine::open_dir(dir, Some(capacity), EngineConfig::default()).expect("open pool")
+    let mut config = EngineConfig::default();
+    if let Some(ms) = std::env::var("BLOCKFORK_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.commit_interval_ms = ms;
+    }
+    Engine::open_dir(dir, Some(capacity), config).expect("open pool")
 }
 
 fn write_sequential(e: &Engine, lun: &str, bytes: u64) {

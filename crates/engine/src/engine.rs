@@ -37,7 +37,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            commit_interval_ms: 5,
+            commit_interval_ms: 20,
             dirty_keys_max: 1 << 20,
             reclaim_ranges_per_batch: 4096,
             reclaim_pause_ms: 1,
@@ -1190,7 +1190,11 @@ impl Engine {
             let from = ((at - lba) * BLOCK_SIZE) as usize;
             let bytes = &data[from..from + (n * BLOCK_SIZE) as usize];
             if let Err(e) = self.data.write_at(bytes, pba * BLOCK_SIZE) {
-                result = Err(Error::from(e));
+                result = Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                    Error::NoSpace(format!("the file system under the pool is full: {e}"))
+                } else {
+                    Error::from(e)
+                });
                 break;
             }
         }

@@ -1,0 +1,228 @@
+//! blockfork's REST API: the management plane over the engine.
+//!
+//! Routes, all under `/api/v1` (the OpenAPI document at
+//! `GET /api/v1/openapi.json` is generated from this code):
+//!
+//! | method | path | does |
+//! | --- | --- | --- |
+//! | GET | `/luns?prefix=P` | list LUNs |
+//! | POST | `/luns` `{name, size}` | create a LUN |
+//! | GET | `/luns/{name}` | show a LUN (`name` may hold '/') |
+//! | PATCH | `/luns/{name}` `{size, shrink}` | resize a LUN |
+//! | DELETE | `/luns/{name}?recursive=true` | delete a LUN |
+//! | GET | `/snapshots?lun=L` | list snapshots |
+//! | POST | `/snapshots` `{lun, name}` or `{snapshots: [...]}` | take snapshots |
+//! | GET | `/snapshots/{snapshot}?lun=L` | show a snapshot |
+//! | DELETE | `/snapshots/{snapshot}?lun=L` | delete a snapshot |
+//! | POST | `/snapshots/{snapshot}/restore?lun=L` | restore a LUN to a snapshot |
+//! | GET | `/group-snapshots` | list group snapshots |
+//! | POST | `/group-snapshots` `{name, luns}` | take a group snapshot |
+//! | GET | `/group-snapshots/{name}` | show a group snapshot |
+//! | DELETE | `/group-snapshots/{name}` | delete a group snapshot |
+//! | GET | `/jobs` | list background jobs |
+//! | GET | `/pool` | show the pool |
+//! | PATCH | `/pool` `{capacity}` | grow the pool |
+//!
+//! Sizes are bytes. Every error is `{"code", "message"}` with a 4xx for
+//! the client's mistakes (which change nothing) and a 5xx only for the
+//! server's own trouble.
+
+mod error;
+mod extract;
+mod group_snapshots;
+mod luns;
+mod pool;
+mod snapshots;
+pub mod wire;
+
+pub use error::ApiError;
+pub use extract::BODY_BYTES_MAX;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use engine::Engine;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+use utoipa::OpenApi;
+
+/// Most requests the engine works on at once; more wait their turn. Each
+/// one holds a blocking thread, and management calls gain nothing from
+/// more parallelism than this.
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
+
+/// The OpenAPI document, generated from the handlers and the wire types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "blockfork",
+        description = "Management API of blockfork, a block-storage server: LUNs, snapshots, group snapshots, the pool and its jobs. Sizes are in bytes; errors are `{code, message}`."
+    ),
+    paths(
+        luns::list,
+        luns::create,
+        luns::show,
+        luns::resize,
+        luns::delete,
+        snapshots::list,
+        snapshots::create,
+        snapshots::show,
+        snapshots::delete,
+        snapshots::restore,
+        group_snapshots::list,
+        group_snapshots::create,
+        group_snapshots::show,
+        group_snapshots::delete,
+        pool::jobs,
+        pool::status,
+        pool::grow,
+        openapi_json,
+    ),
+    components(schemas(wire::ErrorBody))
+)]
+pub struct ApiDoc;
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    engine: Arc<Engine>,
+    in_flight: Arc<Semaphore>,
+    openapi: Arc<String>,
+}
+
+/// Runs a blocking engine call off the async runtime.
+pub(crate) async fn call<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> engine::Result<T> + Send + 'static,
+{
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || f(&engine))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the server's task for this request failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+/// The API's routes over `engine`.
+pub fn router(engine: Arc<Engine>) -> Router {
+    let openapi = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes");
+    let state = AppState {
+        engine,
+        in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
+        openapi: Arc::new(openapi),
+    };
+    let v1 = Router::new()
+        .route("/luns", get(luns::list).post(luns::create))
+        .route(
+            "/luns/{*name}",
+            get(luns::show).patch(luns::resize).delete(luns::delete),
+        )
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{snapshot}",
+            get(snapshots::show).delete(snapshots::delete),
+        )
+        .route("/snapshots/{snapshot}/restore", post(snapshots::restore))
+        .route(
+            "/group-snapshots",
+            get(group_snapshots::list).post(group_snapshots::create),
+        )
+        .route(
+            "/group-snapshots/{name}",
+            get(group_snapshots::show).delete(group_snapshots::delete),
+        )
+        .route("/jobs", get(pool::jobs))
+        .route("/pool", get(pool::status).patch(pool::grow))
+        .route("/openapi.json", get(openapi_json));
+    Router::new()
+        .nest("/api/v1", v1)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(state.clone(), admit_and_log))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then lets the
+/// requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::debug!(%addr, "REST API listening");
+    }
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(
+    get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "meta",
+    responses((status = 200, description = "OpenAPI document", content_type = "application/json"))
+)]
+async fn openapi_json(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi.as_str().to_owned(),
+    )
+        .into_response()
+}
+
+async fn admit_and_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let uri = request.uri().clone();
+    let started = Instant::now();
+    let _permit = state
+        .in_flight
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    let response = next.run(request).await;
+    tracing::debug!(
+        %method,
+        %uri,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "API request"
+    );
+    response
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no API route for {} {}; the routes are listed at /api/v1/openapi.json",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; the routes are listed at /api/v1/openapi.json",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}

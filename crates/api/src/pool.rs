@@ -1,0 +1,49 @@
+//! `/api/v1/pool` and `/api/v1/jobs`: the pool's space and its background
+//! jobs.
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::wire::{ErrorBody, GrowPool, JobInfo, PoolStatus};
+use crate::{call, AppState};
+use axum::extract::State;
+use axum::Json;
+
+/// Show the pool's capacity, use and counts.
+#[utoipa::path(
+    get, path = "/api/v1/pool", operation_id = "pool_status", tag = "pool",
+    responses(
+        (status = 200, description = "The pool", body = PoolStatus),
+        (status = 503, description = "The pool stopped or closed", body = ErrorBody),
+    )
+)]
+pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, ApiError> {
+    let status = call(&state, |e| e.pool_status()).await?;
+    Ok(Json(status.into()))
+}
+
+/// Grow the pool (it never shrinks).
+#[utoipa::path(
+    patch, path = "/api/v1/pool", operation_id = "grow_pool", tag = "pool",
+    request_body = GrowPool,
+    responses(
+        (status = 200, description = "The grown pool", body = PoolStatus),
+        (status = 400, description = "Not a multiple of 4096, smaller than now, or malformed body", body = ErrorBody),
+    )
+)]
+pub async fn grow(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<GrowPool>,
+) -> Result<Json<PoolStatus>, ApiError> {
+    let status = call(&state, move |e| e.grow_pool(body.capacity)).await?;
+    Ok(Json(status.into()))
+}
+
+/// List background jobs: running ones, then recently finished ones.
+#[utoipa::path(
+    get, path = "/api/v1/jobs", operation_id = "list_jobs", tag = "jobs",
+    responses((status = 200, description = "Jobs", body = [JobInfo]))
+)]
+pub async fn jobs(State(state): State<AppState>) -> Result<Json<Vec<JobInfo>>, ApiError> {
+    let jobs = call(&state, |e| Ok(e.jobs())).await?;
+    Ok(Json(jobs.into_iter().map(JobInfo::from).collect()))
+}

@@ -1,0 +1,429 @@
+//! The types that cross the wire, shared by the server and the CLI so that
+//! the two cannot drift. Requests refuse unknown fields; responses mirror the
+//! engine's info types field for field.
+//!
+//! Sizes are always whole numbers of bytes (`u64`): units like "10G" are the
+//! CLI's business, and a string where a size belongs is a 400 that says so.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use utoipa::{IntoParams, ToSchema};
+
+/// Most snapshots one batch request (or one group snapshot) may take.
+pub const BATCH_SNAPSHOTS_MAX: usize = 1024;
+
+// ---------------------------------------------------------------- responses
+
+/// Every error the API returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `invalid_argument`, `out_of_range`,
+    /// `not_found`, `already_exists`, `has_dependents`, `read_only`,
+    /// `no_space`, `pool_failed`, `closed`, `io_error`, `store_error`,
+    /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`,
+    /// `internal`.
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// One sentence for a person, naming the object concerned.
+    #[schema(example = "LUN \"vol0/db\" does not exist")]
+    pub message: String,
+}
+
+/// A LUN: a thin volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LunInfo {
+    pub id: u64,
+    /// A path of segments made of `[A-Za-z0-9._-]`, like `vol0/db`.
+    #[schema(example = "vol0/db")]
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// Bytes of data the LUN's current content holds (shared or not).
+    pub allocated_bytes: u64,
+    pub snapshot_count: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// `LUN@SNAPSHOT` this LUN is a clone of.
+    pub parent: Option<String>,
+}
+
+impl From<engine::LunInfo> for LunInfo {
+    fn from(l: engine::LunInfo) -> Self {
+        LunInfo {
+            id: l.id,
+            name: l.name,
+            size_bytes: l.size_bytes,
+            allocated_bytes: l.allocated_bytes,
+            snapshot_count: l.snapshot_count,
+            created: l.created,
+            parent: l.parent,
+        }
+    }
+}
+
+/// A point-in-time, read-only image of a LUN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotInfo {
+    /// The LUN it is a snapshot of.
+    pub lun: String,
+    /// One segment of `[A-Za-z0-9._-]`, unique within its LUN.
+    pub name: String,
+    pub epoch: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// The LUN's size when the snapshot was taken, in bytes.
+    pub size_bytes: u64,
+    /// Bytes only this snapshot sees: what deleting it frees.
+    pub exclusive_bytes: u64,
+    /// The group snapshot it belongs to.
+    pub group: Option<String>,
+}
+
+impl From<engine::SnapshotInfo> for SnapshotInfo {
+    fn from(s: engine::SnapshotInfo) -> Self {
+        SnapshotInfo {
+            lun: s.lun,
+            name: s.name,
+            epoch: s.epoch,
+            created: s.created,
+            size_bytes: s.size_bytes,
+            exclusive_bytes: s.exclusive_bytes,
+            group: s.group,
+        }
+    }
+}
+
+/// Snapshots taken together by one batch request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotBatchInfo {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// A consistency-group snapshot: one snapshot of each member LUN, all at
+/// the same point in time, each named like the group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct GroupInfo {
+    pub name: String,
+    pub epoch: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// Member LUN names.
+    pub members: Vec<String>,
+}
+
+impl From<engine::GroupInfo> for GroupInfo {
+    fn from(g: engine::GroupInfo) -> Self {
+        GroupInfo {
+            name: g.name,
+            epoch: g.epoch,
+            created: g.created,
+            members: g.members,
+        }
+    }
+}
+
+/// A background job, such as reclaiming the space of a deleted snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobInfo {
+    pub id: u64,
+    /// What the job does, like `snapshot-reclaim`.
+    pub kind: String,
+    /// The LUN it works on.
+    pub lun: String,
+    /// `running` or `done`.
+    #[schema(example = "running")]
+    pub state: String,
+    /// From 0.0 to 1.0.
+    pub progress: f64,
+    /// Bytes freed so far.
+    pub freed_bytes: u64,
+    /// Unix seconds.
+    pub started: u64,
+}
+
+impl From<engine::JobInfo> for JobInfo {
+    fn from(j: engine::JobInfo) -> Self {
+        JobInfo {
+            id: j.id,
+            kind: j.kind,
+            lun: j.lun,
+            state: j.state,
+            progress: j.progress,
+            freed_bytes: j.freed_bytes,
+            started: j.started,
+        }
+    }
+}
+
+/// The pool: the space every LUN and snapshot draws from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolStatus {
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub free_bytes: u64,
+    pub luns: u64,
+    pub snapshots: u64,
+    pub group_snapshots: u64,
+    pub epoch: u64,
+    pub jobs_running: u64,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+impl From<engine::PoolStatus> for PoolStatus {
+    fn from(p: engine::PoolStatus) -> Self {
+        PoolStatus {
+            capacity_bytes: p.capacity_bytes,
+            used_bytes: p.used_bytes,
+            free_bytes: p.free_bytes,
+            luns: p.luns,
+            snapshots: p.snapshots,
+            group_snapshots: p.group_snapshots,
+            epoch: p.epoch,
+            jobs_running: p.jobs_running,
+            created: p.created,
+        }
+    }
+}
+
+// ----------------------------------------------------------------- requests
+
+/// `POST /api/v1/luns`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLun {
+    #[schema(example = "vol0/db")]
+    pub name: String,
+    /// Size in bytes: a positive multiple of 4096.
+    #[serde(deserialize_with = "size_field")]
+    #[schema(example = 10737418240u64)]
+    pub size: u64,
+}
+
+/// `PATCH /api/v1/luns/{name}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeLun {
+    /// New size in bytes: a positive multiple of 4096.
+    #[serde(deserialize_with = "size_field")]
+    pub size: u64,
+    /// Must be true to make the LUN smaller, which discards its tail.
+    #[serde(default)]
+    pub shrink: bool,
+}
+
+/// One snapshot to take: `POST /api/v1/snapshots`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// The LUN to snapshot.
+    #[schema(example = "vol0/db")]
+    pub lun: String,
+    /// The snapshot's name, one segment of `[A-Za-z0-9._-]`.
+    #[schema(example = "nightly")]
+    pub name: String,
+}
+
+/// Several snapshots taken at one point in time, in one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshotBatch {
+    /// At most 1024.
+    pub snapshots: Vec<CreateSnapshot>,
+}
+
+/// The body of `POST /api/v1/snapshots`: one snapshot, or a batch (an
+/// object with a `snapshots` array).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreateSnapshots {
+    One(CreateSnapshot),
+    Batch(CreateSnapshotBatch),
+}
+
+impl<'de> Deserialize<'de> for CreateSnapshots {
+    // Picks the shape by the `snapshots` key, so that a mistake in either
+    // shape gets that shape's precise error rather than serde's generic
+    // "did not match any variant".
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let is_batch = value
+            .as_object()
+            .is_some_and(|o| o.contains_key("snapshots"));
+        if is_batch {
+            CreateSnapshotBatch::deserialize(value)
+                .map(CreateSnapshots::Batch)
+                .map_err(de::Error::custom)
+        } else {
+            CreateSnapshot::deserialize(value)
+                .map(CreateSnapshots::One)
+                .map_err(de::Error::custom)
+        }
+    }
+}
+
+/// The response of `POST /api/v1/snapshots`: the snapshot taken, or for a
+/// batch request an object with a `snapshots` array.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreatedSnapshots {
+    One(SnapshotInfo),
+    Batch(SnapshotBatchInfo),
+}
+
+/// `POST /api/v1/group-snapshots`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupSnapshot {
+    /// The group's name; each member gets a snapshot of this name.
+    #[schema(example = "nightly")]
+    pub name: String,
+    /// Member LUNs, at least one and at most 1024.
+    pub luns: Vec<String>,
+}
+
+/// `PATCH /api/v1/pool`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrowPool {
+    /// New capacity in bytes: a multiple of 4096, not less than now.
+    #[serde(deserialize_with = "capacity_field")]
+    pub capacity: u64,
+}
+
+/// `GET /api/v1/luns`
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListLunsQuery {
+    /// Only LUNs whose name starts with this string.
+    pub prefix: Option<String>,
+}
+
+/// `DELETE /api/v1/luns/{name}`
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteLunQuery {
+    /// Also delete the LUN's snapshots.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// `GET /api/v1/snapshots`
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListSnapshotsQuery {
+    /// Only this LUN's snapshots (all LUNs' when absent).
+    pub lun: Option<String>,
+}
+
+/// Names the LUN of the snapshot in the path.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SnapshotLunQuery {
+    /// The LUN the snapshot belongs to.
+    pub lun: String,
+}
+
+// ------------------------------------------------------------------ sizes
+
+fn size_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    deserializer.deserialize_any(BytesVisitor { field: "size" })
+}
+
+fn capacity_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    deserializer.deserialize_any(BytesVisitor { field: "capacity" })
+}
+
+/// Accepts only a non-negative integer, and says plainly what is wrong
+/// with anything else (the common mistake being "10G").
+struct BytesVisitor {
+    field: &'static str,
+}
+
+impl BytesVisitor {
+    fn refuse<E: de::Error>(&self, got: impl fmt::Display) -> E {
+        E::custom(format!(
+            "`{}` must be a whole number of bytes, like 10737418240, not {got}; the API takes no units",
+            self.field
+        ))
+    }
+}
+
+impl<'de> Visitor<'de> for BytesVisitor {
+    type Value = u64;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "`{}` as a whole number of bytes", self.field)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+        Ok(v)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+        u64::try_from(v).map_err(|_| self.refuse(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+        Err(self.refuse(v))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+        Err(self.refuse(format_args!("the string {v:?}")))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<u64, E> {
+        Err(self.refuse(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
+        Err(self.refuse("null"))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, _: A) -> Result<u64, A::Error> {
+        Err(self.refuse("an array"))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<u64, A::Error> {
+        Err(self.refuse("an object"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_numbers() {
+        let ok: CreateLun = serde_json::from_str(r#"{"name":"a","size":4096}"#).unwrap();
+        assert_eq!(ok.size, 4096);
+        for bad in [r#""10G""#, "-1", "1.5", "null", "true", "[1]", "{}"] {
+            let body = format!(r#"{{"name":"a","size":{bad}}}"#);
+            let err = serde_json::from_str::<CreateLun>(&body).unwrap_err();
+            assert!(
+                err.to_string().contains("whole number of bytes"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn snapshot_request_shapes() {
+        let one: CreateSnapshots = serde_json::from_str(r#"{"lun":"a","name":"s"}"#).unwrap();
+        assert!(matches!(one, CreateSnapshots::One(_)));
+        let batch: CreateSnapshots =
+            serde_json::from_str(r#"{"snapshots":[{"lun":"a","name":"s"}]}"#).unwrap();
+        assert!(matches!(batch, CreateSnapshots::Batch(b) if b.snapshots.len() == 1));
+        let err =
+            serde_json::from_str::<CreateSnapshots>(r#"{"lun":"a","name":"s","x":1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `x`"), "{err}");
+        let err =
+            serde_json::from_str::<CreateSnapshots>(r#"{"snapshots":[{"lun":"a"}]}"#).unwrap_err();
+        assert!(err.to_string().contains("missing field `name`"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs blockfork's whole test suite. Installs the system tools the tests
+# drive (qemu-utils, libnbd-bin, fio) with apt-get when they are missing and
+# we are root. Environment knobs: MODEL_SEEDS / MODEL_STEPS (engine model
+# test), CRASH_ROUNDS (kill -9 test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v qemu-io >/dev/null 2>&1 || missing+=(qemu-utils)
+command -v nbdinfo >/dev/null 2>&1 || missing+=(libnbd-bin)
+command -v nbdcopy >/dev/null 2>&1 || missing+=(libnbd-bin)
+command -v fio >/dev/null 2>&1 || missing+=(fio)
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "== installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "missing tools: ${missing[*]}; install them (or run this script as root)" >&2
+        exit 1
+    fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+# Many model-test seeds per CI run; the defaults in the test are for quick local runs.
+export MODEL_SEEDS="${MODEL_SEEDS:-300}"
+cargo test --workspace --all-targets
+
+echo "== benchmark harness, quick mode (keeps it from rotting)"
+cargo run --release -q -p bench -- engine --quick --dir target/bench-ci >/dev/null
+echo "== all tests passed"
