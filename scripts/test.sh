@@ -30,7 +30,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 # Many model-test seeds per CI run; the defaults in the test are for quick local runs.
-export MODEL_SEEDS="${MODEL_SEEDS:-300}"
+export MODEL_SEEDS="${MODEL_SEEDS:-1000}"
 cargo test --workspace --all-targets
 
 echo "== benchmark harness, quick mode (keeps it from rotting)"

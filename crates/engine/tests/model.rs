@@ -67,6 +67,8 @@ struct World {
     nospace: u64,
     /// A management call failed in a crash: its outcome is decided on reopen.
     pending_uncertain: Option<Uncertain>,
+    /// A fault is armed for this step: a failure may come from the device.
+    armed: bool,
 }
 
 fn config() -> EngineConfig {
@@ -116,6 +118,7 @@ impl World {
             faults: 0,
             nospace: 0,
             pending_uncertain: None,
+            armed: false,
         }
     }
 
@@ -164,6 +167,7 @@ impl World {
 
     fn step(&mut self) {
         let armed = self.maybe_fault();
+        self.armed = armed;
         let op = self.rng.gen_range(0..100);
         let result: Result<(), Error> = match op {
             0..=5 => self.op_create_lun(),
@@ -255,8 +259,9 @@ impl World {
                 }
                 Ok(())
             }
-            Err(Error::NoSpace(m)) => {
-                // Nothing changed.
+            Err(Error::NoSpace(m)) if !self.armed => {
+                // The allocator refused before any data was written: nothing
+                // changed. (A device's ENOSPC, below, may leave part written.)
                 Err(Error::NoSpace(m))
             }
             Err(e) => {
