@@ -32,17 +32,18 @@ impl Server {
     /// Starts `blockfork serve` on `dir` with a new capacity (ignored if the
     /// pool exists) and waits until both listeners answer.
     pub fn start(dir: &Path, capacity: &str) -> Server {
+        Server::start_with(dir, &["--capacity", capacity])
+    }
+
+    /// Starts `blockfork serve` on `dir` with extra arguments.
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
         let (nbd_port, api_port) = (free_port(), free_port());
         let log = dir.with_extension(format!("log-{nbd_port}"));
         let child = Command::new(BIN)
             .args(["serve", "--data"])
             .arg(dir)
-            .args([
-                "--capacity",
-                capacity,
-                "--nbd",
-                &format!("127.0.0.1:{nbd_port}"),
-            ])
+            .args(extra)
+            .args(["--nbd", &format!("127.0.0.1:{nbd_port}")])
             .args(["--api", &format!("127.0.0.1:{api_port}")])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
