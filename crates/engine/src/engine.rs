@@ -9,7 +9,7 @@ use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
 use crate::io::{DataFile, FileData, MetaStore, RedbStore};
 use crate::map::{HeadMap, HistoryMap, Val};
 use crate::space::{Allocator, RefCounts, Run};
-use crate::state::{Dirty, GcJob, Group, Lun, Snapshot, State};
+use crate::state::{Dirty, GcJob, Group, Lun, LunMap, Snapshot, State};
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::collections::{BTreeMap, HashMap};
@@ -92,6 +92,9 @@ pub enum Target {
     Lun(LunId),
     Snapshot(LunId, Epoch),
 }
+
+/// A read's segments: almost always one or two, so kept inline.
+type Segments = smallvec::SmallVec<[(u64, Src); 4]>;
 
 /// Where a range of blocks reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1022,7 +1025,7 @@ impl Engine {
             return Ok(());
         }
         let _gate = self.gate.read();
-        let mut segs = Vec::new();
+        let mut segs = Segments::new();
         {
             let s = self.state.lock();
             s.check_open()?;
@@ -1336,7 +1339,7 @@ impl Engine {
         };
         let first = offset / BLOCK_SIZE;
         let end = (offset + len).div_ceil(BLOCK_SIZE);
-        let mut segs = Vec::new();
+        let mut segs = Segments::new();
         resolve_blocks(&s, lun, at, first, end, &mut segs);
         let mut out: Vec<(u64, Allocation)> = Vec::new();
         let mut lba = first;
@@ -1423,7 +1426,7 @@ fn resolve_blocks(
     at: Option<u64>,
     mut pos: u64,
     end: u64,
-    out: &mut Vec<(u64, Src)>,
+    out: &mut Segments,
 ) {
     let Some(l) = s.luns.get(&lun) else {
         out.push((end - pos, Src::Hole));
@@ -1459,7 +1462,7 @@ fn resolve_blocks(
     }
 }
 
-fn push_seg(out: &mut Vec<(u64, Src)>, n: u64, src: Src) {
+fn push_seg(out: &mut Segments, n: u64, src: Src) {
     if let Some((len, last)) = out.last_mut() {
         let merged = match (*last, src) {
             (Src::Data(a), Src::Data(b)) => a + *len == b,
@@ -1627,7 +1630,7 @@ fn read_pool_record(store: &dyn MetaStore) -> Result<Option<PoolRecord>> {
 /// pool is new.
 fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, bool)> {
     let mut pool: Option<PoolRecord> = None;
-    let mut luns: HashMap<LunId, Lun> = HashMap::new();
+    let mut luns: LunMap<Lun> = LunMap::default();
     let mut snapshots: Vec<(LunId, u64, SnapshotRecord)> = Vec::new();
     let mut groups = BTreeMap::new();
     let mut refs = RefCounts::default();
@@ -1748,7 +1751,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
 }
 
 /// Every data reference in every map, sorted by physical start.
-fn referenced_runs(luns: &HashMap<LunId, Lun>) -> Vec<Run> {
+fn referenced_runs(luns: &LunMap<Lun>) -> Vec<Run> {
     let mut runs = Vec::new();
     for l in luns.values() {
         for (_, e) in l.head.iter() {
