@@ -105,7 +105,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let existing = args.data.join("meta.redb").exists();
+    let existing = args.data.join("meta").exists();
     let capacity = match args.capacity {
         Some(c) => c,
         None => {

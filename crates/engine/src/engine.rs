@@ -6,7 +6,7 @@
 //! held across I/O.
 
 use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
-use crate::io::{DataFile, FileData, MetaStore, RedbStore};
+use crate::io::{DataFile, FileData, FjallStore, MetaStore};
 use crate::map::{HeadMap, HistoryMap, Val};
 use crate::space::{Allocator, RefCounts, Run};
 use crate::state::{Dirty, GcJob, Group, Lun, LunMap, Snapshot, State};
@@ -116,7 +116,7 @@ impl Engine {
     ) -> Result<Arc<Engine>> {
         std::fs::create_dir_all(dir)?;
         let lock = lock_dir(dir)?;
-        let store = RedbStore::open(&dir.join("meta.redb"))?;
+        let store = FjallStore::open(&dir.join("meta"))?;
         let existing = read_pool_record(&store)?;
         let capacity_blocks = match (&existing, capacity_bytes) {
             (Some(p), _) => p.capacity_blocks,
@@ -246,7 +246,12 @@ impl Engine {
             let _ = t.join();
         }
         self.state.lock().closed = true;
-        flushed
+        let closed = if flushed.is_ok() {
+            self.store.lock().close()
+        } else {
+            Ok(())
+        };
+        flushed.and(closed)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -300,6 +305,12 @@ impl Engine {
             }
         }
         if !puts.is_empty() {
+            // Each key at most once per batch (a deleted LUN's keys can be
+            // listed twice, both as deletes): the last entry wins.
+            let mut puts = puts;
+            puts.reverse();
+            puts.sort_by(|a, b| a.0.cmp(&b.0));
+            puts.dedup_by(|later, earlier| later.0 == earlier.0);
             if let Err(e) = self.store.lock().commit(&puts) {
                 return Err(self.fail(format!("committing metadata: {e}")));
             }

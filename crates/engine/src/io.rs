@@ -31,6 +31,10 @@ pub trait MetaStore: Send {
     /// keeps all of them; after Err or a crash during the call, either all or
     /// none are kept.
     fn commit(&mut self, batch: &[MetaPut]) -> crate::Result<()>;
+    /// Called at a clean shutdown, after the last commit.
+    fn close(&mut self) -> crate::Result<()> {
+        Ok(())
+    }
 }
 
 /// The data file on a real file system.
@@ -71,57 +75,57 @@ impl DataFile for FileData {
     }
 }
 
-const META_TABLE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("meta");
-
-/// The metadata store on redb (see docs/decisions/001-metadata-store.md).
-pub struct RedbStore {
-    db: redb::Database,
+/// The metadata store on fjall, an LSM tree with a journal: one fdatasync per
+/// commit and the best batch throughput of the stores we measured (see
+/// docs/decisions/001-metadata-store.md).
+pub struct FjallStore {
+    db: fjall::Database,
+    keyspace: fjall::Keyspace,
 }
 
 fn store_err(e: impl std::fmt::Display) -> crate::Error {
     crate::Error::Store(e.to_string())
 }
 
-impl RedbStore {
-    pub fn open(path: &Path) -> crate::Result<RedbStore> {
-        let db = redb::Database::create(path).map_err(store_err)?;
-        // Create the table so that a read of an empty pool finds it.
-        let txn = db.begin_write().map_err(store_err)?;
-        txn.open_table(META_TABLE).map_err(store_err)?;
-        txn.commit().map_err(store_err)?;
-        Ok(RedbStore { db })
+impl FjallStore {
+    /// Opens or creates the store in directory `path`.
+    pub fn open(path: &Path) -> crate::Result<FjallStore> {
+        let db = fjall::Database::builder(path).open().map_err(store_err)?;
+        let keyspace = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .map_err(store_err)?;
+        Ok(FjallStore { db, keyspace })
     }
 }
 
-impl MetaStore for RedbStore {
+impl MetaStore for FjallStore {
     fn for_each(&self, each: &mut KeyValueVisitor) -> crate::Result<()> {
-        use redb::{ReadableDatabase, ReadableTable};
-        let txn = self.db.begin_read().map_err(store_err)?;
-        let table = txn.open_table(META_TABLE).map_err(store_err)?;
-        for entry in table.iter().map_err(store_err)? {
-            let (k, v) = entry.map_err(store_err)?;
-            each(k.value(), v.value())?;
+        for guard in self.keyspace.iter() {
+            let (k, v) = guard.into_inner().map_err(store_err)?;
+            each(&k, &v)?;
         }
         Ok(())
     }
 
     fn commit(&mut self, batch: &[MetaPut]) -> crate::Result<()> {
-        let txn = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut table = txn.open_table(META_TABLE).map_err(store_err)?;
-            for (key, value) in batch {
-                match value {
-                    Some(v) => {
-                        table
-                            .insert(key.as_slice(), v.as_slice())
-                            .map_err(store_err)?;
-                    }
-                    None => {
-                        table.remove(key.as_slice()).map_err(store_err)?;
-                    }
-                }
+        // Durable when commit returns: journal write + fdatasync. Without the
+        // durability setting a batch only reaches the page cache.
+        let mut b = self
+            .db
+            .batch()
+            .durability(Some(fjall::PersistMode::SyncData));
+        for (key, value) in batch {
+            match value {
+                Some(v) => b.insert(&self.keyspace, key.as_slice(), v.as_slice()),
+                None => b.remove(&self.keyspace, key.as_slice()),
             }
         }
-        txn.commit().map_err(store_err)
+        b.commit().map_err(store_err)
+    }
+
+    fn close(&mut self) -> crate::Result<()> {
+        // Writes the memtable to a table file so that the next open need not
+        // replay the journal (2.4 s → 0.6 s for 2 M keys, decision 001).
+        self.keyspace.rotate_memtable_and_wait().map_err(store_err)
     }
 }
