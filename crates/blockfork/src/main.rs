@@ -53,6 +53,10 @@ struct ServeArgs {
     /// REST API listen address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     api: SocketAddr,
+    /// Pool-wide clone split rate limit in MB/s (10^6 bytes); 0 for none.
+    /// Adjustable at run time through the API.
+    #[arg(long, default_value_t = 128)]
+    split_rate: u64,
     /// Commit metadata at least this often when anything changed (FLUSH and
     /// FUA always commit at once).
     #[arg(long, default_value_t = 20)]
@@ -116,6 +120,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let config = EngineConfig {
         commit_interval_ms: args.commit_interval_ms.max(1),
+        split_rate_bytes: args.split_rate.saturating_mul(1_000_000),
         ..EngineConfig::default()
     };
     let engine = Engine::open_dir(&args.data, Some(capacity), config).map_err(|e| e.to_string())?;

@@ -16,6 +16,7 @@ pub const TAG_GROUP: u8 = b'G';
 pub const TAG_HEAD: u8 = b'h';
 pub const TAG_HISTORY: u8 = b'y';
 pub const TAG_REFS: u8 = b'r';
+pub const TAG_SPLIT: u8 = b'J';
 
 /// Bumped when the layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -152,6 +153,10 @@ pub struct LunRecord {
     pub parent_limit_blocks: u64,
     /// Deleted snapshots left garbage in the history map.
     pub gc_needed: bool,
+    /// The epoch a clone was created at: before it, its blocks' story is
+    /// the parent's.
+    #[serde(default)]
+    pub created_epoch: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +165,19 @@ pub struct SnapshotRecord {
     pub created: u64,
     pub size_blocks: u64,
     pub group: Option<String>,
+    /// Deleted while clones depend on it: gone from listings and exports,
+    /// kept until the last dependent clone is split or deleted.
+    #[serde(default)]
+    pub hidden: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitRecord {
+    pub cursor: u64,
+    /// "running", "stopped"
+    pub state: String,
+    pub started: u64,
+    pub copied_blocks: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,12 +9,12 @@ use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
 use crate::io::{DataFile, FileData, FjallStore, MetaStore};
 use crate::map::{HeadMap, HistoryMap, Val};
 use crate::space::{Allocator, RefCounts, Run};
-use crate::state::{Dirty, GcJob, Group, Lun, LunMap, Snapshot, State};
+use crate::state::{Dirty, GcJob, Group, Lun, LunMap, Snapshot, SplitJob, SplitState, State};
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,9 @@ pub struct EngineConfig {
     pub reclaim_ranges_per_batch: usize,
     /// Pause between reclaim batches, so that reclaim yields to I/O.
     pub reclaim_pause_ms: u64,
+    /// Pool-wide clone split rate limit in bytes per second (0: none);
+    /// adjustable at run time with `Engine::set_split_rate`.
+    pub split_rate_bytes: u64,
     /// Run the commit and reclaim threads. Tests turn this off and drive
     /// commits (`flush`) and jobs (`run_jobs`) themselves, deterministically.
     pub background: bool,
@@ -41,6 +44,7 @@ impl Default for EngineConfig {
             dirty_keys_max: 1 << 20,
             reclaim_ranges_per_batch: 4096,
             reclaim_pause_ms: 1,
+            split_rate_bytes: 128_000_000,
             background: true,
         }
     }
@@ -57,8 +61,8 @@ struct CommitCtl {
 }
 
 pub struct Engine {
-    state: Mutex<State>,
-    data: Box<dyn DataFile>,
+    pub(crate) state: Mutex<State>,
+    pub(crate) data: Box<dyn DataFile>,
     store: Mutex<Box<dyn MetaStore>>,
     /// Reads hold it shared while they touch physical blocks; handing freed
     /// blocks back to the allocator takes it exclusive, so a read never sees
@@ -68,7 +72,11 @@ pub struct Engine {
     ctl: Mutex<CommitCtl>,
     ctl_cv: Condvar,
     /// Set by every data write, cleared by the commit that syncs the data.
-    data_dirty: AtomicBool,
+    pub(crate) data_dirty: AtomicBool,
+    /// Pool-wide clone split rate limit, bytes per second (0: none).
+    pub(crate) split_rate_bytes: AtomicU64,
+    /// The split that ran last (round robin).
+    pub(crate) split_turn: Mutex<LunId>,
     config: EngineConfig,
     stop: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -94,7 +102,7 @@ pub enum Target {
 }
 
 /// A read's segments: almost always one or two, so kept inline.
-type Segments = smallvec::SmallVec<[(u64, Src); 4]>;
+pub(crate) type Segments = smallvec::SmallVec<[(u64, Src); 4]>;
 
 /// Where a range of blocks reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +182,8 @@ impl Engine {
             ctl: Mutex::new(CommitCtl::default()),
             ctl_cv: Condvar::new(),
             data_dirty: AtomicBool::new(false),
+            split_rate_bytes: AtomicU64::new(config.split_rate_bytes),
+            split_turn: Mutex::new(LunId(0)),
             config,
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
@@ -234,7 +244,32 @@ impl Engine {
                 });
             })
             .expect("spawn reclaim thread");
-        self.threads.lock().extend([committer, reclaimer]);
+        let weak = Arc::downgrade(self);
+        let splitter = std::thread::Builder::new()
+            .name("blockfork-split".into())
+            .spawn(move || loop {
+                let Some(engine) = weak.upgrade() else { return };
+                if engine.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let started = std::time::Instant::now();
+                let step = engine.run_split_batch();
+                let rate = engine.split_rate();
+                drop(engine);
+                let pause = match step {
+                    // Sleep so that copying stays under the rate limit.
+                    crate::split::SplitStep::Copied(bytes) if rate > 0 => {
+                        Duration::from_secs_f64(bytes as f64 / rate as f64)
+                            .saturating_sub(started.elapsed())
+                    }
+                    crate::split::SplitStep::Copied(_) => Duration::ZERO,
+                    crate::split::SplitStep::Waiting => Duration::from_millis(100),
+                    crate::split::SplitStep::Idle => Duration::from_millis(50),
+                };
+                std::thread::sleep(pause);
+            })
+            .expect("spawn split thread");
+        self.threads.lock().extend([committer, reclaimer, splitter]);
     }
 
     /// Commits what is pending, stops the background threads and refuses
@@ -416,8 +451,15 @@ impl Engine {
                     )));
                 }
                 s.set_head(id, new_blocks, old_blocks - new_blocks, None);
-                let l = s.lun_mut(id)?;
-                l.parent_limit_blocks = l.parent_limit_blocks.min(new_blocks);
+            } else if new_blocks > old_blocks {
+                // A clone regrown over blocks it once read through its parent
+                // must read zeros there now; its older snapshots still read
+                // the parent (the zeros are a newer version).
+                let l = s.lun(id)?;
+                if l.parent.is_some() && old_blocks < l.parent_limit_blocks {
+                    let end = new_blocks.min(l.parent_limit_blocks);
+                    s.set_head(id, old_blocks, end - old_blocks, Some(Val::Zero));
+                }
             }
             s.lun_mut(id)?.size_blocks = new_blocks;
             s.dirty.luns.insert(id);
@@ -431,7 +473,7 @@ impl Engine {
     pub fn delete_lun(&self, name: &str, recursive: bool) -> Result<()> {
         let fence = self.fence_of(name)?;
         let _fenced = fence.write();
-        {
+        let released = {
             let mut s = self.state.lock();
             s.check_open()?;
             let id = s.lun_id(name)?;
@@ -461,6 +503,9 @@ impl Engine {
             let mut l = s.luns.remove(&id).expect("found above");
             s.names.remove(name);
             s.jobs.remove(&id);
+            if s.splits.remove(&id).is_some() {
+                s.dirty.splits.insert(id);
+            }
             for piece in l.head.drain().into_iter().chain(l.history.drain()) {
                 s.release(&piece);
             }
@@ -476,8 +521,12 @@ impl Engine {
             }
             s.dirty.orphans.extend(orphans);
             s.dirty.luns.insert(id);
-        }
-        self.flush()
+            match l.parent {
+                Some(parent) => crate::split::release_pin(&mut s, parent),
+                None => Vec::new(),
+            }
+        };
+        self.finish_snapshot_removal(&released)
     }
 
     fn fence_of(&self, name: &str) -> Result<Arc<RwLock<()>>> {
@@ -580,6 +629,7 @@ impl Engine {
                         created,
                         size_blocks,
                         group: group.map(str::to_string),
+                        hidden: false,
                     },
                 );
                 s.dirty.snapshots.insert((id, epoch));
@@ -629,7 +679,7 @@ impl Engine {
         let mut out = Vec::new();
         for id in ids {
             let exclusive = exclusive_blocks(&s.luns[&id]);
-            for &epoch in s.luns[&id].snapshots.keys() {
+            for (epoch, _) in s.luns[&id].visible_snapshots() {
                 let mut info = snapshot_info(&s, id, epoch).expect("listed");
                 info.exclusive_bytes = exclusive.get(&epoch).copied().unwrap_or(0) * BLOCK_SIZE;
                 out.push(info);
@@ -654,15 +704,22 @@ impl Engine {
                     "snapshot \"{lun}@{snapshot}\" belongs to group snapshot \"{g}\"; delete the group snapshot instead"
                 )));
             }
-            if let Some(child) = s
-                .luns
+            if s.luns
                 .values()
-                .find(|c| c.parent == Some((id, Epoch(epoch))))
+                .any(|c| c.parent == Some((id, Epoch(epoch))))
             {
-                return Err(Error::HasDependents(format!(
-                    "snapshot \"{lun}@{snapshot}\" backs clone \"{}\"; split or delete the clone first",
-                    child.name
-                )));
+                // Clones read through it: hide it now (gone from listings,
+                // exports and its name free again), delete it when the last
+                // of them is split or deleted.
+                let sn = s
+                    .lun_mut(id)?
+                    .snapshots
+                    .get_mut(&epoch)
+                    .expect("found above");
+                sn.hidden = true;
+                s.dirty.snapshots.insert((id, epoch));
+                drop(s);
+                return self.flush();
             }
             remove_snapshot(&mut s, id, epoch);
             (id, epoch)
@@ -672,7 +729,7 @@ impl Engine {
 
     /// After snapshot records were removed in memory: make it durable, then
     /// let writes overwrite what only those snapshots saw, and reclaim it.
-    fn finish_snapshot_removal(&self, removed: &[(LunId, u64)]) -> Result<()> {
+    pub(crate) fn finish_snapshot_removal(&self, removed: &[(LunId, u64)]) -> Result<()> {
         self.flush()?;
         let mut s = self.state.lock();
         for &(id, epoch) in removed {
@@ -793,24 +850,26 @@ impl Engine {
                 .ok_or_else(|| Error::not_found("group snapshot", name))?;
             let epoch = g.epoch;
             let members: Vec<LunId> = g.members.iter().map(|(id, _)| *id).collect();
-            for &id in &members {
-                if let Some(child) = s
-                    .luns
-                    .values()
-                    .find(|c| c.parent == Some((id, Epoch(epoch))))
-                {
-                    return Err(Error::HasDependents(format!(
-                        "group snapshot \"{name}\" backs clone \"{}\"; split or delete the clone first",
-                        child.name
-                    )));
-                }
-            }
             let mut removed = Vec::new();
             for id in members {
-                if s.luns
+                if !s
+                    .luns
                     .get(&id)
                     .is_some_and(|l| l.snapshots.contains_key(&epoch))
                 {
+                    continue;
+                }
+                if s.luns
+                    .values()
+                    .any(|c| c.parent == Some((id, Epoch(epoch))))
+                {
+                    // A clone reads through this member: hide it until the
+                    // clone is split or deleted (see delete_snapshot).
+                    let sn = s.lun_mut(id)?.snapshots.get_mut(&epoch).expect("checked");
+                    sn.hidden = true;
+                    sn.group = None;
+                    s.dirty.snapshots.insert((id, epoch));
+                } else {
                     remove_snapshot(&mut s, id, epoch);
                     removed.push((id, epoch));
                 }
@@ -1065,7 +1124,12 @@ impl Engine {
         Ok(())
     }
 
-    fn lock_stripes(&self, lun: LunId, first: u64, count: u64) -> Vec<MutexGuard<'_, ()>> {
+    pub(crate) fn lock_stripes(
+        &self,
+        lun: LunId,
+        first: u64,
+        count: u64,
+    ) -> Vec<MutexGuard<'_, ()>> {
         let mut idx: Vec<usize> = if count >= STRIPES as u64 {
             (0..STRIPES).collect()
         } else {
@@ -1423,6 +1487,7 @@ fn target_blocks(s: &State, target: Target) -> Result<u64> {
             .lun(id)
             .ok()
             .and_then(|l| l.snapshots.get(&e.0))
+            .filter(|sn| !sn.hidden)
             .map(|sn| sn.size_blocks)
             .ok_or_else(|| Error::not_found("snapshot", format!("#{id}@{e} (deleted)"))),
     }
@@ -1431,7 +1496,7 @@ fn target_blocks(s: &State, target: Target) -> Result<u64> {
 /// Appends `(blocks, source)` segments covering `[pos, end)` of `lun` as
 /// seen at epoch `at` (`None`: now), following the parent for what the LUN
 /// itself does not map.
-fn resolve_blocks(
+pub(crate) fn resolve_blocks(
     s: &State,
     lun: LunId,
     at: Option<u64>,
@@ -1443,6 +1508,23 @@ fn resolve_blocks(
         out.push((end - pos, Src::Hole));
         return;
     };
+    // A clone level that maps nothing of its own (typical of golden-image
+    // chains) passes the whole range to its parent in one step, so deep
+    // chains cost a hash lookup per level, not map searches.
+    if l.head.is_empty() && l.history.is_empty() {
+        let through = match l.parent {
+            Some((parent, pe)) if pos < l.parent_limit_blocks => {
+                let through = end.min(l.parent_limit_blocks);
+                resolve_blocks(s, parent, Some(pe.0), pos, through, out);
+                through
+            }
+            _ => pos,
+        };
+        if through < end {
+            push_seg(out, end - through, Src::Hole);
+        }
+        return;
+    }
     while pos < end {
         let (len, hit) = l.head.lookup(pos, end);
         let own = match (hit, at) {
@@ -1488,7 +1570,7 @@ fn push_seg(out: &mut Segments, n: u64, src: Src) {
     out.push((n, src));
 }
 
-fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
+pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
     let l = s.luns.get_mut(&id).expect("snapshot's LUN");
     l.snapshots.remove(&epoch);
     l.deleting.push(epoch);
@@ -1514,7 +1596,7 @@ fn exclusive_blocks(l: &Lun) -> HashMap<u64, u64> {
     out
 }
 
-fn new_lun(
+pub(crate) fn new_lun(
     id: LunId,
     name: String,
     size_blocks: u64,
@@ -1528,6 +1610,7 @@ fn new_lun(
         created,
         parent,
         parent_limit_blocks: if parent.is_some() { size_blocks } else { 0 },
+        created_epoch: 0,
         snapshots: BTreeMap::new(),
         deleting: Vec::new(),
         gc_needed: false,
@@ -1537,7 +1620,7 @@ fn new_lun(
     }
 }
 
-fn lun_info(s: &State, l: &Lun) -> LunInfo {
+pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
     let allocated: u64 = l
         .head
         .iter()
@@ -1549,20 +1632,32 @@ fn lun_info(s: &State, l: &Lun) -> LunInfo {
         name: l.name.clone(),
         size_bytes: l.size_blocks * BLOCK_SIZE,
         allocated_bytes: allocated * BLOCK_SIZE,
-        snapshot_count: l.snapshots.len() as u64,
+        snapshot_count: l.visible_snapshots().count() as u64,
         created: l.created,
         parent: l.parent.and_then(|(p, e)| {
             let pl = s.luns.get(&p)?;
+            let sn = pl.snapshots.get(&e.0)?;
             Some(format!(
-                "{}@{}",
+                "{}@{}{}",
                 pl.name,
-                pl.snapshots
-                    .get(&e.0)
-                    .map(|sn| sn.name.as_str())
-                    .unwrap_or("(hidden)")
+                sn.name,
+                if sn.hidden { " (deleted)" } else { "" }
             ))
         }),
+        clones: clones_of(s, |(p, _)| p == l.id),
     }
+}
+
+/// Names of the clones whose parent matches.
+fn clones_of(s: &State, matches: impl Fn((LunId, Epoch)) -> bool) -> Vec<String> {
+    let mut v: Vec<String> = s
+        .luns
+        .values()
+        .filter(|c| c.parent.is_some_and(&matches))
+        .map(|c| c.name.clone())
+        .collect();
+    v.sort();
+    v
 }
 
 fn snapshot_info(s: &State, id: LunId, epoch: u64) -> Option<SnapshotInfo> {
@@ -1576,6 +1671,7 @@ fn snapshot_info(s: &State, id: LunId, epoch: u64) -> Option<SnapshotInfo> {
         size_bytes: sn.size_blocks * BLOCK_SIZE,
         exclusive_bytes: 0,
         group: sn.group.clone(),
+        clones: clones_of(s, |(p, e)| p == id && e.0 == epoch),
     })
 }
 
@@ -1645,6 +1741,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
     let mut snapshots: Vec<(LunId, u64, SnapshotRecord)> = Vec::new();
     let mut groups = BTreeMap::new();
     let mut refs = RefCounts::default();
+    let mut splits = BTreeMap::new();
     store.for_each(&mut |k, v| {
         let lun_of = |k: &[u8]| codec::parse_u64(k, 1).map(LunId);
         match k.first().copied() {
@@ -1661,6 +1758,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
                 );
                 l.parent_limit_blocks = r.parent_limit_blocks;
                 l.gc_needed = r.gc_needed;
+                l.created_epoch = r.created_epoch;
                 luns.insert(id, l);
             }
             Some(codec::TAG_SNAPSHOT) => {
@@ -1699,6 +1797,26 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
                 let (len, n) = codec::decode_refs(k, v)?;
                 refs.load(codec::parse_u64(k, 1)?, len, n);
             }
+            Some(codec::TAG_SPLIT) => {
+                let r: codec::SplitRecord = codec::from_json(k, v)?;
+                let state = if r.state == "stopped" {
+                    SplitState::Stopped
+                } else {
+                    SplitState::Running
+                };
+                splits.insert(
+                    lun_of(k)?,
+                    SplitJob {
+                        cursor: r.cursor,
+                        state,
+                        started: r.started,
+                        copied_blocks: r.copied_blocks,
+                        rate: 0.0,
+                        last_batch: None,
+                        message: None,
+                    },
+                );
+            }
             _ => {
                 return Err(Error::Store(format!(
                     "unknown key {k:02x?} in the metadata store"
@@ -1733,6 +1851,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
                 created: r.created,
                 size_blocks: r.size_blocks,
                 group: r.group,
+                hidden: r.hidden,
             },
         );
     }
@@ -1755,6 +1874,8 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
         failed: None,
         closed: false,
         jobs: BTreeMap::new(),
+        splits,
+        finished_splits: Vec::new(),
         next_job_id: 1,
         finished_jobs: Vec::new(),
     };
@@ -1900,6 +2021,18 @@ fn check_state(s: &State) -> Result<(), String> {
                         ));
                     }
                 }
+            }
+        }
+        if let Some((p, e)) = l.parent {
+            if !s
+                .luns
+                .get(&p)
+                .is_some_and(|pl| pl.snapshots.contains_key(&e.0))
+            {
+                return Err(format!(
+                    "clone {} reads through a snapshot that does not exist",
+                    l.name
+                ));
             }
         }
         if let Some(&e) = l.snapshots.keys().next_back() {

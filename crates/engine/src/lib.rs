@@ -10,8 +10,10 @@ pub mod io;
 mod map;
 pub mod sim;
 mod space;
+mod split;
 mod state;
 mod types;
 
 pub use engine::{Engine, EngineConfig, Target};
+pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};
 pub use types::*;

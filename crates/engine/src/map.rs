@@ -100,6 +100,10 @@ impl HeadMap {
         self.extents.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, HeadExt)> + '_ {
         self.extents.iter().map(|(&l, &e)| (l, e))
     }
@@ -252,6 +256,10 @@ impl HistoryMap {
         self.ranges.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (u64, &HistRange)> + '_ {
         self.ranges.iter().map(|(&l, r)| (l, r))
     }
@@ -353,6 +361,73 @@ impl HistoryMap {
                 HistRange {
                     len: end - pos,
                     versions: vec![version_at(pos)],
+                },
+            );
+            self.dirty.insert(pos);
+        }
+    }
+
+    /// The range covering `pos`, or how far the gap at `pos` reaches (up to `end`).
+    pub fn range_at(&self, pos: u64, end: u64) -> (u64, Option<&HistRange>) {
+        if let Some((&s, r)) = self.ranges.range(..=pos).next_back() {
+            if s + r.len > pos {
+                return ((s + r.len).min(end) - pos, Some(r));
+            }
+        }
+        let next = self
+            .ranges
+            .range(pos..end)
+            .next()
+            .map(|(&s, _)| s)
+            .unwrap_or(end);
+        (next - pos, None)
+    }
+
+    /// Inserts an old version of `[lba, lba+len)` wherever its lifetime
+    /// falls (a clone split fills gaps its snapshots saw through the parent).
+    /// The lifetime must not overlap any version of those blocks.
+    pub fn insert_version(&mut self, lba: u64, len: u64, v: Version) {
+        assert!(v.birth < v.death, "a version must live at least one epoch");
+        let end = lba + len;
+        self.split_at(lba);
+        self.split_at(end);
+        let keys: Vec<(u64, u64)> = self
+            .ranges
+            .range(lba..end)
+            .map(|(&k, r)| (k, r.len))
+            .collect();
+        let mut pos = lba;
+        let at = |k: u64| Version {
+            val: v.val.offset(k - lba),
+            ..v
+        };
+        for (k, rlen) in keys {
+            if k > pos {
+                self.ranges.insert(
+                    pos,
+                    HistRange {
+                        len: k - pos,
+                        versions: vec![at(pos)],
+                    },
+                );
+                self.dirty.insert(pos);
+            }
+            let r = self.ranges.get_mut(&k).expect("range just listed");
+            let i = r.versions.partition_point(|x| x.death <= v.birth);
+            assert!(
+                r.versions.get(i).is_none_or(|next| v.death <= next.birth),
+                "history lifetimes overlap at block {k}"
+            );
+            r.versions.insert(i, at(k));
+            self.dirty.insert(k);
+            pos = k + rlen;
+        }
+        if pos < end {
+            self.ranges.insert(
+                pos,
+                HistRange {
+                    len: end - pos,
+                    versions: vec![at(pos)],
                 },
             );
             self.dirty.insert(pos);
@@ -480,6 +555,57 @@ mod tests {
         assert_eq!(next, None);
         assert_eq!(dropped.iter().map(|p| p.len).sum::<u64>(), 10);
         assert_eq!(y.lookup(0, 2, 100), (5, None));
+    }
+
+    #[test]
+    fn insert_version_fills_a_gap() {
+        let mut y = HistoryMap::default();
+        y.push(
+            Piece {
+                lba: 0,
+                len: 4,
+                val: Val::Data(0),
+                birth: 5,
+            },
+            8,
+        );
+        y.insert_version(
+            2,
+            4,
+            Version {
+                birth: 1,
+                death: 5,
+                val: Val::Data(100),
+            },
+        );
+        assert_eq!(y.lookup(2, 3, 100), (2, Some((Val::Data(100), 1))));
+        assert_eq!(y.lookup(4, 3, 100), (2, Some((Val::Data(102), 1))));
+        assert_eq!(y.lookup(2, 6, 100), (2, Some((Val::Data(2), 5))));
+        assert_eq!(y.lookup(0, 3, 100), (2, None));
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn inserting_an_overlapping_version_is_loud() {
+        let mut y = HistoryMap::default();
+        y.push(
+            Piece {
+                lba: 0,
+                len: 1,
+                val: Val::Data(0),
+                birth: 5,
+            },
+            8,
+        );
+        y.insert_version(
+            0,
+            1,
+            Version {
+                birth: 1,
+                death: 6,
+                val: Val::Data(1),
+            },
+        );
     }
 
     #[test]

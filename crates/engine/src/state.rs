@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub created: u64,
     pub size_blocks: u64,
     pub group: Option<String>,
+    /// Deleted, but a clone still reads through it.
+    pub hidden: bool,
 }
 
 pub struct Lun {
@@ -46,8 +48,12 @@ pub struct Lun {
     pub size_blocks: u64,
     pub created: u64,
     pub parent: Option<(LunId, Epoch)>,
+    /// Blocks at or past this never read through the parent (the clone's
+    /// size at creation).
     pub parent_limit_blocks: u64,
-    /// Live snapshots by epoch.
+    /// For a clone: the epoch it was created at.
+    pub created_epoch: u64,
+    /// Snapshots by epoch, hidden ones included.
     pub snapshots: BTreeMap<u64, Snapshot>,
     /// Epochs of deleted snapshots whose deletion is not yet durable, or
     /// whose garbage has not been collected yet: writes must still treat
@@ -63,11 +69,18 @@ pub struct Lun {
 }
 
 impl Lun {
+    /// A visible (not hidden) snapshot by name.
     pub fn snapshot_by_name(&self, name: &str) -> Option<u64> {
+        self.visible_snapshots()
+            .find(|(_, s)| s.name == name)
+            .map(|(e, _)| e)
+    }
+
+    pub fn visible_snapshots(&self) -> impl Iterator<Item = (u64, &Snapshot)> + '_ {
         self.snapshots
             .iter()
-            .find(|(_, s)| s.name == name)
-            .map(|(&e, _)| e)
+            .filter(|(_, s)| !s.hidden)
+            .map(|(&e, s)| (e, s))
     }
 
     /// The newest epoch any snapshot (live or being deleted) sees.
@@ -96,6 +109,7 @@ impl Lun {
             parent: self.parent.map(|(l, e)| (l.0, e.0)),
             parent_limit_blocks: self.parent_limit_blocks,
             gc_needed: self.gc_needed,
+            created_epoch: self.created_epoch,
         }
     }
 }
@@ -104,6 +118,37 @@ pub struct Group {
     pub epoch: u64,
     pub created: u64,
     pub members: Vec<(LunId, String)>,
+}
+
+/// A clone split under way (or stopped, or waiting for space).
+#[derive(Debug, Clone)]
+pub struct SplitJob {
+    pub cursor: u64,
+    pub state: SplitState,
+    pub started: u64,
+    pub copied_blocks: u64,
+    /// Bytes per second over the last batches.
+    pub rate: f64,
+    pub last_batch: Option<std::time::Instant>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitState {
+    Running,
+    Stopped,
+    /// The pool is full: retried until space is freed.
+    WaitingForSpace,
+}
+
+impl SplitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitState::Running => "running",
+            SplitState::Stopped => "stopped",
+            SplitState::WaitingForSpace => "waiting-for-space",
+        }
+    }
 }
 
 /// A background job's progress.
@@ -126,6 +171,7 @@ pub struct Dirty {
     pub luns: BTreeSet<LunId>,
     pub snapshots: BTreeSet<(LunId, u64)>,
     pub groups: BTreeSet<String>,
+    pub splits: BTreeSet<LunId>,
     /// Deletes of keys whose owner (a deleted LUN) is gone from memory.
     pub orphans: Vec<MetaPut>,
     /// Map keys dirtied since the last commit (an estimate, for backpressure).
@@ -152,6 +198,9 @@ pub struct State {
     pub failed: Option<String>,
     pub closed: bool,
     pub jobs: BTreeMap<LunId, GcJob>,
+    pub splits: BTreeMap<LunId, SplitJob>,
+    /// Recently finished splits: (LUN name, blocks copied, unix seconds).
+    pub finished_splits: Vec<(String, u64, u64)>,
     pub next_job_id: u64,
     pub finished_jobs: Vec<GcJob>,
 }
@@ -265,6 +314,7 @@ impl State {
                         created: s.created,
                         size_blocks: s.size_blocks,
                         group: s.group.clone(),
+                        hidden: s.hidden,
                     })
                 });
             puts.push((codec::key_u64_u64(codec::TAG_SNAPSHOT, id.0, epoch), value));
@@ -289,6 +339,20 @@ impl State {
                 puts.push((codec::key_u64_u64(codec::TAG_HISTORY, lun.id.0, lba), value));
             }
         }
+        for id in std::mem::take(&mut self.dirty.splits) {
+            let value = self.splits.get(&id).map(|j| {
+                codec::to_json(&codec::SplitRecord {
+                    cursor: j.cursor,
+                    state: match j.state {
+                        SplitState::Stopped => "stopped".into(),
+                        _ => "running".into(),
+                    },
+                    started: j.started,
+                    copied_blocks: j.copied_blocks,
+                })
+            });
+            puts.push((codec::key_u64(codec::TAG_SPLIT, id.0), value));
+        }
         for start in std::mem::take(&mut self.refs.dirty) {
             let value = self
                 .refs
@@ -306,6 +370,7 @@ impl State {
             || !d.luns.is_empty()
             || !d.snapshots.is_empty()
             || !d.groups.is_empty()
+            || !d.splits.is_empty()
             || !d.orphans.is_empty()
             || !self.pending_free.is_empty()
             || !self.refs.dirty.is_empty()

@@ -199,6 +199,8 @@ pub struct LunInfo {
     pub created: u64,
     /// `LUN@SNAPSHOT` this LUN is a clone of.
     pub parent: Option<String>,
+    /// Clones that read through this LUN's snapshots.
+    pub clones: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -212,6 +214,8 @@ pub struct SnapshotInfo {
     pub exclusive_bytes: u64,
     /// The group snapshot it belongs to.
     pub group: Option<String>,
+    /// Clones that read through this snapshot.
+    pub clones: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -268,4 +272,23 @@ pub struct MetadataStats {
     pub shared_runs: u64,
     /// Bytes of keys and values as stored, before the store's own overhead.
     pub encoded_bytes: u64,
+}
+
+/// A clone split's progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitInfo {
+    pub lun: String,
+    /// `LUN@SNAPSHOT` the clone reads through, while it still does.
+    pub parent: Option<String>,
+    /// "running", "stopped", "waiting-for-space", "not-started", "done",
+    /// "independent"
+    pub state: String,
+    /// 0.0 to 1.0
+    pub progress: f64,
+    pub copied_bytes: u64,
+    pub total_bytes: u64,
+    pub rate_bytes_per_sec: u64,
+    pub started: Option<u64>,
+    /// Why the split waits, when it does.
+    pub message: Option<String>,
 }

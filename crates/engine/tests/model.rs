@@ -69,6 +69,9 @@ struct World {
     pending_uncertain: Option<Uncertain>,
     /// A fault is armed for this step: a failure may come from the device.
     armed: bool,
+    clones: u64,
+    split_bytes: u64,
+    splits_done: u64,
 }
 
 fn config() -> EngineConfig {
@@ -119,6 +122,9 @@ impl World {
             nospace: 0,
             pending_uncertain: None,
             armed: false,
+            clones: 0,
+            split_bytes: 0,
+            splits_done: 0,
         }
     }
 
@@ -169,6 +175,12 @@ impl World {
         let armed = self.maybe_fault();
         self.armed = armed;
         let op = self.rng.gen_range(0..100);
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!(
+                "op {op} armed={armed} luns={:?}",
+                self.luns.keys().collect::<Vec<_>>()
+            );
+        }
         let result: Result<(), Error> = match op {
             0..=5 => self.op_create_lun(),
             6..=40 => self.op_write(),
@@ -180,13 +192,32 @@ impl World {
             76..=80 => self.op_restore(),
             81..=83 => self.op_resize(),
             84..=85 => self.op_delete_lun(),
-            86..=88 => self.op_group(),
-            89..=90 => self.op_delete_group(),
-            91..=94 => {
+            86..=87 => self.op_group(),
+            88 => self.op_delete_group(),
+            89..=90 => {
                 self.engine.run_job_batch();
                 Ok(())
             }
-            95..=96 => self.op_reopen(),
+            91 => self.op_reopen(),
+            92..=93 => self.op_clone(),
+            94 => self.op_split_start_stop(),
+            95..=97 => {
+                for _ in 0..self.rng.gen_range(1..4) {
+                    if let engine::SplitStep::Copied(b) = self.engine.run_split_batch() {
+                        self.split_bytes += b;
+                    }
+                }
+                for name in self.luns.keys() {
+                    if self
+                        .engine
+                        .split_status(name)
+                        .is_ok_and(|i| i.state == "done")
+                    {
+                        self.splits_done += 1;
+                    }
+                }
+                Ok(())
+            }
             _ => self.op_read_unaligned(),
         };
         if let Err(e) = result {
@@ -203,6 +234,89 @@ impl World {
         }
         self.plan.clear();
         self.verify();
+    }
+
+    /// Who reads through whom, as the engine says (contents are checked
+    /// against the model; a wrong dependency shows up as wrong content).
+    fn has_clones(&self, lun: &str) -> bool {
+        self.engine
+            .lun_info(lun)
+            .is_ok_and(|i| !i.clones.is_empty())
+    }
+
+    fn op_clone(&mut self) -> Result<(), Error> {
+        let Some(lun) = self.existing_lun() else {
+            return Ok(());
+        };
+        let snaps: Vec<String> = self.luns[&lun].snapshots.keys().cloned().collect();
+        if snaps.is_empty() {
+            return Ok(());
+        }
+        let snap = snaps[self.rng.gen_range(0..snaps.len())].clone();
+        let names = ["k1", "k2", "vol/k3", "vol/k4"];
+        let count = if self.rng.gen_ratio(1, 4) { 2 } else { 1 };
+        let first = self.rng.gen_range(0..names.len() - 1);
+        let new: Vec<String> = names[first..first + count]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        let split = self.rng.gen_ratio(1, 4);
+        let content = self.luns[&lun].snapshots[&snap].clone();
+        match self
+            .engine
+            .create_clones(&format!("{lun}@{snap}"), &new, split)
+        {
+            Ok(infos) => {
+                assert_eq!(infos.len(), new.len());
+                self.clones += new.len() as u64;
+                for n in new {
+                    assert!(
+                        !self.luns.contains_key(&n),
+                        "seed {}: clone over an existing LUN",
+                        self.seed
+                    );
+                    let mut m = MLun::new(0);
+                    m.data = content.clone();
+                    m.durable = content.clone();
+                    self.luns.insert(n, m);
+                }
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::AlreadyExists { .. }) => {
+                assert!(new.iter().any(|n| self.luns.contains_key(n)));
+                Ok(())
+            }
+            Err(e) => {
+                self.pending_uncertain = Some(Uncertain::Clones(new, content));
+                Err(e)
+            }
+        }
+    }
+
+    fn op_split_start_stop(&mut self) -> Result<(), Error> {
+        let Some(lun) = self.existing_lun() else {
+            return Ok(());
+        };
+        let is_clone = self.engine.lun_info(&lun).unwrap().parent.is_some();
+        let r = if self.rng.gen_bool(0.7) {
+            self.engine.start_split(&lun)
+        } else {
+            self.engine.stop_split(&lun)
+        };
+        match r {
+            Ok(info) => {
+                assert!(
+                    is_clone,
+                    "seed {}: split of a LUN that is not a clone",
+                    self.seed
+                );
+                assert!(info.progress <= 1.0);
+                Ok(())
+            }
+            Err(Error::InvalidArgument(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn op_create_lun(&mut self) -> Result<(), Error> {
@@ -472,17 +586,18 @@ impl World {
             return Ok(());
         };
         let recursive = self.rng.gen_bool(0.5);
+        let has_clones = self.has_clones(&name);
         let l = &self.luns[&name];
         let in_group = self.groups.values().any(|m| m.contains(&name));
         match self.engine.delete_lun(&name, recursive) {
             Ok(()) => {
-                assert!(!in_group && (recursive || l.snapshots.is_empty()));
+                assert!(!in_group && !has_clones && (recursive || l.snapshots.is_empty()));
                 self.luns.remove(&name);
                 self.all_durable();
                 Ok(())
             }
             Err(Error::HasDependents(_)) => {
-                assert!(in_group || (!recursive && !l.snapshots.is_empty()));
+                assert!(in_group || has_clones || (!recursive && !l.snapshots.is_empty()));
                 Ok(())
             }
             Err(e) => {
@@ -684,6 +799,16 @@ impl World {
             return;
         };
         match u {
+            Uncertain::Clones(names, content) => {
+                for n in names {
+                    if self.engine.lun_info(&n).is_ok() && !self.luns.contains_key(&n) {
+                        let mut m = MLun::new(0);
+                        m.data = content.clone();
+                        m.durable = content.clone();
+                        self.luns.insert(n, m);
+                    }
+                }
+            }
             Uncertain::CreateLun(name, blocks) => {
                 if self.engine.lun_info(&name).is_ok() && !self.luns.contains_key(&name) {
                     self.luns.insert(name, MLun::new(blocks));
@@ -832,9 +957,20 @@ impl World {
         for g in self.groups.keys().cloned().collect::<Vec<_>>() {
             self.engine.delete_group_snapshot(&g).unwrap();
         }
-        for name in self.luns.keys().cloned().collect::<Vec<_>>() {
-            self.engine.delete_lun(&name, true).unwrap();
+        // Clones first: a LUN whose snapshot backs a clone cannot go.
+        let mut left: Vec<String> = self.luns.keys().cloned().collect();
+        for _ in 0..16 {
+            left.retain(|name| match self.engine.delete_lun(name, true) {
+                Ok(()) => false,
+                Err(Error::HasDependents(_)) => true,
+                Err(e) => panic!("seed {}: teardown delete {name}: {e}", self.seed),
+            });
         }
+        assert!(
+            left.is_empty(),
+            "seed {}: could not delete {left:?}",
+            self.seed
+        );
         self.engine.run_jobs();
         self.engine.flush().unwrap();
         let status = self.engine.pool_status().unwrap();
@@ -849,6 +985,7 @@ impl World {
 }
 
 enum Uncertain {
+    Clones(Vec<String>, Vec<u8>),
     CreateLun(String, usize),
     Snapshot(String, String, Vec<u8>),
     DeleteSnapshot(String, String),
@@ -872,17 +1009,28 @@ fn model_random_sequences_with_crashes() {
     let seeds = env_u64("MODEL_SEEDS", 24);
     let steps = env_u64("MODEL_STEPS", 400);
     let (mut crashes, mut faults, mut nospace) = (0, 0, 0);
+    let (mut clones, mut split_bytes, mut splits_done) = (0, 0, 0);
     for seed in first..first + seeds {
         let mut w = World::new(seed);
         for _ in 0..steps {
             w.step();
         }
         w.teardown();
+        clones += w.clones;
+        split_bytes += w.split_bytes;
+        splits_done += w.splits_done;
         crashes += w.crashes;
         faults += w.faults;
         nospace += w.nospace;
     }
-    eprintln!("model: {seeds} seeds x {steps} steps, {crashes} crashes, {faults} failed writes, {nospace} ENOSPC");
+    eprintln!(
+        "model: {seeds} seeds x {steps} steps, {crashes} crashes, {faults} failed writes, {nospace} ENOSPC, \
+         {clones} clones, {split_bytes} bytes copied by splits, {splits_done} split-done observations"
+    );
+    assert!(
+        clones > 0 && split_bytes > 0 && splits_done > 0,
+        "the run never split a clone to the end"
+    );
     assert!(
         crashes > 0,
         "the run injected no crash: the test would not see crash bugs"

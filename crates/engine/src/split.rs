@@ -1,0 +1,591 @@
+//! Writable clones and the lazy clone split (MISSION.md C, seeds 001/004).
+//!
+//! A clone is a LUN whose parent is `(LUN, snapshot epoch)`: what it has not
+//! written reads through to the snapshot. The split copies, in batches, every
+//! block the clone (or one of its own snapshots) still reads through the
+//! parent into blocks the clone owns, then drops the parent link and the pin
+//! in one commit.
+//!
+//! What "reads through" means per block: the block's versions in the clone
+//! (history lifetimes and the head) leave *gaps* in the epoch line from the
+//! clone's creation on. The head's gap (no current version) is read by the
+//! clone; a finite gap is read by the clone's snapshots taken inside it.
+//! The split fills every gap someone reads with one copy of the parent's
+//! data, shared by all the versions it creates (reference-counted), so that
+//! after the parent link goes every reader sees exactly what it saw before.
+
+use crate::engine::{now_secs, resolve_blocks, Engine, Segments, Src};
+use crate::map::{Val, Version};
+use crate::space::Run;
+use crate::state::{SplitJob, SplitState, State};
+use crate::types::*;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// Blocks one split batch copies at most (foreground writes to the same
+/// blocks wait for one batch at most).
+pub const SPLIT_BATCH_BLOCKS: u64 = 256;
+/// Clones one call may create.
+pub const CLONES_PER_CALL_MAX: usize = 10_000;
+
+/// What one call of `run_split_batch` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitStep {
+    /// Copied this many bytes (0 when the batch found nothing to copy).
+    Copied(u64),
+    /// A split waits for free space.
+    Waiting,
+    /// No split is running.
+    Idle,
+}
+
+/// A gap in one block range's epoch line: `[start, end)`, `end == None`
+/// for the head.
+type Gap = (u64, Option<u64>);
+
+struct Fill {
+    lba: u64,
+    len: u64,
+    src: u64,
+    gaps: Vec<Gap>,
+}
+
+impl Engine {
+    /// Creates writable clones of `source` (`LUN@SNAPSHOT`), each O(1), in
+    /// one commit; with `split`, their splits start at once (a snapclone).
+    pub fn create_clones(
+        &self,
+        source: &str,
+        names: &[String],
+        split: bool,
+    ) -> Result<Vec<LunInfo>> {
+        let (lun, snap) = source.split_once('@').ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "clone source \"{source}\" must name a snapshot: LUN@SNAPSHOT"
+            ))
+        })?;
+        if names.is_empty() || names.len() > CLONES_PER_CALL_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "a call creates 1 to {CLONES_PER_CALL_MAX} clones, not {}",
+                names.len()
+            )));
+        }
+        for n in names {
+            validate_lun_name(n)?;
+        }
+        let ids = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let parent = s.lun_id(lun)?;
+            let epoch = s.luns[&parent]
+                .snapshot_by_name(snap)
+                .ok_or_else(|| Error::not_found("snapshot", source))?;
+            let size_blocks = s.luns[&parent].snapshots[&epoch].size_blocks;
+            let mut seen = std::collections::HashSet::new();
+            for n in names {
+                if s.names.contains_key(n) || !seen.insert(n) {
+                    return Err(Error::AlreadyExists {
+                        kind: "LUN",
+                        name: n.clone(),
+                    });
+                }
+            }
+            let created = now_secs();
+            let mut ids = Vec::with_capacity(names.len());
+            for n in names {
+                let id = LunId(s.next_lun_id);
+                s.next_lun_id += 1;
+                let mut l = crate::engine::new_lun(
+                    id,
+                    n.clone(),
+                    size_blocks,
+                    created,
+                    Some((parent, Epoch(epoch))),
+                );
+                l.created_epoch = s.epoch;
+                s.luns.insert(id, l);
+                s.names.insert(n.clone(), id);
+                s.dirty.luns.insert(id);
+                if split {
+                    s.splits.insert(id, new_job());
+                    s.dirty.splits.insert(id);
+                }
+                ids.push(id);
+            }
+            s.dirty.pool = true;
+            ids
+        };
+        self.flush()?;
+        let s = self.state.lock();
+        Ok(ids
+            .iter()
+            .filter_map(|id| s.luns.get(id).map(|l| crate::engine::lun_info(&s, l)))
+            .collect())
+    }
+
+    /// Starts (or resumes) splitting a clone from its backing snapshot.
+    pub fn start_split(&self, name: &str) -> Result<SplitInfo> {
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(name)?;
+            if s.luns[&id].parent.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "LUN \"{name}\" is not a clone (or its split already finished): nothing to split"
+                )));
+            }
+            match s.splits.get_mut(&id) {
+                Some(job) if job.state == SplitState::Stopped => job.state = SplitState::Running,
+                Some(_) => {}
+                None => {
+                    s.splits.insert(id, new_job());
+                }
+            }
+            s.dirty.splits.insert(id);
+        }
+        self.flush()?;
+        self.split_status(name)
+    }
+
+    /// Stops a split; the clone stays valid and backed, and a later start
+    /// resumes where this one stopped.
+    pub fn stop_split(&self, name: &str) -> Result<SplitInfo> {
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(name)?;
+            let job = s.splits.get_mut(&id).ok_or_else(|| {
+                Error::InvalidArgument(format!("no split of LUN \"{name}\" is under way"))
+            })?;
+            job.state = SplitState::Stopped;
+            job.message = None;
+            s.dirty.splits.insert(id);
+        }
+        self.flush()?;
+        self.split_status(name)
+    }
+
+    pub fn split_status(&self, name: &str) -> Result<SplitInfo> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let id = s.lun_id(name)?;
+        Ok(split_info(&s, id))
+    }
+
+    /// Splits under way (running, stopped or waiting) of LUNs whose name
+    /// starts with `prefix`.
+    pub fn list_splits(&self, prefix: &str) -> Result<Vec<SplitInfo>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let mut out: Vec<SplitInfo> = s
+            .splits
+            .keys()
+            .filter(|id| s.luns.get(id).is_some_and(|l| l.name.starts_with(prefix)))
+            .map(|&id| split_info(&s, id))
+            .collect();
+        out.sort_by(|a, b| a.lun.cmp(&b.lun));
+        Ok(out)
+    }
+
+    /// The pool-wide split rate limit in bytes per second (0: unlimited).
+    pub fn split_rate(&self) -> u64 {
+        self.split_rate_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn set_split_rate(&self, bytes_per_sec: u64) {
+        self.split_rate_bytes
+            .store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Copies one batch of one running split (round robin over splits).
+    pub fn run_split_batch(&self) -> SplitStep {
+        let picked = {
+            let s = self.state.lock();
+            if s.check_open().is_err() {
+                return SplitStep::Idle;
+            }
+            let mut last = self.split_turn.lock();
+            let eligible = |(&id, j): (&LunId, &SplitJob)| match j.state {
+                SplitState::Running => Some(id),
+                SplitState::WaitingForSpace
+                    if j.last_batch.is_none_or(|t| t.elapsed().as_millis() >= 500) =>
+                {
+                    Some(id)
+                }
+                _ => None,
+            };
+            let next = s
+                .splits
+                .range(LunId(last.0 + 1)..)
+                .find_map(eligible)
+                .or_else(|| s.splits.iter().find_map(eligible));
+            if let Some(id) = next {
+                *last = id;
+            }
+            next
+        };
+        let Some(id) = picked else {
+            let waiting = self
+                .state
+                .lock()
+                .splits
+                .values()
+                .any(|j| j.state == SplitState::WaitingForSpace);
+            return if waiting {
+                SplitStep::Waiting
+            } else {
+                SplitStep::Idle
+            };
+        };
+        match self.split_batch(id) {
+            Ok(step) => step,
+            Err(e) => {
+                let mut s = self.state.lock();
+                if let Some(job) = s.splits.get_mut(&id) {
+                    job.message = Some(e.to_string());
+                    job.last_batch = Some(Instant::now());
+                }
+                SplitStep::Waiting
+            }
+        }
+    }
+
+    fn split_batch(&self, id: LunId) -> Result<SplitStep> {
+        let (fence, first, end) = {
+            let s = self.state.lock();
+            let (Some(l), Some(job)) = (s.luns.get(&id), s.splits.get(&id)) else {
+                return Ok(SplitStep::Idle);
+            };
+            (
+                l.fence.clone(),
+                job.cursor,
+                (job.cursor + SPLIT_BATCH_BLOCKS).min(l.parent_limit_blocks),
+            )
+        };
+        if first >= end {
+            self.complete_split(id)?;
+            return Ok(SplitStep::Copied(0));
+        }
+        let _stripes = self.lock_stripes(id, first, end - first);
+        let _fenced = fence.read();
+        // Plan: what to copy, and where.
+        let (fills, runs) = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            match s.splits.get(&id) {
+                Some(job) if job.cursor == first && job.state != SplitState::Stopped => {}
+                _ => return Ok(SplitStep::Idle),
+            }
+            let fills = plan_fills(&s, id, first, end);
+            let need: u64 = fills.iter().map(|f| f.len).sum();
+            let runs = if need == 0 {
+                Vec::new()
+            } else {
+                match s.alloc.allocate(need) {
+                    Some(runs) => runs,
+                    None => {
+                        let free = s.alloc.free_blocks();
+                        let job = s.splits.get_mut(&id).expect("checked");
+                        job.state = SplitState::WaitingForSpace;
+                        job.message = Some(format!(
+                            "the pool is full ({need} blocks needed, {free} free); the split continues when space is freed"
+                        ));
+                        job.last_batch = Some(Instant::now());
+                        return Ok(SplitStep::Waiting);
+                    }
+                }
+            };
+            s.reserved_blocks += need;
+            (fills, runs)
+        };
+        // Lay the new runs over the fills in order.
+        let mut placed: Vec<(usize, u64, u64, u64)> = Vec::new(); // fill, offset, len, dst
+        let mut run_iter = runs.iter().copied();
+        let mut run = run_iter.next();
+        let mut used = 0;
+        for (i, f) in fills.iter().enumerate() {
+            let mut off = 0;
+            while off < f.len {
+                let r = run.expect("allocated exactly what is needed");
+                let take = (r.len - used).min(f.len - off);
+                placed.push((i, off, take, r.start + used));
+                used += take;
+                off += take;
+                if used == r.len {
+                    run = run_iter.next();
+                    used = 0;
+                }
+            }
+        }
+        // Copy: the parent's blocks are pinned (the parent link pins the
+        // snapshot), so they cannot be freed under us.
+        let mut buf = Vec::new();
+        let mut copy_result = Ok(());
+        for &(i, off, len, dst) in &placed {
+            buf.resize((len * BLOCK_SIZE) as usize, 0);
+            let src = fills[i].src + off;
+            if let Err(e) = self
+                .data
+                .read_at(&mut buf, src * BLOCK_SIZE)
+                .and_then(|()| self.data.write_at(&buf, dst * BLOCK_SIZE))
+            {
+                copy_result = Err(e);
+                break;
+            }
+        }
+        self.data_dirty.store(true, Ordering::Release);
+        let copied: u64 = fills.iter().map(|f| f.len).sum();
+        let mut s = self.state.lock();
+        s.reserved_blocks -= copied;
+        if let Err(e) = copy_result {
+            for r in runs {
+                s.alloc.release(r);
+            }
+            return Err(e.into());
+        }
+        let now = s.epoch;
+        for &(i, off, len, dst) in &placed {
+            let f = &fills[i];
+            let lba = f.lba + off;
+            for (n, &(g0, g1)) in f.gaps.iter().enumerate() {
+                if n > 0 {
+                    s.refs.incref(Run { start: dst, len });
+                }
+                let l = s.luns.get_mut(&id).expect("fenced LUN exists");
+                match g1 {
+                    None => l.head.insert(lba, len, Val::Data(dst), g0.min(now)),
+                    Some(g1) => l.history.insert_version(
+                        lba,
+                        len,
+                        Version {
+                            birth: g0,
+                            death: g1,
+                            val: Val::Data(dst),
+                        },
+                    ),
+                }
+                s.dirty.map_keys += 1;
+            }
+        }
+        let job = s.splits.get_mut(&id).expect("checked");
+        job.cursor = end;
+        job.copied_blocks += copied;
+        if job.state == SplitState::WaitingForSpace {
+            job.state = SplitState::Running;
+        }
+        job.message = None;
+        let bytes = copied * BLOCK_SIZE;
+        if let Some(t) = job.last_batch {
+            let secs = t.elapsed().as_secs_f64().max(1e-6);
+            let instant = bytes as f64 / secs;
+            job.rate = if job.rate == 0.0 {
+                instant
+            } else {
+                job.rate * 0.8 + instant * 0.2
+            };
+        }
+        job.last_batch = Some(Instant::now());
+        s.dirty.splits.insert(id);
+        let done = end >= s.luns[&id].parent_limit_blocks;
+        drop(s);
+        drop(_fenced);
+        drop(_stripes);
+        if done {
+            self.complete_split(id)?;
+        }
+        Ok(SplitStep::Copied(bytes))
+    }
+
+    /// Every gap is filled: drop the parent link and the pin in one commit.
+    fn complete_split(&self, id: LunId) -> Result<()> {
+        let removed = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let Some(l) = s.luns.get_mut(&id) else {
+                return Ok(());
+            };
+            let Some(parent) = l.parent.take() else {
+                return Ok(());
+            };
+            l.parent_limit_blocks = 0;
+            let name = l.name.clone();
+            s.dirty.luns.insert(id);
+            if let Some(job) = s.splits.remove(&id) {
+                s.finished_splits
+                    .push((name, job.copied_blocks, now_secs()));
+                let excess = s.finished_splits.len().saturating_sub(64);
+                s.finished_splits.drain(..excess);
+            }
+            s.dirty.splits.insert(id);
+            release_pin(&mut s, parent)
+        };
+        self.finish_snapshot_removal(&removed)
+    }
+}
+
+fn new_job() -> SplitJob {
+    SplitJob {
+        cursor: 0,
+        state: SplitState::Running,
+        started: now_secs(),
+        copied_blocks: 0,
+        rate: 0.0,
+        last_batch: None,
+        message: None,
+    }
+}
+
+/// A clone let go of `(LUN, epoch)`: if that snapshot was deleted (hidden)
+/// and nothing else reads through it, delete it for real.
+pub(crate) fn release_pin(s: &mut State, (lun, epoch): (LunId, Epoch)) -> Vec<(LunId, u64)> {
+    let still_pinned = s.luns.values().any(|c| c.parent == Some((lun, epoch)));
+    let hidden = s
+        .luns
+        .get(&lun)
+        .and_then(|l| l.snapshots.get(&epoch.0))
+        .is_some_and(|sn| sn.hidden);
+    if !still_pinned && hidden {
+        crate::engine::remove_snapshot(s, lun, epoch.0);
+        vec![(lun, epoch.0)]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Which blocks of `[first, end)` some reader of clone `id` reads through
+/// its parent, with the parent's physical block for each.
+fn plan_fills(s: &State, id: LunId, first: u64, end: u64) -> Vec<Fill> {
+    let l = &s.luns[&id];
+    let Some((parent, pe)) = l.parent else {
+        return Vec::new();
+    };
+    let mut fills = Vec::new();
+    let mut pos = first;
+    while pos < end {
+        let (hl, head) = l.head.lookup(pos, end);
+        let (yl, range) = l.history.range_at(pos, pos + hl);
+        // Pieces do not straddle the LUN's size: the head's gap counts only
+        // inside it.
+        let inside = if pos < l.size_blocks {
+            l.size_blocks - pos
+        } else {
+            u64::MAX
+        };
+        let n = hl.min(yl).min(inside);
+        // The epoch line of these blocks, from the clone's creation on.
+        let mut lives: Vec<(u64, u64)> = range
+            .map(|r| r.versions.iter().map(|v| (v.birth, v.death)).collect())
+            .unwrap_or_default();
+        if let Some((_, birth)) = head {
+            lives.push((birth, u64::MAX));
+        }
+        lives.sort_unstable();
+        let mut gaps = Vec::new();
+        let mut t = l.created_epoch;
+        for (b, d) in lives {
+            if b > t && l.is_seen(t, b) {
+                gaps.push((t, Some(b)));
+            }
+            t = t.max(d);
+        }
+        if t != u64::MAX {
+            if pos < l.size_blocks {
+                gaps.push((t, None));
+            } else if t < s.epoch && l.is_seen(t, s.epoch) {
+                // Past the LUN's size (it shrank) only its older snapshots
+                // read these blocks: an old version that ends now serves them.
+                gaps.push((t, Some(s.epoch)));
+            }
+        }
+        if !gaps.is_empty() {
+            let mut segs = Segments::new();
+            resolve_blocks(s, parent, Some(pe.0), pos, pos + n, &mut segs);
+            let mut at = pos;
+            for (len, src) in segs {
+                // Zeros and holes in the parent read as zeros without it.
+                if let Src::Data(p) = src {
+                    fills.push(Fill {
+                        lba: at,
+                        len,
+                        src: p,
+                        gaps: gaps.clone(),
+                    });
+                }
+                at += len;
+            }
+        }
+        pos += n;
+    }
+    fills
+}
+
+fn split_info(s: &State, id: LunId) -> SplitInfo {
+    let l = &s.luns[&id];
+    let total = l.parent_limit_blocks;
+    let parent = l.parent.and_then(|(p, e)| {
+        let pl = s.luns.get(&p)?;
+        Some(format!(
+            "{}@{}",
+            pl.name,
+            pl.snapshots
+                .get(&e.0)
+                .map(|sn| sn.name.as_str())
+                .unwrap_or("?")
+        ))
+    });
+    match s.splits.get(&id) {
+        Some(job) => SplitInfo {
+            lun: l.name.clone(),
+            parent,
+            state: job.state.as_str().into(),
+            progress: if total == 0 {
+                1.0
+            } else {
+                job.cursor as f64 / total as f64
+            },
+            copied_bytes: job.copied_blocks * BLOCK_SIZE,
+            total_bytes: total * BLOCK_SIZE,
+            rate_bytes_per_sec: if job.state == SplitState::Running {
+                job.rate as u64
+            } else {
+                0
+            },
+            started: Some(job.started),
+            message: job.message.clone(),
+        },
+        None if l.parent.is_some() => SplitInfo {
+            lun: l.name.clone(),
+            parent,
+            state: "not-started".into(),
+            progress: 0.0,
+            copied_bytes: 0,
+            total_bytes: total * BLOCK_SIZE,
+            rate_bytes_per_sec: 0,
+            started: None,
+            message: None,
+        },
+        None => {
+            let copied = s
+                .finished_splits
+                .iter()
+                .rev()
+                .find(|(n, _, _)| *n == l.name)
+                .map(|(_, c, _)| *c);
+            SplitInfo {
+                lun: l.name.clone(),
+                parent: None,
+                state: if copied.is_some() {
+                    "done".into()
+                } else {
+                    "independent".into()
+                },
+                progress: 1.0,
+                copied_bytes: copied.unwrap_or(0) * BLOCK_SIZE,
+                total_bytes: 0,
+                rate_bytes_per_sec: 0,
+                started: None,
+                message: None,
+            }
+        }
+    }
+}
