@@ -400,6 +400,207 @@ fn engine_bench(o: &Opts) {
         ratio: "—".into(),
         goal: "(information)".into(),
     });
+    clone_bench(o, &mut rows, &mut rng, sync_p50);
     let _ = std::fs::remove_dir_all(&o.dir);
     print_table(&rows);
+}
+
+/// Clones: create latency, 1,000 at once, chain depth, split throughput
+/// against cp, and foreground read p99 while a split runs.
+fn clone_bench(o: &Opts, rows: &mut Vec<Row>, rng: &mut StdRng, sync_p50: Duration) {
+    let written = if o.quick { 64 * MIB } else { GIB };
+    let dir = fresh_dir(&o.dir, "clones");
+    let e = open_engine(&dir, 4 * GIB + 16 * written);
+    // Clone create latency at 1 GiB and 1 TiB, same data written.
+    let mut p50s = Vec::new();
+    for (label, size) in [("1 GiB", GIB), ("1 TiB", 1u64 << 40)] {
+        let base = format!("base-{}", size >> 30);
+        e.create_lun(&base, size).unwrap();
+        write_sequential(&e, &base, written);
+        e.create_snapshot(&base, "gold").unwrap();
+        let mut samples = Vec::new();
+        for i in 0..if o.quick { 40 } else { 200 } {
+            let t0 = Instant::now();
+            e.create_clones(&format!("{base}@gold"), &[format!("{base}-c{i}")], false)
+                .unwrap();
+            samples.push(t0.elapsed());
+        }
+        let (p50, p99) = (
+            percentile(&mut samples, 0.5),
+            percentile(&mut samples, 0.99),
+        );
+        p50s.push(p50);
+        rows.push(Row {
+            what: format!("clone create, {label} LUN: p50 / p99"),
+            ours: format!("{} / {}", ms(p50), ms(p99)),
+            baseline: format!("fdatasync {}", ms(sync_p50)),
+            ratio: format!("{:.2}×", p50.as_secs_f64() / sync_p50.as_secs_f64()),
+            goal: "p50 ≤ fdatasync + 1 ms".into(),
+        });
+    }
+    rows.push(Row {
+        what: "clone create p50, 1 TiB vs 1 GiB".into(),
+        ours: format!(
+            "{:+.1} %",
+            (p50s[1].as_secs_f64() / p50s[0].as_secs_f64() - 1.0) * 100.0
+        ),
+        baseline: "—".into(),
+        ratio: "—".into(),
+        goal: "independent of size".into(),
+    });
+    let names: Vec<String> = (0..1000).map(|i| format!("vm/{i}")).collect();
+    let t0 = Instant::now();
+    e.create_clones("base-1@gold", &names, false).unwrap();
+    rows.push(Row {
+        what: "1,000 clones of one snapshot in one call".into(),
+        ours: ms(t0.elapsed()),
+        baseline: "—".into(),
+        ratio: "—".into(),
+        goal: "< 1 s".into(),
+    });
+
+    // Read latency at clone depth 1 and 50, data in the base.
+    let blocks = written / BLOCK_SIZE;
+    let mut chain = "base-1".to_string();
+    let mut depth_names = Vec::new();
+    for d in 1..=50 {
+        let name = format!("chain/{d}");
+        e.create_snapshot(&chain, "s").unwrap();
+        e.create_clones(&format!("{chain}@s"), std::slice::from_ref(&name), false)
+            .unwrap();
+        depth_names.push(name.clone());
+        chain = name;
+    }
+    let lat = |export: &str, rng: &mut StdRng| -> Duration {
+        let t = e.resolve(export).unwrap();
+        let mut b = vec![0u8; 4096];
+        // Interleaved rounds, median of round medians: the other core is noisy.
+        let mut samples = Vec::with_capacity(20_000);
+        for _ in 0..20_000 {
+            let off = rng.gen_range(0..blocks) * BLOCK_SIZE;
+            let t0 = Instant::now();
+            e.read(t, off, &mut b).unwrap();
+            samples.push(t0.elapsed());
+        }
+        percentile(&mut samples, 0.5)
+    };
+    let (mut d1, mut d50) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        d1.push(lat(&depth_names[0], rng));
+        d50.push(lat(&depth_names[49], rng));
+    }
+    let (d1, d50) = (percentile(&mut d1, 0.5), percentile(&mut d50, 0.5));
+    rows.push(Row {
+        what: "4 KiB random read p50, clone depth 50 vs depth 1".into(),
+        ours: us(d50),
+        baseline: format!("depth 1 {}", us(d1)),
+        ratio: format!("{:.2}×", d50.as_secs_f64() / d1.as_secs_f64()),
+        goal: "within 10 %".into(),
+    });
+
+    // Split throughput against cp of a file of the same size, same disk.
+    let split_bytes = if o.quick { 256 * MIB } else { 4 * GIB };
+    e.create_lun("big", split_bytes).unwrap();
+    write_sequential(&e, "big", split_bytes);
+    e.create_snapshot("big", "s").unwrap();
+    let src = dir.join("cp-src");
+    {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&src)
+            .unwrap();
+        let chunk = vec![0x5au8; MIB as usize];
+        for i in 0..split_bytes / MIB {
+            f.write_all_at(&chunk, i * MIB).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let t0 = Instant::now();
+    let status = std::process::Command::new("cp")
+        .arg(&src)
+        .arg(dir.join("cp-dst"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    OpenOptions::new()
+        .write(true)
+        .open(dir.join("cp-dst"))
+        .unwrap()
+        .sync_all()
+        .unwrap();
+    let cp_rate = split_bytes as f64 / t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(dir.join("cp-dst"));
+    let _ = std::fs::remove_file(&src);
+    e.set_split_rate(0);
+    e.create_clones("big@s", &["big-clone".to_string()], false)
+        .unwrap();
+    let t0 = Instant::now();
+    e.start_split("big-clone").unwrap();
+    wait_split(&e, "big-clone");
+    e.flush().unwrap();
+    let split_rate = split_bytes as f64 / t0.elapsed().as_secs_f64();
+    rows.push(Row {
+        what: format!(
+            "clone split, {} MiB clone, unthrottled (MB/s, incl. final sync)",
+            split_bytes / MIB
+        ),
+        ours: format!("{:.0}", split_rate / 1e6),
+        baseline: format!("cp + fsync {:.0}", cp_rate / 1e6),
+        ratio: format!("{:.2}×", split_rate / cp_rate),
+        goal: "≥ 0.8×".into(),
+    });
+
+    // Foreground 4 KiB random reads on another LUN, with and without a split
+    // at the default rate limit.
+    e.set_split_rate(engine::EngineConfig::default().split_rate_bytes);
+    let fg = "base-1";
+    let p99 = |e: &Engine, rng: &mut StdRng| -> Duration {
+        let t = e.resolve(fg).unwrap();
+        let mut b = vec![0u8; 4096];
+        let mut samples = Vec::with_capacity(50_000);
+        for _ in 0..50_000 {
+            let off = rng.gen_range(0..blocks) * BLOCK_SIZE;
+            let t0 = Instant::now();
+            e.read(t, off, &mut b).unwrap();
+            samples.push(t0.elapsed());
+            // Pace the reader a little, like a client would.
+            std::hint::spin_loop();
+        }
+        percentile(&mut samples, 0.99)
+    };
+    let quiet = p99(&e, rng);
+    e.create_clones("big@s", &["big-clone2".to_string()], true)
+        .unwrap();
+    let busy = p99(&e, rng);
+    let still = e.split_status("big-clone2").unwrap();
+    rows.push(Row {
+        what: "4 KiB read p99 on another LUN during a split (default 128 MB/s limit)".into(),
+        ours: us(busy),
+        baseline: format!("no split {}", us(quiet)),
+        ratio: format!("{:.2}×", busy.as_secs_f64() / quiet.as_secs_f64()),
+        goal: format!(
+            "< 1.2× (split was {} at {:.0} %)",
+            still.state,
+            still.progress * 100.0
+        ),
+    });
+    e.stop_split("big-clone2").ok();
+    e.close().unwrap();
+}
+
+fn wait_split(e: &Engine, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let st = e.split_status(name).unwrap();
+        if st.state == "done" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "split of {name} did not finish: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

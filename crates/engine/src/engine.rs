@@ -938,10 +938,15 @@ impl Engine {
             .chain(l.deleting.iter().copied())
             .collect();
         let seen = |birth: u64, death: u64| snapshots.iter().any(|&e| birth <= e && e < death);
+        let before = l.maps_nothing();
         let (dropped, next) = l
             .history
             .collect_garbage(job.cursor, batch, |v| seen(v.birth, v.death));
+        let reshaped = l.maps_nothing() != before;
         job.ranges_done += batch.min(l.history.len().max(1)) as u64;
+        if reshaped {
+            s.shape_gen += 1;
+        }
         for piece in &dropped {
             s.release(piece);
             if let Val::Data(_) = piece.val {
@@ -1511,11 +1516,11 @@ pub(crate) fn resolve_blocks(
     // A clone level that maps nothing of its own (typical of golden-image
     // chains) passes the whole range to its parent in one step, so deep
     // chains cost a hash lookup per level, not map searches.
-    if l.head.is_empty() && l.history.is_empty() {
-        let through = match l.parent {
-            Some((parent, pe)) if pos < l.parent_limit_blocks => {
-                let through = end.min(l.parent_limit_blocks);
-                resolve_blocks(s, parent, Some(pe.0), pos, through, out);
+    if l.maps_nothing() {
+        let through = match s.through(l) {
+            Some(t) if pos < t.limit_blocks => {
+                let through = end.min(t.limit_blocks);
+                resolve_blocks(s, t.lun, Some(t.epoch), pos, through, out);
                 through
             }
             _ => pos,
@@ -1540,10 +1545,10 @@ pub(crate) fn resolve_blocks(
         match val {
             Some(Val::Data(p)) => push_seg(out, n, Src::Data(p)),
             Some(Val::Zero) => push_seg(out, n, Src::Zero),
-            None => match l.parent {
-                Some((parent, pe)) if pos < l.parent_limit_blocks => {
-                    let through = (pos + n).min(l.parent_limit_blocks);
-                    resolve_blocks(s, parent, Some(pe.0), pos, through, out);
+            None => match s.through(l) {
+                Some(t) if pos < t.limit_blocks => {
+                    let through = (pos + n).min(t.limit_blocks);
+                    resolve_blocks(s, t.lun, Some(t.epoch), pos, through, out);
                     if through < pos + n {
                         push_seg(out, pos + n - through, Src::Hole);
                     }
@@ -1611,6 +1616,7 @@ pub(crate) fn new_lun(
         parent,
         parent_limit_blocks: if parent.is_some() { size_blocks } else { 0 },
         created_epoch: 0,
+        through_cache: std::cell::Cell::new(None),
         snapshots: BTreeMap::new(),
         deleting: Vec::new(),
         gc_needed: false,
@@ -1859,6 +1865,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
     let used = referenced_runs(&luns);
     let alloc = Allocator::from_used(pool.capacity_blocks, &union_runs(&used));
     let state = State {
+        shape_gen: 0,
         epoch: pool.epoch,
         next_lun_id: pool.next_lun_id,
         created: pool.created,

@@ -344,6 +344,7 @@ impl Engine {
             return Err(e.into());
         }
         let now = s.epoch;
+        let was_empty = s.luns[&id].maps_nothing();
         for &(i, off, len, dst) in &placed {
             let f = &fills[i];
             let lba = f.lba + off;
@@ -366,6 +367,9 @@ impl Engine {
                 }
                 s.dirty.map_keys += 1;
             }
+        }
+        if s.luns[&id].maps_nothing() != was_empty {
+            s.shape_gen += 1;
         }
         let job = s.splits.get_mut(&id).expect("checked");
         job.cursor = end;
@@ -409,6 +413,8 @@ impl Engine {
             };
             l.parent_limit_blocks = 0;
             let name = l.name.clone();
+            // Clones of this clone may have cached a read path through it.
+            s.shape_gen += 1;
             s.dirty.luns.insert(id);
             if let Some(job) = s.splits.remove(&id) {
                 s.finished_splits

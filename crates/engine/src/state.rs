@@ -63,12 +63,27 @@ pub struct Lun {
     pub gc_needed: bool,
     pub head: HeadMap,
     pub history: HistoryMap,
+    /// Cached `(shape_gen, target)` of `through()`.
+    pub through_cache: std::cell::Cell<Option<(u64, Option<Through>)>>,
     /// Writes hold it shared; snapshot, restore, resize and delete hold it
     /// exclusive, so that they see no write half done.
     pub fence: Arc<RwLock<()>>,
 }
 
+/// Where reads that fall through a clone's own maps go: the nearest
+/// ancestor snapshot that maps anything, and the fewest blocks any link on
+/// the way lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Through {
+    pub lun: LunId,
+    pub epoch: u64,
+    pub limit_blocks: u64,
+}
+
 impl Lun {
+    pub fn maps_nothing(&self) -> bool {
+        self.head.is_empty() && self.history.is_empty()
+    }
     /// A visible (not hidden) snapshot by name.
     pub fn snapshot_by_name(&self, name: &str) -> Option<u64> {
         self.visible_snapshots()
@@ -179,6 +194,9 @@ pub struct Dirty {
 }
 
 pub struct State {
+    /// Bumped whenever a LUN's maps turn empty or non-empty: it invalidates
+    /// every clone's cached read-through target (`Lun::through`).
+    pub shape_gen: u64,
     pub epoch: u64,
     pub next_lun_id: u64,
     pub created: u64,
@@ -271,7 +289,60 @@ impl State {
     }
 
     /// Replaces `[lba, lba+len)` of the head with `val` (or unmaps it).
+    /// Reads that fall through clone `lun`'s own maps: skips ancestors that
+    /// map nothing, so a deep golden-image chain costs one step, not one per
+    /// level. Cached until some LUN's maps turn empty or non-empty.
+    pub fn through(&self, lun: &Lun) -> Option<Through> {
+        if let Some((gen, t)) = lun.through_cache.get() {
+            if gen == self.shape_gen {
+                return t;
+            }
+        }
+        let (mut p, mut e) = lun.parent?;
+        let mut limit = lun.parent_limit_blocks;
+        let t = loop {
+            let Some(pl) = self.luns.get(&p) else {
+                break Through {
+                    lun: p,
+                    epoch: e.0,
+                    limit_blocks: limit,
+                };
+            };
+            match pl.parent {
+                Some((q, qe)) if pl.maps_nothing() => {
+                    limit = limit.min(pl.parent_limit_blocks);
+                    p = q;
+                    e = qe;
+                }
+                _ => {
+                    break Through {
+                        lun: p,
+                        epoch: e.0,
+                        limit_blocks: limit,
+                    }
+                }
+            }
+        };
+        lun.through_cache.set(Some((self.shape_gen, Some(t))));
+        Some(t)
+    }
+
+    /// Runs `change` on LUN `lun`'s maps, bumping `shape_gen` when they turn
+    /// empty or non-empty.
+    pub fn reshaping<R>(&mut self, lun: LunId, change: impl FnOnce(&mut State) -> R) -> R {
+        let before = self.luns.get(&lun).map(Lun::maps_nothing);
+        let r = change(self);
+        if self.luns.get(&lun).map(Lun::maps_nothing) != before {
+            self.shape_gen += 1;
+        }
+        r
+    }
+
     pub fn set_head(&mut self, lun: LunId, lba: u64, len: u64, val: Option<Val>) {
+        self.reshaping(lun, |s| s.set_head_inner(lun, lba, len, val))
+    }
+
+    fn set_head_inner(&mut self, lun: LunId, lba: u64, len: u64, val: Option<Val>) {
         let now = self.epoch;
         let pieces = self
             .luns
