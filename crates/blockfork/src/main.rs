@@ -62,7 +62,7 @@ struct ServeArgs {
     #[arg(long, default_value_t = 20)]
     commit_interval_ms: u64,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
+    #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     log: String,
 }
 

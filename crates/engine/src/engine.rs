@@ -678,7 +678,7 @@ impl Engine {
         };
         let mut out = Vec::new();
         for id in ids {
-            let exclusive = exclusive_blocks(&s.luns[&id]);
+            let exclusive = exclusive_blocks(&s.luns[&id], &s.refs);
             for (epoch, _) in s.luns[&id].visible_snapshots() {
                 let mut info = snapshot_info(&s, id, epoch).expect("listed");
                 info.exclusive_bytes = exclusive.get(&epoch).copied().unwrap_or(0) * BLOCK_SIZE;
@@ -1585,16 +1585,17 @@ pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
 }
 
 /// Blocks each snapshot alone sees, by epoch.
-fn exclusive_blocks(l: &Lun) -> HashMap<u64, u64> {
+fn exclusive_blocks(l: &Lun, refs: &RefCounts) -> HashMap<u64, u64> {
     let mut out = HashMap::new();
     for (_, r) in l.history.iter() {
         for v in &r.versions {
-            if !matches!(v.val, Val::Data(_)) {
-                continue;
-            }
+            let Val::Data(pba) = v.val else { continue };
             let mut seers = l.snapshots.range(v.birth..v.death).map(|(&e, _)| e);
             if let (Some(e), None) = (seers.next(), seers.next()) {
-                *out.entry(e).or_insert(0) += r.len;
+                // Blocks shared with another version (a restored head, a
+                // range clone) stay when the snapshot goes.
+                let own = r.len - refs.shared_blocks(pba, r.len);
+                *out.entry(e).or_insert(0) += own;
             }
         }
     }

@@ -202,6 +202,21 @@ impl RefCounts {
         }
     }
 
+    /// How many blocks of the run are referenced more than once.
+    pub fn shared_blocks(&self, start: u64, len: u64) -> u64 {
+        let end = start + len;
+        let first = self
+            .shared
+            .range(..=start)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(start);
+        self.shared
+            .range(first..end)
+            .map(|(&s, &(l, _))| (s + l).min(end).saturating_sub(s.max(start)))
+            .sum()
+    }
+
     /// Adds one reference to every block of the run (each must be in use).
     pub fn incref(&mut self, run: Run) {
         self.split_at(run.start);

@@ -494,6 +494,18 @@ impl World {
         };
         let snap = self.snapshot_name();
         let in_group = self.groups.get(&snap).is_some_and(|m| m.contains(&name));
+        // Space accounting: deleting a snapshot frees exactly what
+        // `snapshot list` says it holds alone (unless clones keep it).
+        let settled = !self.armed && self.luns[&name].snapshots.contains_key(&snap) && {
+            self.engine.run_jobs();
+            self.engine.flush().is_ok()
+        };
+        let before = self.engine.pool_status().map(|p| p.used_bytes).unwrap_or(0);
+        let info = self
+            .engine
+            .list_snapshots(Some(&name))
+            .ok()
+            .and_then(|v| v.into_iter().find(|i| i.name == snap));
         match self.engine.delete_snapshot(&name, &snap) {
             Ok(()) => {
                 assert!(
@@ -501,6 +513,21 @@ impl World {
                     "seed {}: deleted a group member alone",
                     self.seed
                 );
+                if let (true, Some(info)) = (settled, info) {
+                    self.engine.run_jobs();
+                    self.engine.flush().unwrap();
+                    let freed = before - self.engine.pool_status().unwrap().used_bytes;
+                    let expected = if info.clones.is_empty() {
+                        info.exclusive_bytes
+                    } else {
+                        0
+                    };
+                    assert_eq!(
+                        freed, expected,
+                        "seed {}: deleting {name}@{snap} freed {freed} bytes, it said it held {expected} alone",
+                        self.seed
+                    );
+                }
                 assert!(self
                     .luns
                     .get_mut(&name)
