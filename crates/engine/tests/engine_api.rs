@@ -319,3 +319,72 @@ fn snapshot_is_constant_time_on_a_huge_lun_and_restore_keeps_newer_snapshots() {
     ));
     e.check_invariants().unwrap();
 }
+
+#[test]
+fn a_split_waits_for_space_loses_nothing_and_finishes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Engine::open_dir(
+        dir.path(),
+        Some(96 * BLOCK_SIZE),
+        EngineConfig {
+            background: false,
+            ..EngineConfig::default()
+        },
+    )
+    .unwrap();
+    e.create_lun("gold", 32 * BLOCK_SIZE).unwrap();
+    let gold = e.resolve("gold").unwrap();
+    let pattern: Vec<u8> = (0..32 * BLOCK_SIZE as usize)
+        .map(|i| (i / 4096) as u8 + 1)
+        .collect();
+    e.write(gold, 0, &pattern, false).unwrap();
+    e.create_snapshot("gold", "s").unwrap();
+    e.create_lun("filler", 64 * BLOCK_SIZE).unwrap();
+    let filler = e.resolve("filler").unwrap();
+    e.write(filler, 0, &vec![9u8; 60 * BLOCK_SIZE as usize], false)
+        .unwrap();
+    // 4 blocks free; the split needs 32.
+    e.create_clones("gold@s", &["vm".to_string()], true)
+        .unwrap();
+    let vm = e.resolve("vm").unwrap();
+    e.write(vm, 0, &[0xee; 4096], false).unwrap();
+    assert_eq!(e.run_split_batch(), engine::SplitStep::Waiting);
+    let st = e.split_status("vm").unwrap();
+    assert_eq!(st.state, "waiting-for-space", "{st:?}");
+    assert!(
+        st.message.as_deref().unwrap_or("").contains("pool is full"),
+        "{st:?}"
+    );
+    // Deleting the snapshot now only hides it: the clone still reads it.
+    e.delete_snapshot("gold", "s").unwrap();
+    assert!(e.list_snapshots(Some("gold")).unwrap().is_empty());
+    assert!(e
+        .lun_info("vm")
+        .unwrap()
+        .parent
+        .unwrap()
+        .ends_with("(deleted)"));
+    // Free space: the split resumes and finishes.
+    e.delete_lun("filler", false).unwrap();
+    e.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    for _ in 0..100 {
+        e.run_split_batch();
+        if e.split_status("vm").unwrap().state == "done" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(e.split_status("vm").unwrap().state, "done");
+    let mut got = vec![0u8; pattern.len()];
+    e.read(vm, 0, &mut got).unwrap();
+    assert_eq!(&got[..4096], &[0xee; 4096][..]);
+    assert_eq!(&got[4096..], &pattern[4096..]);
+    // The hidden snapshot went with the last dependent: gold is deletable,
+    // and the clone keeps its content.
+    e.run_jobs();
+    e.delete_lun("gold", false).unwrap();
+    e.read(vm, 0, &mut got).unwrap();
+    assert_eq!(&got[4096..], &pattern[4096..]);
+    e.check_invariants().unwrap();
+}
