@@ -19,22 +19,32 @@
 //! | POST | `/group-snapshots` `{name, luns}` | take a group snapshot |
 //! | GET | `/group-snapshots/{name}` | show a group snapshot |
 //! | DELETE | `/group-snapshots/{name}` | delete a group snapshot |
+//! | POST | `/clones` `{source, name, count, split}` | create clones of a snapshot |
+//! | GET | `/splits?prefix=P` | list the clone splits under way |
+//! | GET | `/splits/{lun}` | show a LUN's split (`lun` may hold '/') |
+//! | POST | `/splits/start` `{lun}` | start or resume a clone's split |
+//! | POST | `/splits/stop` `{lun}` | stop a clone's split |
 //! | GET | `/jobs` | list background jobs |
 //! | GET | `/pool` | show the pool |
 //! | PATCH | `/pool` `{capacity}` | grow the pool |
+//! | GET | `/settings` | show the runtime settings |
+//! | PATCH | `/settings` `{split_rate_mbps}` | change the runtime settings |
 //!
 //! Sizes are bytes. Every error is `{"code", "message"}` with a 4xx for
 //! the client's mistakes (which change nothing) and a 5xx only for the
 //! server's own trouble.
 
+mod clones;
 mod error;
 mod extract;
 mod group_snapshots;
 mod luns;
 mod pool;
+mod settings;
 mod snapshots;
 pub mod wire;
 
+pub use clones::CLONES_PER_REQUEST_MAX;
 pub use error::ApiError;
 pub use extract::BODY_BYTES_MAX;
 
@@ -61,7 +71,7 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 #[openapi(
     info(
         title = "blockfork",
-        description = "Management API of blockfork, a block-storage server: LUNs, snapshots, group snapshots, the pool and its jobs. Sizes are in bytes; errors are `{code, message}`."
+        description = "Management API of blockfork, a block-storage server: LUNs, snapshots, group snapshots, clones and their splits, the pool, its jobs and its runtime settings. Sizes are in bytes; errors are `{code, message}`."
     ),
     paths(
         luns::list,
@@ -78,9 +88,16 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         group_snapshots::create,
         group_snapshots::show,
         group_snapshots::delete,
+        clones::create,
+        clones::list,
+        clones::show,
+        clones::start,
+        clones::stop,
         pool::jobs,
         pool::status,
         pool::grow,
+        settings::show,
+        settings::update,
         openapi_json,
     ),
     components(schemas(wire::ErrorBody))
@@ -143,8 +160,14 @@ pub fn router(engine: Arc<Engine>) -> Router {
             "/group-snapshots/{name}",
             get(group_snapshots::show).delete(group_snapshots::delete),
         )
+        .route("/clones", post(clones::create))
+        .route("/splits", get(clones::list))
+        .route("/splits/start", post(clones::start).get(clones::show_start))
+        .route("/splits/stop", post(clones::stop).get(clones::show_stop))
+        .route("/splits/{*lun}", get(clones::show))
         .route("/jobs", get(pool::jobs))
         .route("/pool", get(pool::status).patch(pool::grow))
+        .route("/settings", get(settings::show).patch(settings::update))
         .route("/openapi.json", get(openapi_json));
     Router::new()
         .nest("/api/v1", v1)

@@ -44,8 +44,13 @@ pub struct LunInfo {
     pub snapshot_count: u64,
     /// Unix seconds.
     pub created: u64,
-    /// `LUN@SNAPSHOT` this LUN is a clone of.
+    /// `LUN@SNAPSHOT` this LUN is a clone of, while it reads through it
+    /// (until its split finishes); ` (deleted)` follows a snapshot that was
+    /// deleted and lives on, hidden, only for its clones.
+    #[schema(example = "vol0/db@nightly")]
     pub parent: Option<String>,
+    /// Clones that read through one of this LUN's snapshots.
+    pub clones: Vec<String>,
 }
 
 impl From<engine::LunInfo> for LunInfo {
@@ -58,6 +63,7 @@ impl From<engine::LunInfo> for LunInfo {
             snapshot_count: l.snapshot_count,
             created: l.created,
             parent: l.parent,
+            clones: l.clones,
         }
     }
 }
@@ -78,6 +84,9 @@ pub struct SnapshotInfo {
     pub exclusive_bytes: u64,
     /// The group snapshot it belongs to.
     pub group: Option<String>,
+    /// Clones that read through this snapshot: deleting it only hides it
+    /// until the last of them is split or deleted.
+    pub clones: Vec<String>,
 }
 
 impl From<engine::SnapshotInfo> for SnapshotInfo {
@@ -90,6 +99,7 @@ impl From<engine::SnapshotInfo> for SnapshotInfo {
             size_bytes: s.size_bytes,
             exclusive_bytes: s.exclusive_bytes,
             group: s.group,
+            clones: s.clones,
         }
     }
 }
@@ -186,6 +196,75 @@ impl From<engine::PoolStatus> for PoolStatus {
         }
     }
 }
+
+/// A clone split's progress: copying what a clone still reads through its
+/// parent snapshot into blocks of its own, after which it is independent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SplitInfo {
+    /// The clone.
+    #[schema(example = "vol0/test")]
+    pub lun: String,
+    /// `LUN@SNAPSHOT` the clone reads through, while it still does.
+    #[schema(example = "vol0/db@nightly")]
+    pub parent: Option<String>,
+    /// `running`, `stopped`, `waiting-for-space` (the pool is full; the
+    /// split goes on when space is freed), `not-started` (a clone with no
+    /// split), `done` (finished recently), or `independent` (not a clone).
+    #[schema(example = "running")]
+    pub state: String,
+    /// From 0.0 to 1.0.
+    pub progress: f64,
+    /// Bytes copied so far.
+    pub copied_bytes: u64,
+    /// Bytes of the clone's address space the split walks.
+    pub total_bytes: u64,
+    /// Bytes per second, over the last batches, while running.
+    pub rate_bytes_per_sec: u64,
+    /// Unix seconds.
+    pub started: Option<u64>,
+    /// Why the split waits, when it does.
+    pub message: Option<String>,
+}
+
+impl From<engine::SplitInfo> for SplitInfo {
+    fn from(s: engine::SplitInfo) -> Self {
+        SplitInfo {
+            lun: s.lun,
+            parent: s.parent,
+            state: s.state,
+            progress: s.progress,
+            copied_bytes: s.copied_bytes,
+            total_bytes: s.total_bytes,
+            rate_bytes_per_sec: s.rate_bytes_per_sec,
+            started: s.started,
+            message: s.message,
+        }
+    }
+}
+
+/// The server's runtime settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Settings {
+    /// Pool-wide clone split rate limit in MB/s (10^6 bytes per second),
+    /// rounded down; 0 means unlimited.
+    #[schema(example = 128)]
+    pub split_rate_mbps: u64,
+    /// The same limit in bytes per second, exactly; 0 means unlimited.
+    #[schema(example = 128000000u64)]
+    pub split_rate_bytes_per_sec: u64,
+}
+
+impl Settings {
+    pub fn from_split_rate(bytes_per_sec: u64) -> Settings {
+        Settings {
+            split_rate_mbps: bytes_per_sec / MB,
+            split_rate_bytes_per_sec: bytes_per_sec,
+        }
+    }
+}
+
+/// One MB, the unit of the split rate: 10^6 bytes.
+pub const MB: u64 = 1_000_000;
 
 // ----------------------------------------------------------------- requests
 
@@ -292,6 +371,51 @@ pub struct GrowPool {
     pub capacity: u64,
 }
 
+/// `POST /api/v1/clones`: writable clones of a snapshot, all in one commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClones {
+    /// The snapshot to clone, as `LUN@SNAPSHOT`.
+    #[schema(example = "vol0/db@nightly")]
+    pub source: String,
+    /// The clone's LUN name; with `count`, the clones are `NAME-1` to
+    /// `NAME-N`.
+    #[schema(example = "vol0/test")]
+    pub name: String,
+    /// How many clones to make, 1 to 10000; absent for one clone named
+    /// exactly `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
+    pub count: Option<u32>,
+    /// Start each clone's split at once (a snapclone).
+    #[serde(default)]
+    pub split: bool,
+}
+
+/// Names the clone of `POST /api/v1/splits/start` and `/splits/stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitTarget {
+    /// The clone's LUN name.
+    #[schema(example = "vol0/test")]
+    pub lun: String,
+}
+
+/// `PATCH /api/v1/settings`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSettings {
+    /// Pool-wide clone split rate limit in MB/s (10^6 bytes per second);
+    /// 0 for unlimited.
+    #[serde(
+        default,
+        deserialize_with = "rate_field",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(example = 128)]
+    pub split_rate_mbps: Option<u64>,
+}
+
 /// `GET /api/v1/luns`
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -329,27 +453,56 @@ pub struct SnapshotLunQuery {
     pub lun: String,
 }
 
+/// `GET /api/v1/splits`
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListSplitsQuery {
+    /// Only splits of LUNs whose name starts with this string.
+    pub prefix: Option<String>,
+}
+
 // ------------------------------------------------------------------ sizes
 
 fn size_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    deserializer.deserialize_any(BytesVisitor { field: "size" })
+    deserializer.deserialize_any(BytesVisitor::bytes("size"))
 }
 
 fn capacity_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    deserializer.deserialize_any(BytesVisitor { field: "capacity" })
+    deserializer.deserialize_any(BytesVisitor::bytes("capacity"))
+}
+
+fn rate_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    deserializer
+        .deserialize_any(BytesVisitor {
+            field: "split_rate_mbps",
+            unit: "MB/s (10^6 bytes per second)",
+            example: "128, or 0 for unlimited",
+        })
+        .map(Some)
 }
 
 /// Accepts only a non-negative integer, and says plainly what is wrong
 /// with anything else (the common mistake being "10G").
 struct BytesVisitor {
     field: &'static str,
+    unit: &'static str,
+    example: &'static str,
 }
 
 impl BytesVisitor {
+    fn bytes(field: &'static str) -> BytesVisitor {
+        BytesVisitor {
+            field,
+            unit: "bytes",
+            example: "10737418240",
+        }
+    }
+
     fn refuse<E: de::Error>(&self, got: impl fmt::Display) -> E {
         E::custom(format!(
-            "`{}` must be a whole number of bytes, like 10737418240, not {got}; the API takes no units",
-            self.field
+            "`{}` must be a whole number of {}, like {}, not {got}; the API takes no units",
+            self.field, self.unit, self.example
         ))
     }
 }
@@ -358,7 +511,7 @@ impl<'de> Visitor<'de> for BytesVisitor {
     type Value = u64;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "`{}` as a whole number of bytes", self.field)
+        write!(f, "`{}` as a whole number of {}", self.field, self.unit)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {

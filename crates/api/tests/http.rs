@@ -122,6 +122,8 @@ impl Server {
             "snapshots": self.get("/snapshots").body,
             "groups": self.get("/group-snapshots").body,
             "pool": self.get("/pool").body,
+            "splits": self.get("/splits").body,
+            "settings": self.get("/settings").body,
         })
     }
 
@@ -488,6 +490,435 @@ fn pool_and_jobs() {
     );
 }
 
+const MIB: u64 = 1 << 20;
+
+/// Writes `len` bytes of `byte` at `offset` straight through the engine.
+fn fill(server: &Server, lun: &str, offset: u64, len: u64, byte: u8) {
+    let target = server.engine.resolve(lun).unwrap();
+    server
+        .engine
+        .write(target, offset, &vec![byte; len as usize], true)
+        .unwrap();
+}
+
+/// Whether `len` bytes at `offset` of an export all read `byte`.
+fn reads(server: &Server, export: &str, offset: u64, len: u64, byte: u8) -> bool {
+    let target = server.engine.resolve(export).unwrap();
+    let mut buf = vec![!byte; len as usize];
+    server.engine.read(target, offset, &mut buf).unwrap();
+    buf.iter().all(|&b| b == byte)
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|v| v["name"].as_str().or(v["lun"].as_str()).unwrap())
+        .collect()
+}
+
+/// Polls a LUN's split until it is done, for at most `secs` seconds.
+fn wait_split_done(server: &Server, lun: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let reply = server.get(&format!("/splits/{lun}"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.body["state"] == "done" {
+            return reply.body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the split of {lun} did not finish in {secs} s: {}",
+            reply.body
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn clones() {
+    let server = Server::start();
+    create_lun(&server, "vol0/db", 64 * MIB);
+    fill(&server, "vol0/db", 0, 8 * MIB, 0x5a);
+    server.send(
+        "POST",
+        "/snapshots",
+        json!({"lun": "vol0/db", "name": "nightly"}),
+    );
+    fill(&server, "vol0/db", 0, MIB, 0x77);
+
+    let one = server.send(
+        "POST",
+        "/clones",
+        json!({"source": "vol0/db@nightly", "name": "vol0/test"}),
+    );
+    assert_eq!(one.status, 201, "{}", one.body);
+    let created = one.body.as_array().unwrap();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["name"], "vol0/test");
+    assert_eq!(created[0]["parent"], "vol0/db@nightly");
+    assert_eq!(created[0]["size_bytes"], 64 * MIB);
+    assert_eq!(created[0]["clones"], json!([]));
+    assert_eq!(server.get("/luns/vol0/test").body, created[0]);
+    // The clone reads the snapshot, not the LUN's later writes.
+    assert!(reads(&server, "vol0/test", 0, 8 * MIB, 0x5a));
+    assert!(reads(&server, "vol0/test", 8 * MIB, MIB, 0));
+    // The clone is a LUN: it takes writes, the snapshot does not change.
+    fill(&server, "vol0/test", 4 * MIB, MIB, 0x33);
+    assert!(reads(&server, "vol0/test", 4 * MIB, MIB, 0x33));
+    assert!(reads(&server, "vol0/db@nightly", 4 * MIB, MIB, 0x5a));
+
+    let many = server.send(
+        "POST",
+        "/clones",
+        json!({"source": "vol0/db@nightly", "name": "ci/run", "count": 3}),
+    );
+    assert_eq!(many.status, 201, "{}", many.body);
+    assert_eq!(names(&many.body), ["ci/run-1", "ci/run-2", "ci/run-3"]);
+    for c in many.body.as_array().unwrap() {
+        assert_eq!(c["parent"], "vol0/db@nightly");
+    }
+    // Who depends on whom.
+    let clones = json!(["ci/run-1", "ci/run-2", "ci/run-3", "vol0/test"]);
+    assert_eq!(server.get("/luns/vol0/db").body["clones"], clones);
+    assert_eq!(
+        server.get("/snapshots/nightly?lun=vol0/db").body["clones"],
+        clones
+    );
+    assert_eq!(server.get("/snapshots").body[0]["clones"], clones);
+    assert_eq!(server.get("/luns/vol0/test").body["clones"], json!([]));
+
+    // Mistakes create nothing, not even part of a batch.
+    let before = server.observable_state();
+    expect_error(
+        &server.send(
+            "POST",
+            "/clones",
+            json!({"source": "vol0/db@nightly", "name": "ci/run", "count": 4}),
+        ),
+        409,
+        "already_exists",
+    );
+    expect_error(
+        &server.send(
+            "POST",
+            "/clones",
+            json!({"source": "vol0/db@nightly", "name": "vol0/test"}),
+        ),
+        409,
+        "already_exists",
+    );
+    for count in [0, 10_001] {
+        let reply = server.send(
+            "POST",
+            "/clones",
+            json!({"source": "vol0/db@nightly", "name": "x", "count": count}),
+        );
+        expect_error(&reply, 400, "invalid_argument");
+        assert!(reply.body["message"].as_str().unwrap().contains("count"));
+    }
+    expect_error(
+        &server.send("POST", "/clones", json!({"source": "vol0/db", "name": "x"})),
+        400,
+        "invalid_argument",
+    );
+    expect_error(
+        &server.send(
+            "POST",
+            "/clones",
+            json!({"source": "vol0/db@nothing", "name": "x"}),
+        ),
+        404,
+        "not_found",
+    );
+    expect_error(
+        &server.send(
+            "POST",
+            "/clones",
+            json!({"source": "nothing@nightly", "name": "x"}),
+        ),
+        404,
+        "not_found",
+    );
+    assert_eq!(server.observable_state(), before);
+
+    // The most clones one request makes.
+    let most = server.send(
+        "POST",
+        "/clones",
+        json!({"source": "vol0/db@nightly", "name": "bulk/c", "count": api::CLONES_PER_REQUEST_MAX}),
+    );
+    assert_eq!(most.status, 201, "{}", most.body);
+    assert_eq!(
+        most.body.as_array().unwrap().len(),
+        api::CLONES_PER_REQUEST_MAX as usize
+    );
+    assert_eq!(
+        server
+            .get("/luns?prefix=bulk/")
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        api::CLONES_PER_REQUEST_MAX as usize
+    );
+
+    // A snapshot clones depend on cannot be deleted under them: it is
+    // hidden, and the clones still read it.
+    expect_error(
+        &server.delete("/luns/vol0/db?recursive=true"),
+        409,
+        "has_dependents",
+    );
+    assert_eq!(server.delete("/snapshots/nightly?lun=vol0/db").status, 204);
+    assert_eq!(server.get("/snapshots").body, json!([]));
+    expect_error(
+        &server.get("/snapshots/nightly?lun=vol0/db"),
+        404,
+        "not_found",
+    );
+    assert_eq!(
+        server.get("/luns/vol0/test").body["parent"],
+        "vol0/db@nightly (deleted)"
+    );
+    assert!(reads(&server, "vol0/test", 0, 4 * MIB, 0x5a));
+    expect_error(
+        &server.send(
+            "POST",
+            "/clones",
+            json!({"source": "vol0/db@nightly", "name": "x"}),
+        ),
+        404,
+        "not_found",
+    );
+    // Deleting every clone lets the snapshot go for real, and then the LUN.
+    for c in server.get("/luns/vol0/db").body["clones"]
+        .as_array()
+        .unwrap()
+        .clone()
+    {
+        let name = c.as_str().unwrap();
+        assert_eq!(
+            server.delete(&format!("/luns/{name}")).status,
+            204,
+            "{name}"
+        );
+    }
+    assert_eq!(server.get("/luns/vol0/db").body["clones"], json!([]));
+    assert_eq!(server.get("/luns/vol0/db").body["snapshot_count"], 0);
+    assert_eq!(server.delete("/luns/vol0/db").status, 204);
+}
+
+#[test]
+fn splits() {
+    let server = Server::start();
+    // Slow enough that a split of 16 MiB is still running when looked at.
+    let slow = server.send("PATCH", "/settings", json!({"split_rate_mbps": 1}));
+    assert_eq!(slow.status, 200, "{}", slow.body);
+    create_lun(&server, "base", 16 * MIB);
+    fill(&server, "base", 0, 16 * MIB, 0x5a);
+    server.send("POST", "/snapshots", json!({"lun": "base", "name": "s1"}));
+    server.send(
+        "POST",
+        "/clones",
+        json!({"source": "base@s1", "name": "c/one"}),
+    );
+
+    let idle = server.get("/splits/c/one");
+    assert_eq!(idle.status, 200, "{}", idle.body);
+    assert_eq!(idle.body["lun"], "c/one");
+    assert_eq!(idle.body["parent"], "base@s1");
+    assert_eq!(idle.body["state"], "not-started");
+    assert_eq!(idle.body["progress"], 0.0);
+    assert_eq!(idle.body["total_bytes"], 16 * MIB);
+    assert_eq!(server.get("/splits").body, json!([]));
+    assert_eq!(server.get("/splits/c%2Fone").body, idle.body);
+
+    let started = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_eq!(started.body["state"], "running");
+    assert_eq!(started.body["parent"], "base@s1");
+    assert!(started.body["started"].as_u64().is_some());
+    let listed = server.get("/splits");
+    assert_eq!(listed.status, 200);
+    assert_eq!(names(&listed.body), ["c/one"]);
+    assert_eq!(names(&server.get("/splits?prefix=c/").body), ["c/one"]);
+    assert_eq!(server.get("/splits?prefix=d").body, json!([]));
+    // Starting again is harmless.
+    let again = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["state"], "running");
+
+    let stopped = server.send("POST", "/splits/stop", json!({"lun": "c/one"}));
+    assert_eq!(stopped.status, 200, "{}", stopped.body);
+    assert_eq!(stopped.body["state"], "stopped");
+    assert_eq!(stopped.body["rate_bytes_per_sec"], 0);
+    assert!(stopped.body["progress"].as_f64().unwrap() < 1.0);
+    // A batch already copying when the stop came may still land; after
+    // that, a stopped split does not move.
+    std::thread::sleep(Duration::from_millis(200));
+    let progress = server.get("/splits/c/one").body["progress"]
+        .as_f64()
+        .unwrap();
+    assert!(progress < 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let still = server.get("/splits/c/one").body;
+    assert_eq!(still["state"], "stopped");
+    assert_eq!(still["progress"], progress, "a stopped split does not move");
+    assert_eq!(names(&server.get("/splits").body), ["c/one"]);
+    // A stopped split leaves a valid clone, still backed.
+    assert_eq!(server.get("/luns/c/one").body["parent"], "base@s1");
+    assert!(reads(&server, "c/one", 0, 16 * MIB, 0x5a));
+
+    // Not a clone, no split, no such LUN.
+    let refused = server.send("POST", "/splits/start", json!({"lun": "base"}));
+    expect_error(&refused, 400, "invalid_argument");
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a clone"),
+        "{}",
+        refused.body
+    );
+    expect_error(
+        &server.send("POST", "/splits/stop", json!({"lun": "base"})),
+        400,
+        "invalid_argument",
+    );
+    expect_error(
+        &server.send("POST", "/splits/start", json!({"lun": "nothing"})),
+        404,
+        "not_found",
+    );
+    expect_error(
+        &server.send("POST", "/splits/stop", json!({"lun": "nothing"})),
+        404,
+        "not_found",
+    );
+    expect_error(&server.get("/splits/nothing"), 404, "not_found");
+    let base = server.get("/splits/base");
+    assert_eq!(base.status, 200, "{}", base.body);
+    assert_eq!(base.body["state"], "independent");
+    assert_eq!(base.body["parent"], Value::Null);
+    // LUNs named like the actions still have a status route.
+    expect_error(&server.get("/splits/start"), 404, "not_found");
+    create_lun(&server, "stop", 4096);
+    assert_eq!(server.get("/splits/stop").body["state"], "independent");
+
+    // A snapclone starts its split at once.
+    let snapclone = server.send(
+        "POST",
+        "/clones",
+        json!({"source": "base@s1", "name": "c/two", "split": true}),
+    );
+    assert_eq!(snapclone.status, 201, "{}", snapclone.body);
+    assert_eq!(server.get("/splits/c/two").body["state"], "running");
+    assert_eq!(names(&server.get("/splits").body), ["c/one", "c/two"]);
+
+    // Lift the limit: both finish.
+    let fast = server.send("PATCH", "/settings", json!({"split_rate_mbps": 0}));
+    assert_eq!(fast.status, 200, "{}", fast.body);
+    assert_eq!(
+        fast.body,
+        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0})
+    );
+    let resumed = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
+    assert!(resumed.body["progress"].as_f64().unwrap() >= progress);
+    for lun in ["c/one", "c/two"] {
+        let done = wait_split_done(&server, lun, 30);
+        assert_eq!(done["progress"], 1.0, "{done}");
+        assert_eq!(done["parent"], Value::Null, "{done}");
+        assert_eq!(done["copied_bytes"], 16 * MIB, "{done}");
+        let lun_info = server.get(&format!("/luns/{lun}")).body;
+        assert_eq!(lun_info["parent"], Value::Null, "{lun_info}");
+        assert!(reads(&server, lun, 0, 16 * MIB, 0x5a), "{lun}");
+    }
+    assert_eq!(server.get("/splits").body, json!([]));
+    assert_eq!(server.get("/luns/base").body["clones"], json!([]));
+    assert_eq!(
+        server.get("/snapshots/s1?lun=base").body["clones"],
+        json!([])
+    );
+    // Split clones are independent: the snapshot goes at once.
+    expect_error(
+        &server.send("POST", "/splits/start", json!({"lun": "c/one"})),
+        400,
+        "invalid_argument",
+    );
+    assert_eq!(server.delete("/snapshots/s1?lun=base").status, 204);
+    assert_eq!(server.get("/snapshots").body, json!([]));
+    assert!(reads(&server, "c/one", 0, 16 * MIB, 0x5a));
+}
+
+#[test]
+fn a_split_frees_a_deleted_snapshot() {
+    let server = Server::start();
+    create_lun(&server, "base", 8 * MIB);
+    fill(&server, "base", 0, 8 * MIB, 0x11);
+    server.send("POST", "/snapshots", json!({"lun": "base", "name": "s1"}));
+    server.send("POST", "/clones", json!({"source": "base@s1", "name": "c"}));
+    assert_eq!(server.delete("/snapshots/s1?lun=base").status, 204);
+    assert_eq!(server.get("/snapshots").body, json!([]));
+    assert_eq!(server.get("/luns/c").body["parent"], "base@s1 (deleted)");
+    assert_eq!(server.get("/luns/base").body["clones"], json!(["c"]));
+    // The name is free again.
+    let reused = server.send("POST", "/snapshots", json!({"lun": "base", "name": "s1"}));
+    assert_eq!(reused.status, 201, "{}", reused.body);
+    assert_eq!(reused.body["clones"], json!([]));
+
+    let started = server.send("POST", "/splits/start", json!({"lun": "c"}));
+    assert_eq!(started.status, 200, "{}", started.body);
+    assert_eq!(started.body["parent"], "base@s1");
+    wait_split_done(&server, "c", 30);
+    assert_eq!(server.get("/luns/base").body["clones"], json!([]));
+    assert_eq!(server.get("/luns/c").body["parent"], Value::Null);
+    assert_eq!(names(&server.get("/snapshots").body), ["s1"]);
+    assert!(reads(&server, "c", 0, 8 * MIB, 0x11));
+}
+
+#[test]
+fn settings() {
+    let server = Server::start();
+    let shown = server.get("/settings");
+    assert_eq!(shown.status, 200);
+    assert_eq!(
+        shown.body,
+        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64})
+    );
+    let set = server.send("PATCH", "/settings", json!({"split_rate_mbps": 5}));
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(
+        set.body,
+        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000})
+    );
+    assert_eq!(server.engine.split_rate(), 5_000_000);
+    assert_eq!(server.get("/settings").body, set.body);
+    // Nothing asked, nothing changed.
+    let same = server.send("PATCH", "/settings", json!({}));
+    assert_eq!(same.status, 200, "{}", same.body);
+    assert_eq!(same.body, set.body);
+    // The largest rate that fits.
+    let max = u64::MAX / 1_000_000;
+    let big = server.send("PATCH", "/settings", json!({"split_rate_mbps": max}));
+    assert_eq!(big.status, 200, "{}", big.body);
+    assert_eq!(big.body["split_rate_mbps"], max);
+    let refused = server.send("PATCH", "/settings", json!({"split_rate_mbps": max + 1}));
+    expect_error(&refused, 400, "invalid_argument");
+    assert_eq!(server.get("/settings").body, big.body);
+    expect_error(
+        &server.raw("PATCH", "/settings", Some("text/plain"), b"{}"),
+        415,
+        "unsupported_media_type",
+    );
+    expect_error(
+        &server.raw("POST", "/settings", Some("application/json"), b"{}"),
+        405,
+        "method_not_allowed",
+    );
+}
+
 #[test]
 fn malformed_requests_are_4xx_and_change_nothing() {
     let server = Server::start();
@@ -610,6 +1041,123 @@ fn malformed_requests_are_4xx_and_change_nothing() {
             br#"{"capacity_bytes": 4398046511104}"#,
             "unknown field",
         ),
+        (
+            "POST",
+            "/clones",
+            br#"{"name": "c"}"#,
+            "missing field `source`",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s"}"#,
+            "missing field `name`",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "count": "3"}"#,
+            "invalid type",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "count": -1}"#,
+            "invalid value",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "count": 4294967296}"#,
+            "invalid value",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "count": 0}"#,
+            "`count` must be 1 to 10000",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "count": 10001}"#,
+            "`count` must be 1 to 10000",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "split": "yes"}"#,
+            "invalid type",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "c", "parent": "x"}"#,
+            "unknown field `parent`",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0", "name": "c"}"#,
+            "must name a snapshot",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "bad name"}"#,
+            "contains ' '",
+        ),
+        ("POST", "/splits/start", b"{}", "missing field `lun`"),
+        ("POST", "/splits/start", br#"{"lun": 5}"#, "invalid type"),
+        (
+            "POST",
+            "/splits/stop",
+            br#"{"lun": "vol0", "now": true}"#,
+            "unknown field `now`",
+        ),
+        (
+            "POST",
+            "/splits/start",
+            br#"{"lun": "vol0"}"#,
+            "not a clone",
+        ),
+        ("POST", "/splits/stop", br#"{"lun": "vol0"}"#, "no split"),
+        (
+            "PATCH",
+            "/settings",
+            br#"{"split_rate_mbps": "10M"}"#,
+            "whole number of MB/s",
+        ),
+        (
+            "PATCH",
+            "/settings",
+            br#"{"split_rate_mbps": -1}"#,
+            "whole number of MB/s",
+        ),
+        (
+            "PATCH",
+            "/settings",
+            br#"{"split_rate_mbps": 1.5}"#,
+            "whole number of MB/s",
+        ),
+        (
+            "PATCH",
+            "/settings",
+            br#"{"split_rate_mbps": null}"#,
+            "whole number of MB/s",
+        ),
+        (
+            "PATCH",
+            "/settings",
+            br#"{"split_rate_mbps": 18446744073709551615}"#,
+            "too large",
+        ),
+        (
+            "PATCH",
+            "/settings",
+            br#"{"split_rate": 10}"#,
+            "unknown field `split_rate`",
+        ),
     ];
     for (method, path, body, fragment) in bodies {
         let reply = server.raw(method, path, json_type, body);
@@ -673,6 +1221,7 @@ fn malformed_requests_are_4xx_and_change_nothing() {
         400,
         "invalid_argument",
     );
+    expect_error(&server.get("/splits?lun=vol0"), 400, "invalid_argument");
 
     // Unknown routes and methods.
     expect_error(&server.get("/nothing"), 404, "not_found");
@@ -696,6 +1245,21 @@ fn malformed_requests_are_4xx_and_change_nothing() {
         405,
         "method_not_allowed",
     );
+    expect_error(
+        &server.raw("GET", "/clones", None, b""),
+        405,
+        "method_not_allowed",
+    );
+    expect_error(
+        &server.raw("DELETE", "/splits/vol0", None, b""),
+        405,
+        "method_not_allowed",
+    );
+    expect_error(
+        &server.raw("POST", "/splits", json_type, br#"{"lun": "vol0"}"#),
+        405,
+        "method_not_allowed",
+    );
 
     assert_eq!(server.observable_state(), before);
 }
@@ -708,6 +1272,12 @@ fn closed_pool_is_503() {
     expect_error(&server.get("/luns"), 503, "closed");
     expect_error(
         &server.send("POST", "/luns", json!({"name": "x", "size": 4096})),
+        503,
+        "closed",
+    );
+    expect_error(&server.get("/splits"), 503, "closed");
+    expect_error(
+        &server.send("POST", "/clones", json!({"source": "a@b", "name": "c"})),
         503,
         "closed",
     );
@@ -729,8 +1299,14 @@ fn openapi_lists_every_route() {
         ("/api/v1/snapshots/{snapshot}/restore", &["post"]),
         ("/api/v1/group-snapshots", &["get", "post"]),
         ("/api/v1/group-snapshots/{name}", &["get", "delete"]),
+        ("/api/v1/clones", &["post"]),
+        ("/api/v1/splits", &["get"]),
+        ("/api/v1/splits/{lun}", &["get"]),
+        ("/api/v1/splits/start", &["post"]),
+        ("/api/v1/splits/stop", &["post"]),
         ("/api/v1/jobs", &["get"]),
         ("/api/v1/pool", &["get", "patch"]),
+        ("/api/v1/settings", &["get", "patch"]),
         ("/api/v1/openapi.json", &["get"]),
     ];
     assert_eq!(
@@ -779,6 +1355,11 @@ fn openapi_lists_every_route() {
         "CreateSnapshots",
         "CreateGroupSnapshot",
         "GrowPool",
+        "CreateClones",
+        "SplitInfo",
+        "SplitTarget",
+        "Settings",
+        "UpdateSettings",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
@@ -789,7 +1370,8 @@ fn openapi_lists_every_route() {
         let concrete = path
             .trim_start_matches("/api/v1")
             .replace("{name}", "x")
-            .replace("{snapshot}", "x");
+            .replace("{snapshot}", "x")
+            .replace("{lun}", "x");
         for method in *methods {
             let reply = server.raw(
                 &method.to_uppercase(),

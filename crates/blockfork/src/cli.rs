@@ -6,8 +6,9 @@
 //! uses, so that the two cannot drift.
 
 use api::wire::{
-    CreateGroupSnapshot, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody, GroupInfo,
-    GrowPool, JobInfo, LunInfo, PoolStatus, ResizeLun, SnapshotInfo,
+    CreateClones, CreateGroupSnapshot, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody,
+    GroupInfo, GrowPool, JobInfo, LunInfo, PoolStatus, ResizeLun, Settings, SnapshotInfo,
+    SplitInfo, SplitTarget, UpdateSettings,
 };
 use clap::builder::NonEmptyStringValueParser;
 use serde::de::DeserializeOwned;
@@ -25,6 +26,8 @@ const REQUEST_TIMEOUT_MS: u64 = 300_000;
 const RESPONSE_BYTES_MAX: u64 = 256 << 20;
 /// How often `snapshot delete --wait` asks for the reclaim job's progress.
 const JOB_POLL_INTERVAL_MS: u64 = 200;
+/// How often `lun clone status --watch` asks for the split's progress.
+const SPLIT_POLL_INTERVAL_MS: u64 = 200;
 
 /// Options every client command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -60,7 +63,8 @@ pub enum OutputFormat {
 /// The client commands; each talks to the server given by `--server`.
 #[derive(clap::Subcommand, Debug)]
 pub enum Command {
-    /// Create, list, show, resize and delete LUNs (thin volumes).
+    /// Create, list, show, resize and delete LUNs (thin volumes), and clone
+    /// snapshots into new LUNs.
     Lun {
         #[command(subcommand)]
         command: LunCommand,
@@ -75,7 +79,7 @@ pub enum Command {
         #[command(subcommand)]
         command: CgCommand,
     },
-    /// Show or grow the storage pool.
+    /// Show or grow the storage pool, and change its runtime settings.
     Pool {
         #[command(subcommand)]
         command: PoolCommand,
@@ -131,6 +135,62 @@ pub enum LunCommand {
         /// Also delete the LUN's snapshots.
         #[arg(long)]
         recursive: bool,
+    },
+    /// Writable clones of snapshots, and the split that makes a clone
+    /// independent of its snapshot.
+    Clone {
+        #[command(subcommand)]
+        command: CloneCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CloneCommand {
+    /// Create a writable LUN backed by a snapshot, instantly and taking no
+    /// space until written; it is exported over NBD like any LUN. While
+    /// clones depend on a snapshot, deleting the snapshot only hides it.
+    Create {
+        /// The snapshot to clone, as LUN@SNAPSHOT.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        source: String,
+        /// The new LUN's name; with --count, the clones are NEW-1 to NEW-N.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        new: String,
+        /// Create N clones, NEW-1 to NEW-N, at once (all or none; at most 10000).
+        #[arg(long, value_name = "N")]
+        count: Option<u32>,
+        /// Start each clone's split at once (a snapclone).
+        #[arg(long)]
+        split: bool,
+    },
+    /// Start (or resume) splitting a clone: copy, in the background, what it
+    /// still reads from its snapshot, after which it is independent.
+    Start {
+        /// The clone's LUN name.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        path: String,
+    },
+    /// Show a clone's split: its state, the percentage done and the rate.
+    Status {
+        /// The clone's LUN name.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        path: String,
+        /// Follow the split with a progress bar until it is done, stopped or
+        /// waiting for space, then show its state; exit 0 only when done.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List every split under way (running, stopped or waiting for space).
+    Show {
+        /// Only splits of LUNs whose name starts with this, like vol0/.
+        prefix: Option<String>,
+    },
+    /// Stop a clone's split; the clone stays valid and backed by its
+    /// snapshot, and `start` resumes where it stopped.
+    Stop {
+        /// The clone's LUN name.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        path: String,
     },
 }
 
@@ -216,6 +276,15 @@ pub enum PoolCommand {
         #[arg(long, value_parser = parse_size)]
         capacity: u64,
     },
+    /// Change the pool's runtime settings; with no option, show them.
+    /// Changes last until the server restarts.
+    Set {
+        /// Pool-wide clone split rate limit in MB/s (10^6 bytes per
+        /// second); 0 for unlimited. `blockfork serve --split-rate` sets it
+        /// at start.
+        #[arg(long, value_name = "MBPS")]
+        split_rate: Option<u64>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -279,6 +348,115 @@ fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), String> {
             let also = if recursive { " and its snapshots" } else { "" };
             out.done(&format!("deleted LUN \"{name}\"{also}"))
         }
+        LunCommand::Clone { command } => clone(client, out, command),
+    }
+}
+
+fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<(), String> {
+    match command {
+        CloneCommand::Create {
+            source,
+            new,
+            count,
+            split,
+        } => {
+            let body = CreateClones {
+                source,
+                name: new,
+                count,
+                split,
+            };
+            let reply = client.send("POST", "/clones", &body)?;
+            out.show(reply, |clones: Vec<LunInfo>| {
+                let mut text = match clones.as_slice() {
+                    [one] => lun_details(one),
+                    many => lun_table(many),
+                };
+                if split {
+                    text.push_str(&format!(
+                        "split started; follow it with `blockfork lun clone {}`\n",
+                        match clones.as_slice() {
+                            [one] => format!("status {} --watch", one.name),
+                            _ => "show".to_string(),
+                        }
+                    ));
+                }
+                text
+            })
+        }
+        CloneCommand::Start { path } => {
+            let reply = client.send("POST", "/splits/start", &SplitTarget { lun: path })?;
+            out.show(reply, |s: SplitInfo| split_details(&s))
+        }
+        CloneCommand::Stop { path } => {
+            let reply = client.send("POST", "/splits/stop", &SplitTarget { lun: path })?;
+            out.show(reply, |s: SplitInfo| split_details(&s))
+        }
+        CloneCommand::Status { path, watch: false } => out
+            .show(client.get(&split_path(&path))?, |s: SplitInfo| {
+                split_details(&s)
+            }),
+        CloneCommand::Status { path, watch: true } => {
+            let (info, raw) = watch_split(client, &path)?;
+            match out.format {
+                OutputFormat::Json => out.json(&raw)?,
+                OutputFormat::Text => out.text(&split_details(&info))?,
+            }
+            match info.state.as_str() {
+                "done" | "independent" => Ok(()),
+                "not-started" => Err(format!(
+                    "no split of \"{path}\" is under way; start it with `blockfork lun clone start {path}`"
+                )),
+                state => Err(format!(
+                    "the split of \"{path}\" is {state}{}",
+                    info.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )),
+            }
+        }
+        CloneCommand::Show { prefix } => {
+            let path = match prefix {
+                Some(p) => format!("/splits?prefix={}", encode(&p)),
+                None => "/splits".to_string(),
+            };
+            out.show(client.get(&path)?, |s: Vec<SplitInfo>| split_table(&s))
+        }
+    }
+}
+
+/// Polls a split, with a progress bar on a terminal, until it is no longer
+/// running; returns its last state, as parsed and as the API sent it.
+fn watch_split(client: &Client, lun: &str) -> Result<(SplitInfo, Value), String> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:40}] {percent:>3}% {msg} ({elapsed})",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_prefix(format!("splitting \"{lun}\""));
+    loop {
+        let raw = client.get(&split_path(lun))?;
+        let info: SplitInfo = parse(raw.clone())?;
+        if info.state != "running" {
+            bar.finish_and_clear();
+            return Ok((info, raw));
+        }
+        bar.set_position((info.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+        bar.set_message(format!(
+            "{} copied at {}",
+            format_size(info.copied_bytes),
+            format_rate(info.rate_bytes_per_sec)
+        ));
+        std::thread::sleep(Duration::from_millis(SPLIT_POLL_INTERVAL_MS));
     }
 }
 
@@ -361,6 +539,19 @@ fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
     let reply = match command {
         PoolCommand::Status => client.get("/pool")?,
         PoolCommand::Grow { capacity } => client.send("PATCH", "/pool", &GrowPool { capacity })?,
+        PoolCommand::Set { split_rate } => {
+            let reply = match split_rate {
+                None => client.get("/settings")?,
+                Some(mbps) => client.send(
+                    "PATCH",
+                    "/settings",
+                    &UpdateSettings {
+                        split_rate_mbps: Some(mbps),
+                    },
+                )?,
+            };
+            return out.show(reply, |s: Settings| settings_details(&s));
+        }
     };
     out.show(reply, |p: PoolStatus| pool_details(&p))
 }
@@ -467,9 +658,24 @@ fn lun_details(l: &LunInfo) -> String {
         ("size", size_with_bytes(l.size_bytes)),
         ("allocated", size_with_bytes(l.allocated_bytes)),
         ("snapshots", l.snapshot_count.to_string()),
-        ("parent", l.parent.clone().unwrap_or_else(|| "-".into())),
+        (
+            "parent",
+            l.parent
+                .as_ref()
+                .map(|p| format!("clone of {p}"))
+                .unwrap_or_else(|| "-".into()),
+        ),
+        ("clones", list_or_dash(&l.clones)),
         ("created", format_time(l.created)),
     ])
+}
+
+fn list_or_dash(names: &[String]) -> String {
+    if names.is_empty() {
+        "-".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn lun_table(luns: &[LunInfo]) -> String {
@@ -508,6 +714,7 @@ fn snapshot_details(s: &SnapshotInfo) -> String {
         ("size", size_with_bytes(s.size_bytes)),
         ("exclusive", size_with_bytes(s.exclusive_bytes)),
         ("group", s.group.clone().unwrap_or_else(|| "-".into())),
+        ("clones", list_or_dash(&s.clones)),
         ("created", format_time(s.created)),
     ])
 }
@@ -525,6 +732,11 @@ fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
                 format_size(s.size_bytes),
                 format_size(s.exclusive_bytes),
                 s.group.clone().unwrap_or_else(|| "-".into()),
+                if s.clones.is_empty() {
+                    "-".into()
+                } else {
+                    s.clones.join(",")
+                },
                 format_time(s.created),
             ]
         })
@@ -536,10 +748,94 @@ fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
             ("SIZE", Align::Right),
             ("EXCLUSIVE", Align::Right),
             ("GROUP", Align::Left),
+            ("CLONES", Align::Left),
             ("CREATED", Align::Left),
         ],
         &rows,
     )
+}
+
+fn split_details(s: &SplitInfo) -> String {
+    let mut rows = vec![
+        ("lun", s.lun.clone()),
+        (
+            "parent",
+            s.parent.clone().unwrap_or_else(|| "- (independent)".into()),
+        ),
+        ("state", s.state.clone()),
+        ("progress", format_percent(s.progress)),
+        ("copied", format_size(s.copied_bytes)),
+        ("rate", format_rate(s.rate_bytes_per_sec)),
+    ];
+    if let Some(started) = s.started {
+        rows.push(("started", format_time(started)));
+    }
+    if let Some(message) = &s.message {
+        rows.push(("message", message.clone()));
+    }
+    details(&rows)
+}
+
+fn split_table(splits: &[SplitInfo]) -> String {
+    if splits.is_empty() {
+        return "no splits under way\n".into();
+    }
+    let rows = splits
+        .iter()
+        .map(|s| {
+            vec![
+                s.lun.clone(),
+                s.parent.clone().unwrap_or_else(|| "-".into()),
+                s.state.clone(),
+                format_percent(s.progress),
+                format_size(s.copied_bytes),
+                format_rate(s.rate_bytes_per_sec),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(
+        &[
+            ("LUN", Align::Left),
+            ("PARENT", Align::Left),
+            ("STATE", Align::Left),
+            ("PROGRESS", Align::Right),
+            ("COPIED", Align::Right),
+            ("RATE", Align::Right),
+        ],
+        &rows,
+    )
+}
+
+fn settings_details(s: &Settings) -> String {
+    details(&[(
+        "split rate",
+        if s.split_rate_bytes_per_sec == 0 {
+            "unlimited".to_string()
+        } else {
+            format_rate(s.split_rate_bytes_per_sec)
+        },
+    )])
+}
+
+/// A fraction as a percentage for people; never shows 100 % before the end.
+fn format_percent(fraction: f64) -> String {
+    let percent = fraction.clamp(0.0, 1.0) * 100.0;
+    let shown = if percent < 100.0 {
+        (percent * 10.0).floor() / 10.0
+    } else {
+        100.0
+    };
+    format!("{shown:.1}%")
+}
+
+/// A rate in MB/s (10^6 bytes per second), the unit of `--split-rate`.
+fn format_rate(bytes_per_sec: u64) -> String {
+    let mbps = bytes_per_sec as f64 / 1e6;
+    if bytes_per_sec.is_multiple_of(1_000_000) {
+        format!("{} MB/s", bytes_per_sec / 1_000_000)
+    } else {
+        format!("{mbps:.1} MB/s")
+    }
 }
 
 fn group_details(g: &GroupInfo) -> String {
@@ -891,6 +1187,10 @@ fn lun_path(name: &str) -> String {
     format!("/luns/{}", encode(name))
 }
 
+fn split_path(lun: &str) -> String {
+    format!("/splits/{}", encode(lun))
+}
+
 fn snapshot_path(lun: &str, snapshot: &str, action: &str) -> String {
     format!(
         "/snapshots/{}{action}?lun={}",
@@ -1035,6 +1335,7 @@ mod tests {
                 snapshot_count: 2,
                 created: 0,
                 parent: None,
+                clones: vec!["vol0/clone".into()],
             },
             LunInfo {
                 id: 2,
@@ -1044,6 +1345,7 @@ mod tests {
                 snapshot_count: 0,
                 created: 0,
                 parent: Some("vol0/db@nightly".into()),
+                clones: Vec::new(),
             },
         ];
         assert_eq!(
@@ -1053,6 +1355,55 @@ mod tests {
              vol0/clone  10 GiB        0 B          0  vol0/db@nightly  1970-01-01T00:00:00Z\n"
         );
         assert_eq!(lun_table(&[]), "no LUNs\n");
+    }
+
+    #[test]
+    fn split_table_shows_every_split() {
+        let splits = vec![
+            SplitInfo {
+                lun: "vol0/test".into(),
+                parent: Some("vol0/db@nightly".into()),
+                state: "running".into(),
+                progress: 0.4567,
+                copied_bytes: 20 << 20,
+                total_bytes: 48 << 20,
+                rate_bytes_per_sec: 2_000_000,
+                started: Some(0),
+                message: None,
+            },
+            SplitInfo {
+                lun: "ci/run-1".into(),
+                parent: Some("vol0/db@nightly (deleted)".into()),
+                state: "stopped".into(),
+                progress: 0.0,
+                copied_bytes: 0,
+                total_bytes: 48 << 20,
+                rate_bytes_per_sec: 0,
+                started: Some(0),
+                message: None,
+            },
+        ];
+        assert_eq!(
+            split_table(&splits),
+            "LUN        PARENT                     STATE    PROGRESS  COPIED    RATE\n\
+             vol0/test  vol0/db@nightly            running     45.6%  20 MiB  2 MB/s\n\
+             ci/run-1   vol0/db@nightly (deleted)  stopped      0.0%     0 B  0 MB/s\n"
+        );
+        assert_eq!(split_table(&[]), "no splits under way\n");
+        let shown = split_details(&splits[0]);
+        assert!(shown.contains("progress  45.6%\n"), "{shown}");
+        assert!(shown.contains("rate      2 MB/s\n"), "{shown}");
+    }
+
+    #[test]
+    fn percentages_and_rates() {
+        assert_eq!(format_percent(0.0), "0.0%");
+        assert_eq!(format_percent(0.9999), "99.9%");
+        assert_eq!(format_percent(1.0), "100.0%");
+        assert_eq!(format_percent(2.0), "100.0%");
+        assert_eq!(format_rate(0), "0 MB/s");
+        assert_eq!(format_rate(128_000_000), "128 MB/s");
+        assert_eq!(format_rate(1_500_000), "1.5 MB/s");
     }
 
     #[test]
@@ -1099,6 +1450,16 @@ mod tests {
             "blockfork pool status",
             "blockfork pool grow --capacity 2T",
             "blockfork job list",
+            "blockfork lun clone create vol0/db@nightly vol0/test",
+            "blockfork lun clone create vol0/db@nightly ci/run --count 100 --split",
+            "blockfork lun clone start vol0/test",
+            "blockfork lun clone status vol0/test",
+            "blockfork lun clone status vol0/test --watch",
+            "blockfork lun clone show",
+            "blockfork lun clone show ci/",
+            "blockfork lun clone stop vol0/test",
+            "blockfork pool set --split-rate 64",
+            "blockfork pool set",
             "blockfork --output json job list",
             "blockfork job list --server http://127.0.0.1:9000 --output json",
         ] {
@@ -1120,6 +1481,13 @@ mod tests {
             "blockfork snapshot delete vol0/db",
             "blockfork pool grow",
             "blockfork lun frobnicate",
+            "blockfork lun clone create vol0/db@nightly",
+            "blockfork lun clone create vol0/db@nightly x --count -1",
+            "blockfork lun clone create vol0/db@nightly x --count many",
+            "blockfork lun clone start",
+            "blockfork lun clone status",
+            "blockfork lun clone stop",
+            "blockfork pool set --split-rate 2M",
             "blockfork --output yaml job list",
         ] {
             assert!(parse(line).is_err(), "{line}");

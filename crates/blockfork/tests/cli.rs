@@ -2,8 +2,10 @@
 //! socket), checking the command vocabulary, both output formats, exit
 //! codes and error sentences.
 
+mod common;
+
 use engine::{Engine, EngineConfig};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +61,27 @@ impl ApiServer {
             .args(args)
             .output()
             .expect("run blockfork")
+    }
+
+    /// Runs a command with a time limit.
+    fn cli_timed(&self, args: &[&str], secs: u64) -> Output {
+        common::run(
+            Command::new(BIN)
+                .env_remove("BLOCKFORK_SERVER")
+                .arg("--server")
+                .arg(&self.url)
+                .args(args),
+            secs,
+        )
+    }
+
+    /// Writes `len` bytes of `byte` at `offset` of a LUN, straight through
+    /// the engine.
+    fn fill(&self, lun: &str, offset: u64, len: usize, byte: u8) {
+        let target = self.engine.resolve(lun).unwrap();
+        self.engine
+            .write(target, offset, &vec![byte; len], true)
+            .unwrap();
     }
 
     /// Runs a command that must succeed, quietly; returns its stdout.
@@ -306,4 +329,247 @@ fn usage_and_connection_errors() {
     );
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["capacity_bytes"], 1u64 << 30);
+}
+
+/// The line of a `key  value` listing that starts with `key`.
+fn row<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(&format!("{key} ")))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{text}"))
+}
+
+#[test]
+fn clones_and_splits() {
+    let server = ApiServer::start();
+    server.ok(&["lun", "create", "base", "--size", "16M"]);
+    server.fill("base", 0, 16 << 20, 0x5a);
+    server.ok(&["snapshot", "create", "base", "s1"]);
+
+    // A slow split rate, so that splits are seen running.
+    let set = server.ok(&["pool", "set", "--split-rate", "1"]);
+    assert_eq!(set, "split rate  1 MB/s\n");
+    assert_eq!(
+        server.json(&["pool", "set"]),
+        json!({"split_rate_mbps": 1, "split_rate_bytes_per_sec": 1_000_000})
+    );
+    assert_eq!(server.engine.split_rate(), 1_000_000);
+
+    let one = server.ok(&["lun", "clone", "create", "base@s1", "c1"]);
+    assert!(one.starts_with("name "), "{one}");
+    assert_eq!(row(&one, "name"), "name       c1");
+    assert_eq!(row(&one, "parent"), "parent     clone of base@s1");
+    assert_eq!(row(&one, "clones"), "clones     -");
+    let many = server.json(&[
+        "lun", "clone", "create", "base@s1", "ci/run", "--count", "3",
+    ]);
+    let names: Vec<&str> = many
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ci/run-1", "ci/run-2", "ci/run-3"]);
+    assert_eq!(many[0]["parent"], "base@s1");
+    let table = server.ok(&["lun", "clone", "create", "base@s1", "t", "--count", "2"]);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(table.starts_with("NAME "), "{table}");
+
+    // Who depends on whom.
+    let base = server.ok(&["lun", "show", "base"]);
+    assert_eq!(
+        row(&base, "clones"),
+        "clones     c1, ci/run-1, ci/run-2, ci/run-3, t-1, t-2"
+    );
+    assert_eq!(row(&base, "parent"), "parent     -");
+    let snapshots = server.ok(&["snapshot", "list"]);
+    let lines: Vec<&str> = snapshots.lines().collect();
+    assert!(lines[0].contains(" CLONES "), "{snapshots}");
+    assert!(
+        lines[1].contains(" c1,ci/run-1,ci/run-2,ci/run-3,t-1,t-2 "),
+        "{snapshots}"
+    );
+    let listed = server.json(&["snapshot", "list", "base"]);
+    assert_eq!(listed[0]["clones"].as_array().unwrap().len(), 6);
+    assert_eq!(server.json(&["lun", "show", "base"])["clones"][0], "c1");
+
+    // Split: status, start, show, stop.
+    let status = server.ok(&["lun", "clone", "status", "c1"]);
+    assert_eq!(row(&status, "state"), "state     not-started");
+    assert_eq!(row(&status, "progress"), "progress  0.0%");
+    assert_eq!(row(&status, "parent"), "parent    base@s1");
+    assert_eq!(
+        server.ok(&["lun", "clone", "show"]),
+        "no splits under way\n"
+    );
+    let started = server.ok(&["lun", "clone", "start", "c1"]);
+    assert_eq!(row(&started, "state"), "state     running");
+    assert!(row(&started, "rate").ends_with(" MB/s"), "{started}");
+    let shown = server.ok(&["lun", "clone", "show"]);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 2, "{shown}");
+    for header in ["LUN", "PARENT", "STATE", "PROGRESS", "COPIED", "RATE"] {
+        assert!(lines[0].contains(header), "{shown}");
+    }
+    let cells: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cells[..3], ["c1", "base@s1", "running"], "{shown}");
+    assert!(cells[3].ends_with('%'), "{shown}");
+    assert!(cells.last().unwrap().ends_with("MB/s"), "{shown}");
+    assert!(lines[1].contains('%'), "{shown}");
+    let json_list = server.json(&["lun", "clone", "show"]);
+    assert_eq!(json_list[0]["lun"], "c1");
+    assert_eq!(json_list[0]["state"], "running");
+    assert_eq!(
+        server.ok(&["lun", "clone", "show", "ci/"]),
+        "no splits under way\n"
+    );
+    assert_eq!(
+        server
+            .json(&["lun", "clone", "show", "c"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let stopped = server.json(&["lun", "clone", "stop", "c1"]);
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(
+        row(&server.ok(&["lun", "clone", "status", "c1"]), "state"),
+        "state     stopped"
+    );
+    assert_eq!(
+        server.json(&["lun", "clone", "status", "c1"])["state"],
+        "stopped"
+    );
+
+    // --watch ends at once on a stopped split: the state, and exit 1.
+    let watched = server.cli_timed(&["lun", "clone", "status", "c1", "--watch"], 30);
+    assert_eq!(watched.status.code(), Some(1));
+    let stdout = String::from_utf8(watched.stdout).unwrap();
+    assert_eq!(row(&stdout, "state"), "state     stopped");
+    assert_eq!(
+        String::from_utf8(watched.stderr).unwrap(),
+        "error: the split of \"c1\" is stopped\n"
+    );
+    let watched = server.cli_timed(&["lun", "clone", "status", "ci/run-1", "--watch"], 30);
+    assert_eq!(watched.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&watched.stderr).contains("lun clone start ci/run-1"),
+        "{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+
+    // Mistakes.
+    server.fails(&["lun", "clone", "start", "base"], "not a clone");
+    server.fails(&["lun", "clone", "stop", "base"], "no split");
+    server.fails(
+        &["lun", "clone", "status", "nothing"],
+        "LUN \"nothing\" does not exist",
+    );
+    server.fails(&["lun", "clone", "start", "nothing"], "does not exist");
+    server.fails(
+        &["lun", "clone", "create", "base", "x"],
+        "must name a snapshot",
+    );
+    server.fails(
+        &["lun", "clone", "create", "base@nothing", "x"],
+        "does not exist",
+    );
+    server.fails(
+        &["lun", "clone", "create", "base@s1", "x", "--count", "0"],
+        "`count` must be 1 to 10000",
+    );
+    server.fails(
+        &["lun", "clone", "create", "base@s1", "c1"],
+        "LUN \"c1\" already exists",
+    );
+    server.fails(
+        &["pool", "set", "--split-rate", "18446744073710"],
+        "too large",
+    );
+    for args in [
+        &["lun", "clone", "create", "base@s1"][..],
+        &["lun", "clone", "create", "base@s1", "x", "--count", "-1"],
+        &["pool", "set", "--split-rate", "2M"],
+        &["lun", "clone", "frobnicate"],
+    ] {
+        assert_eq!(server.cli(args).status.code(), Some(2), "{args:?}");
+    }
+    assert_eq!(server.engine.list_luns("").unwrap().len(), 7);
+
+    // A snapclone starts its split at once.
+    let snapclone = server.ok(&["lun", "clone", "create", "base@s1", "fast", "--split"]);
+    assert!(
+        snapclone
+            .ends_with("split started; follow it with `blockfork lun clone status fast --watch`\n"),
+        "{snapclone}"
+    );
+    assert_eq!(
+        server.json(&["lun", "clone", "status", "fast"])["state"],
+        "running"
+    );
+
+    // Deleting the snapshot the clones read hides it.
+    server.ok(&["snapshot", "delete", "base", "s1"]);
+    assert_eq!(server.ok(&["snapshot", "list"]), "no snapshots\n");
+    assert_eq!(
+        row(&server.ok(&["lun", "show", "ci/run-1"]), "parent"),
+        "parent     clone of base@s1 (deleted)"
+    );
+
+    // Unlimited, the splits finish; --watch exits 0 with the final state.
+    assert_eq!(
+        server.ok(&["pool", "set", "--split-rate", "0"]),
+        "split rate  unlimited\n"
+    );
+    server.ok(&["lun", "clone", "start", "c1"]);
+    let watched = server.cli_timed(&["lun", "clone", "status", "c1", "--watch"], 60);
+    let stdout = String::from_utf8(watched.stdout).unwrap();
+    assert!(
+        watched.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&watched.stderr)
+    );
+    assert_eq!(watched.stderr, b"", "no progress bar off a terminal");
+    assert_eq!(row(&stdout, "state"), "state     done");
+    assert_eq!(row(&stdout, "progress"), "progress  100.0%");
+    assert_eq!(row(&stdout, "copied"), "copied    16 MiB");
+    let watched = server.cli_timed(
+        &[
+            "--output", "json", "lun", "clone", "status", "fast", "--watch",
+        ],
+        60,
+    );
+    assert!(watched.status.success());
+    let done: Value = serde_json::from_slice(&watched.stdout).unwrap();
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["progress"], 1.0);
+    assert_eq!(done["parent"], Value::Null);
+    assert_eq!(
+        row(&server.ok(&["lun", "show", "c1"]), "parent"),
+        "parent     -"
+    );
+    assert_eq!(
+        server.ok(&["lun", "clone", "show"]),
+        "no splits under way\n"
+    );
+    assert_eq!(
+        row(&server.ok(&["lun", "show", "base"]), "clones"),
+        "clones     ci/run-1, ci/run-2, ci/run-3, t-1, t-2"
+    );
+    // A LUN that was never a clone is independent: nothing to wait for.
+    let watched = server.cli_timed(&["lun", "clone", "status", "base", "--watch"], 30);
+    assert!(watched.status.success());
+}
+
+#[test]
+fn pool_set_is_documented() {
+    let server = ApiServer::start();
+    let help = server.ok(&["pool", "set", "--help"]);
+    assert!(help.contains("--split-rate <MBPS>"), "{help}");
+    assert!(help.contains("MB/s"), "{help}");
+    assert!(help.contains("0 for unlimited"), "{help}");
+    let help = server.ok(&["lun", "clone", "--help"]);
+    for command in ["create", "start", "status", "show", "stop"] {
+        assert!(help.contains(command), "{help}");
+    }
 }

@@ -137,6 +137,8 @@ fn real_clients_read_write_discard_zero_map_convert_copy_and_fio() {
                 "--size=16M",
                 "--iodepth=16",
                 "--verify=crc32c",
+                // No verify-state file left in the working directory.
+                "--verify_state_save=0",
                 "--do_verify=1",
                 "--output-format=terse",
             ]),

@@ -1819,6 +1819,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
                         started: r.started,
                         copied_blocks: r.copied_blocks,
                         rate: 0.0,
+                        window: None,
                         last_batch: None,
                         message: None,
                     },

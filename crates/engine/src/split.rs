@@ -379,16 +379,18 @@ impl Engine {
         }
         job.message = None;
         let bytes = copied * BLOCK_SIZE;
-        if let Some(t) = job.last_batch {
-            let secs = t.elapsed().as_secs_f64().max(1e-6);
-            let instant = bytes as f64 / secs;
-            job.rate = if job.rate == 0.0 {
-                instant
-            } else {
-                job.rate * 0.8 + instant * 0.2
-            };
+        // The rate is bytes over wall time in windows of at least a second:
+        // batches that copy nothing (blocks already written, holes) run back
+        // to back, so per-batch figures would be meaningless.
+        let now_instant = Instant::now();
+        let (start, window_bytes) = job.window.get_or_insert((now_instant, 0));
+        *window_bytes += bytes;
+        let secs = now_instant.duration_since(*start).as_secs_f64();
+        if secs >= 1.0 {
+            job.rate = *window_bytes as f64 / secs;
+            job.window = Some((now_instant, 0));
         }
-        job.last_batch = Some(Instant::now());
+        job.last_batch = Some(now_instant);
         s.dirty.splits.insert(id);
         let done = end >= s.luns[&id].parent_limit_blocks;
         drop(s);
@@ -436,6 +438,7 @@ fn new_job() -> SplitJob {
         started: now_secs(),
         copied_blocks: 0,
         rate: 0.0,
+        window: None,
         last_batch: None,
         message: None,
     }

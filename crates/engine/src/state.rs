@@ -142,8 +142,10 @@ pub struct SplitJob {
     pub state: SplitState,
     pub started: u64,
     pub copied_blocks: u64,
-    /// Bytes per second over the last batches.
+    /// Bytes per second over the last full window.
     pub rate: f64,
+    /// The current rate window: when it started and what it copied.
+    pub window: Option<(std::time::Instant, u64)>,
     pub last_batch: Option<std::time::Instant>,
     pub message: Option<String>,
 }
