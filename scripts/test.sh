@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs blockfork's whole test suite. Installs the system tools the tests
-# drive (qemu-utils, libnbd-bin, fio) with apt-get when they are missing and
+# drive (qemu-utils, libnbd-bin, fio, nbdkit) with apt-get when they are missing and
 # we are root. Environment knobs: MODEL_SEEDS / MODEL_STEPS (engine model
 # test), CRASH_ROUNDS (kill -9 test).
 set -euo pipefail
@@ -11,6 +11,10 @@ command -v qemu-io >/dev/null 2>&1 || missing+=(qemu-utils)
 command -v nbdinfo >/dev/null 2>&1 || missing+=(libnbd-bin)
 command -v nbdcopy >/dev/null 2>&1 || missing+=(libnbd-bin)
 command -v fio >/dev/null 2>&1 || missing+=(fio)
+command -v nbdkit >/dev/null 2>&1 || missing+=(nbdkit)
+command -v bc >/dev/null 2>&1 || missing+=(bc)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ]; then
         echo "== installing ${missing[*]}"
@@ -33,6 +37,7 @@ echo "== cargo test"
 export MODEL_SEEDS="${MODEL_SEEDS:-1000}"
 cargo test --workspace --all-targets
 
-echo "== benchmark harness, quick mode (keeps it from rotting)"
+echo "== benchmark harnesses, quick mode (keeps them from rotting)"
 cargo run --release -q -p bench -- engine --quick --dir target/bench-ci >/dev/null
+bench/run.sh --quick >/dev/null
 echo "== all tests passed"

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Markdown tables for bench/run.sh from OUT/fio.tsv and OUT/lat.tsv.
+
+  report.py OUT MODE CLONES(0|1) CLONE_WHY LAYERS SIZE_MIB
+"""
+import collections
+import statistics
+import sys
+
+out, mode, clones, clone_why, layers, size_mib = sys.argv[1:7]
+clones = clones == "1"
+NA_CLONE = f"n/a ({clone_why})"
+
+runs = collections.defaultdict(list)  # (sys, wl) -> [(iops, mibs, p50_us)]
+spans = []  # (t0, t1, sys, wl, rep)
+for line in open(f"{out}/fio.tsv"):
+    s, w, rep, iops, mibs, p50, t0, t1 = line.rstrip("\n").split("\t")
+    runs[(s, w)].append((float(iops), float(mibs), float(p50)))
+    spans.append((float(t0), float(t1), s, w, rep))
+cpu = []
+try:
+    cpu = [tuple(map(float, l.split())) for l in open(f"{out}/cpu.tsv") if len(l.split()) == 2]
+except OSError:
+    pass
+lat = collections.defaultdict(list)
+for line in open(f"{out}/lat.tsv"):
+    op, ms = line.split("\t")
+    lat[op].append(float(ms))
+
+WL = {
+    "rr1": "4 KiB random read, QD1",
+    "rr32": "4 KiB random read, QD32",
+    "sr": "1 MiB sequential read, QD8",
+    "rw1": "4 KiB random write, QD1",
+    "rw32": "4 KiB random write, QD32",
+    "mix": "4 KiB random 70/30 read/write, QD32",
+    "sw": "1 MiB sequential write, QD8",
+}
+ORDER = ["rr1", "rr32", "sr", "rw1", "rw32", "mix", "sw"]
+
+
+def seq(w):
+    return w in ("sr", "sw")
+
+
+def med(sys_, w, field=None):
+    """Median of the repetitions: MiB/s for 1 MiB jobs, IOPS otherwise."""
+    v = runs.get((sys_, w))
+    if not v:
+        return None
+    i = field if field is not None else (1 if seq(w) else 0)
+    return statistics.median(r[i] for r in v)
+
+
+def fmt(x, w):
+    if x is None:
+        return "—"
+    return f"{x:.0f} MiB/s" if seq(w) else f"{x / 1000:.1f}k IOPS"
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def fr(r):
+    return "—" if r is None else f"{r:.2f}×"
+
+
+def check(label, r, ok):
+    if r is None:
+        return None
+    return (ok(r), f"{label}: {r:.2f}×")
+
+
+def goal(parts):
+    parts = [p for p in parts if p is not None]
+    if not parts:
+        return "—"
+    met = all(ok for ok, _ in parts)
+    return ("met" if met else "**missed**") + " (" + "; ".join(t for _, t in parts) + ")"
+
+
+def pct(xs, q):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+
+
+workloads = [w for w in ORDER if any(k[1] == w for k in runs if not k[0].startswith(("bf-", "chain")))]
+
+print("## Data path over NBD (fio nbd engine, one connection)")
+print()
+print("Fresh pre-filled LUN / image / file of the same size. Each system runs the workloads "
+      "back to back in this order (reads first), after one untimed sequential read pass; the "
+      "order of the systems rotates between repetitions. Median of the repetitions; "
+      "best peer = the better of qemu-nbd + qcow2 and nbdkit file; nbdkit memory is the "
+      "NBD protocol ceiling and fio on the raw file (libaio, O_DIRECT, same queue depth) "
+      "the disk's limit, both for scale.")
+print()
+print("| workload | blockfork | qemu-nbd + qcow2 | nbdkit file | nbdkit memory | raw file, libaio O_DIRECT "
+      "| blockfork ÷ best peer | goal |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+for w in workloads:
+    bf, q, nf, nm, raw = (med(s, w) for s in ("bf", "qcow2", "nbdkit-file", "nbdkit-mem", "raw"))
+    peers = [p for p in (q, nf) if p is not None]
+    best = max(peers) if peers else None
+    if w in ("rr32", "rw32"):
+        g = goal([check("vs qemu-nbd ≥ 1.2", ratio(bf, q), lambda r: r >= 1.2),
+                  check("vs nbdkit file ≥ 0.8", ratio(bf, nf), lambda r: r >= 0.8)])
+    elif seq(w):
+        g = goal([check("vs raw file ≥ 0.9", ratio(bf, raw), lambda r: r >= 0.9)])
+    else:
+        g = "—"
+    print(f"| {WL[w]} | {fmt(bf, w)} | {fmt(q, w)} | {fmt(nf, w)} | {fmt(nm, w)} | {fmt(raw, w)} "
+          f"| {fr(ratio(bf, best))} | {g} |")
+print()
+
+if any(k[0] in ("bf100", "bfclone", "qcow2ovl") for k in runs):
+    print(f"## Data path with {layers} snapshots, and on a clone")
+    print()
+    print(f"\"{layers} snapshots\": the LUN after {layers} rounds of (snapshot, overwrite 256 random 4 KiB "
+          "blocks); each write job starts right after one more snapshot (so each first overwrite of a "
+          "block is redirected), deleted after the job. Clone: a clone of a snapshot of a pre-filled "
+          "LUN, all its data in the snapshot; the peer is a qcow2 overlay on a pre-filled backing "
+          "file served by qemu-nbd. Write jobs get a new clone / overlay each time.")
+    print()
+    print(f"| workload | blockfork fresh | blockfork, {layers} snapshots | ÷ fresh | blockfork clone "
+          "| qemu-nbd, qcow2 overlay | clone ÷ overlay |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for w in workloads:
+        bf, b100, cl, ov = (med(s, w) for s in ("bf", "bf100", "bfclone", "qcow2ovl"))
+        cl_s = fmt(cl, w) if clones else NA_CLONE
+        print(f"| {WL[w]} | {fmt(bf, w)} | {fmt(b100, w)} | {fr(ratio(b100, bf))} | {cl_s} | {fmt(ov, w)} "
+              f"| {fr(ratio(cl, ov)) if clones else 'n/a'} |")
+    print()
+
+print("## Copy management")
+print()
+print("Create latencies are wall times of one command, p50 / p99 in ms (CLI and qemu-img include "
+      "their process start; REST is curl's time_total for one POST to /api/v1/snapshots or "
+      "/api/v1/clones, closer to the engine). Snapshots are of a pre-filled LUN / qcow2 image "
+      f"({size_mib} MiB); qemu-img snapshot -c takes an internal snapshot of an offline image. "
+      "Read latency: fio 4 KiB random read, QD1, median of the repetitions of the p50 "
+      f"completion latency; depth N = N snapshots of the LUN, or N qcow2 overlays "
+      "(each with the same overwrites) over the pre-filled base, served by qemu-nbd -r.")
+print()
+print("| measure | blockfork | peer | blockfork's advantage (> 1: blockfork faster) | goal |")
+print("| --- | ---: | ---: | ---: | --- |")
+
+
+def lat_cell(op):
+    v = lat.get(op)
+    return (f"{pct(v, 50):.2f} / {pct(v, 99):.2f} ms", pct(v, 50)) if v else ("—", None)
+
+
+qs, q50 = lat_cell("snap-qcow2")
+for op, label in (("snap-cli", "snapshot create, CLI"), ("snap-rest", "snapshot create, REST API")):
+    s, s50 = lat_cell(op)
+    print(f"| {label} vs qemu-img snapshot -c | {s} | {qs} | {fr(ratio(q50, s50))} | — |")
+cs, c50 = lat_cell("clone-bf")
+qc, qc50 = lat_cell("clone-qcow2")
+print(f"| clone create, CLI vs qemu-img create -b (overlay) | {cs if clones else NA_CLONE} | {qc} "
+      f"| {fr(ratio(qc50, c50)) if clones else 'n/a'} | — |")
+cr, cr50 = lat_cell("clone-rest")
+print(f"| clone create, REST API vs qemu-img create -b (overlay) | {cr if clones else NA_CLONE} | {qc} "
+      f"| {fr(ratio(qc50, cr50)) if clones else 'n/a'} | — |")
+
+
+def p50(s):
+    return med(s, "rr1", field=2)
+
+
+def us(x):
+    return "—" if x is None else f"{x:.1f} µs"
+
+
+d1, d100, c1, c100 = p50("bf-d1"), p50("bf-d100"), p50("chain1"), p50("chain100")
+print(f"| read p50, depth 1: LUN vs qcow2 chain top | {us(d1)} | {us(c1)} | {fr(ratio(c1, d1))} | — |")
+print(f"| read p50, depth {layers}: LUN vs qcow2 chain top | {us(d100)} | {us(c100)} "
+      f"| {fr(ratio(c100, d100))} | — |")
+print(f"| read p50, depth {layers} ÷ depth 1 | {fr(ratio(d100, d1))} | {fr(ratio(c100, c1))} | — "
+      f"| {goal([check(f'≤ 1.10', ratio(d100, d1), lambda r: r <= 1.10)])} |")
+q1, q100, k1, k100 = (med(x, "rr32") for x in ("bf-d1", "bf-d100", "chain1", "chain100"))
+if q1 is not None:
+    print(f"| random read QD32, depth 1: LUN vs qcow2 chain top | {fmt(q1, 'rr32')} | {fmt(k1, 'rr32')} "
+          f"| {fr(ratio(q1, k1))} | — |")
+    print(f"| random read QD32, depth {layers}: LUN vs qcow2 chain top | {fmt(q100, 'rr32')} "
+          f"| {fmt(k100, 'rr32')} | {fr(ratio(q100, k100))} | — |")
+    print(f"| random read QD32 IOPS, depth {layers} ÷ depth 1 | {fr(ratio(q100, q1))} | {fr(ratio(k100, k1))} "
+          f"| — | {goal([check('≥ 0.90', ratio(q100, q1), lambda r: r >= 0.90)])} |")
+s1, s100 = p50("bf-d1-s1"), p50("bf-d100-s1")
+if s1 is not None or s100 is not None:
+    print(f"| read p50, oldest snapshot (LUN@s1), depth 1 | {us(s1)} | — | — | — |")
+    print(f"| read p50, oldest snapshot (LUN@s1), depth {layers} | {us(s100)} | — | — | — |")
+    print(f"| read p50, LUN@s1 depth {layers} ÷ depth 1 | {fr(ratio(s100, s1))} | — | — "
+          f"| {goal([check('≤ 1.10', ratio(s100, s1), lambda r: r <= 1.10)])} |")
+if mode == "full":
+    cl, ov = p50("bfclone"), p50("qcow2ovl")
+    print(f"| read p50, clone (data in its snapshot) vs qcow2 overlay | {us(cl) if clones else NA_CLONE} "
+          f"| {us(ov)} | {fr(ratio(ov, cl)) if clones else 'n/a'} | — |")
+
+print()
+print("Notes: every NBD server but nbdkit memory serves from the page cache here (the targets fit "
+      "in memory), so reads can beat the O_DIRECT raw-file figure; fio sends no FLUSH, so a "
+      "server that syncs on its own pays for it. On a VM whose idle vCPUs halt (cpuidle "
+      "haltpoll), each QD1 request also pays a vCPU wake-up of tens of µs, which compresses QD1 "
+      "differences; the QD32 rows are the sharper comparison.")
+print()
+loads = []
+for t0, t1, s_, w, rep in spans:
+    xs = [c for t, c in cpu if t0 < t <= t1 + 0.5]
+    if xs:
+        loads.append((statistics.mean(xs), s_, w, rep))
+if loads:
+    busy = sorted((l for l in loads if l[0] > 0.25), reverse=True)
+    mean = statistics.mean(l[0] for l in loads)
+    worst = ", ".join(f"{s_} {w} #{rep} ({c:.2f})" for c, s_, w, rep in busy[:6])
+    print(f"Other processes on this machine (not this benchmark) used {mean:.2f} CPU cores on average "
+          f"during the fio runs; {len(busy)} of {len(loads)} runs had more than 0.25 cores of company"
+          + (f" (worst: {worst})." if busy else "."))

@@ -1,0 +1,397 @@
+#!/usr/bin/env bash
+# blockfork beside its peers, same workloads, same run (issue 7).
+#
+#   bench/run.sh --quick     CI smoke: 256 MiB, 2 s per fio job, 1 repetition,
+#                            no nbdkit memory, no snapshot or clone data path,
+#                            only the goal workloads (< 90 s on 2 cores)
+#   bench/run.sh             full: 1 GiB, 3 s per fio job, 3 repetitions, every
+#                            workload on every system (< 15 min on 2 cores);
+#                            also writes its output to bench/RESULTS.md
+#   options: --size-mib N  --runtime S  --reps N  --no-build  --keep
+#
+# Systems, all on 127.0.0.1 and free ports, all stopped on exit:
+#   blockfork (fresh LUN, LUN with 100 snapshots, clone of a snapshot),
+#   qemu-nbd + qcow2 (plain; overlay on a backing file; backing chains),
+#   nbdkit file (raw file), nbdkit memory (the NBD protocol ceiling), and
+#   fio on a raw file with libaio and O_DIRECT (the disk's limit).
+# Every NBD system is driven by fio's nbd engine (one connection). Markdown on
+# stdout, progress on stderr. Work files: target/bench-peers (removed on exit
+# unless --keep; fio's JSON stays in target/bench-peers/out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+cmdline="bench/run.sh${*:+ $*}"
+
+mode=full size_mib="" runtime="" reps="" build=1 keep=0
+while (($#)); do
+    case $1 in
+        --quick) mode=quick ;;
+        --size-mib) size_mib=${2:?}; shift ;;
+        --runtime) runtime=${2:?}; shift ;;
+        --reps) reps=${2:?}; shift ;;
+        --no-build) build=0 ;;
+        --keep) keep=1 ;;
+        -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench/run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+if [[ $mode == quick ]]; then
+    : "${size_mib:=256}" "${runtime:=2}" "${reps:=1}"; lat_n=20
+    data_systems=(bf qcow2 nbdkit-file raw)
+    data_workloads=(rr32 rw32 sr sw)
+    depth_systems=(bf-d1 bf-d100 chain1 chain100)
+    depth_qd32_systems=()
+else
+    : "${size_mib:=1024}" "${runtime:=3}" "${reps:=3}"; lat_n=100
+    data_systems=(bf bf100 bfclone qcow2 qcow2ovl nbdkit-file nbdkit-mem raw)
+    data_workloads=(rr1 rr32 sr rw1 rw32 mix sw)
+    depth_systems=(bf-d1 bf-d100 bf-d1-s1 bf-d100-s1 chain1 chain100)
+    depth_qd32_systems=(bf-d1 bf-d100 chain1 chain100)
+fi
+size=$((size_mib << 20))
+layers=100 per_layer=256 cluster=65536
+
+declare -A wl_args=(
+    [rr1]="--rw=randread --bs=4k --iodepth=1"
+    [rr32]="--rw=randread --bs=4k --iodepth=32"
+    [rw1]="--rw=randwrite --bs=4k --iodepth=1"
+    [rw32]="--rw=randwrite --bs=4k --iodepth=32"
+    [mix]="--rw=randrw --rwmixread=70 --bs=4k --iodepth=32"
+    [sr]="--rw=read --bs=1M --iodepth=8"
+    [sw]="--rw=write --bs=1M --iodepth=8"
+)
+is_write() { [[ $1 == rw1 || $1 == rw32 || $1 == mix || $1 == sw ]]; }
+
+work=$root/target/bench-peers
+data=$work/data out=$work/out
+rm -rf "$work"; mkdir -p "$data" "$out/fio" "$out/logs"
+if [[ -x /usr/bin/python3 ]]; then py=/usr/bin/python3; else py=python3; fi
+layers_py=$root/bench/peers/layers.py
+t_start=$SECONDS
+log() { printf '[%4ds] %s\n' $((SECONDS - t_start)) "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+for tool in fio qemu-nbd qemu-img qemu-io nbdkit jq curl; do
+    command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+
+# ---------------------------------------------------------------- processes
+declare -A pid_of=()
+stop() { # name: SIGTERM, wait up to 10 s, then SIGKILL
+    local p=${pid_of[$1]:-}
+    [[ -n $p ]] || return 0
+    unset "pid_of[$1]"
+    kill "$p" 2>/dev/null || return 0
+    for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    for name in "${!pid_of[@]}"; do stop "$name"; done
+    if ((keep)); then log "kept $work"; else rm -rf "$data" "$work/bin"; fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { "$py" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { # port name
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        kill -0 "${pid_of[$2]}" 2>/dev/null || die "$2 exited at start; see $out/logs/$2.log"
+        sleep 0.05
+    done
+    die "$2 does not listen on 127.0.0.1:$1 after 10 s"
+}
+start() { # name port command... (the command stays in the foreground)
+    local name=$1 port=$2; shift 2
+    "$@" >"$out/logs/$name.log" 2>&1 &
+    pid_of[$name]=$!
+    wait_port "$port" "$name"
+}
+declare -A port_of=()
+start_qemu_nbd() { # name file [-r]
+    local port; port=$(free_port); port_of[$1]=$port
+    start "$1" "$port" qemu-nbd -f qcow2 -x "$1" -b 127.0.0.1 -p "$port" --persistent --shared=16 ${3:-} "$2"
+}
+
+# CPU used by other processes on this machine, to flag measurements that had company
+"$py" "$root/bench/peers/cpuwatch.py" $$ "$out/cpu.tsv" &
+pid_of[cpuwatch]=$!
+# Before each fio run, wait while others use > 0.3 cores (at most 10 s per
+# run and $quiet_budget s in all; never in --quick).
+if [[ $mode == quick ]]; then quiet_budget=0; else quiet_budget=40; fi
+quiet_waited=0
+quiet_wait() {
+    local t0=$SECONDS
+    while ((SECONDS - t0 < 10 && quiet_waited + SECONDS - t0 < quiet_budget)); do
+        awk 'END { exit !($2 > 0.3) }' "$out/cpu.tsv" 2>/dev/null || break
+        sleep 0.5
+    done
+    quiet_waited=$((quiet_waited + SECONDS - t0))
+}
+
+# ---------------------------------------------------------------- blockfork
+if ((build)); then
+    log "cargo build --release -p blockfork"
+    cargo build --release -q -p blockfork || die "cargo build failed"
+fi
+build_s=$((SECONDS - t_start))
+[[ -x $root/target/release/blockfork ]] || die "no target/release/blockfork"
+# A private copy: the server and the CLI stay one version even if
+# target/release is rebuilt while this runs.
+mkdir -p "$work/bin"
+cp "$root/target/release/blockfork" "$work/bin/blockfork"
+bin=$work/bin/blockfork
+bf_nbd=$(free_port) bf_api=$(free_port)
+api=http://127.0.0.1:$bf_api
+start blockfork "$bf_nbd" "$bin" serve --data "$data/bf" --capacity 20G \
+    --nbd "127.0.0.1:$bf_nbd" --api "127.0.0.1:$bf_api" --log warn
+wait_port "$bf_api" blockfork
+bf() { "$bin" --server "$api" "$@"; }
+bf_uri() { echo "nbd://127.0.0.1:$bf_nbd/$1"; }
+wait_jobs() { # until no background job runs (snapshot reclaim), at most 60 s
+    for _ in $(seq 600); do
+        [[ $(curl -sf "$api/api/v1/jobs" | jq '[.[] | select(.state == "running")] | length') == 0 ]] && return 0
+        sleep 0.1
+    done
+    die "blockfork background jobs still running after 60 s"
+}
+clones=0 clone_why="clones not built yet"
+if "$bin" lun clone --help >/dev/null 2>&1; then clones=1; fi
+clone_create() { bf lun clone create "$1" "$2" >/dev/null; }
+
+# ---------------------------------------------------------------- fio
+fill_nbd() { # uri: sequential 1 MiB writes over the whole target
+    fio --name=fill --ioengine=nbd --uri="$1" --rw=write --bs=1M --iodepth=8 --size="$size" \
+        --output="$out/logs/fill.log" >/dev/null || die "pre-fill of $1 failed"
+}
+fill_file() { # path
+    fio --name=fill --filename="$1" --ioengine=libaio --direct=1 --rw=write --bs=1M --iodepth=8 \
+        --size="$size" --output="$out/logs/fill.log" >/dev/null || die "pre-fill of $1 failed"
+}
+nbd_target() { echo "--ioengine=nbd --uri=nbd://127.0.0.1:$1/$2"; }
+# One fio job; appends "sys wl rep iops MiB/s p50_us" to fio.tsv.
+run_fio() { # sys wl rep target-args...
+    local sys=$1 wl=$2 rep=$3; shift 3
+    local json=$out/fio/$sys.$wl.$rep.json t0 t1
+    quiet_wait
+    t0=$EPOCHREALTIME
+    # shellcheck disable=SC2086
+    fio --name="$wl" --time_based --runtime="$runtime" --size="$size" "$@" ${wl_args[$wl]} \
+        --output-format=json --output="$json" >/dev/null 2>"$out/logs/fio.err" ||
+        die "fio $sys $wl failed: $(head -c 400 "$out/logs/fio.err")"
+    t1=$EPOCHREALTIME
+    jq -r --arg s "$sys" --arg w "$wl" --arg r "$rep" --arg t0 "$t0" --arg t1 "$t1" '.jobs[0] |
+        if .error != 0 or (.read.total_ios + .write.total_ios) == 0 then error("fio job error \(.error)") else . end |
+        [$s, $w, $r, (.read.iops + .write.iops), ((.read.bw_bytes + .write.bw_bytes) / 1048576),
+         (if .read.total_ios > 0 then .read.clat_ns.percentile["50.000000"] / 1000 else 0 end), $t0, $t1] | @tsv' \
+        "$json" >>"$out/fio.tsv" || die "fio $sys $wl: bad result in $json"
+}
+
+# ---------------------------------------------------------------- setup
+log "setup: $size_mib MiB per target"
+bf lun create fresh --size "${size_mib}M" >/dev/null
+fill_nbd "$(bf_uri fresh)"
+for lun in d1 d100 cbase; do
+    bf lun create "$lun" --size "${size_mib}M" >/dev/null
+    fill_nbd "$(bf_uri "$lun")"
+done
+# depth N: N times (snapshot s<i>, then overwrite layer i: 256 random 4 KiB blocks)
+"$py" "$layers_py" nbd 127.0.0.1 "$bf_nbd" d1 "$api" d1 "$size" 1 "$per_layer"
+"$py" "$layers_py" nbd 127.0.0.1 "$bf_nbd" d100 "$api" d100 "$size" "$layers" "$per_layer"
+bf snapshot create cbase s >/dev/null
+
+cd "$data"
+qemu-img create -q -f qcow2 plain.qcow2 "$size"
+qemu-img create -q -f qcow2 base.qcow2 "$size"
+for img in plain base; do
+    start_qemu_nbd "fill-$img" "$img.qcow2"
+    fill_nbd "nbd://127.0.0.1:${port_of[fill-$img]}/fill-$img"
+    stop "fill-$img"
+done
+start_qemu_nbd qcow2 plain.qcow2
+# qcow2 chains over base.qcow2: layer i = the same overwrites as blockfork's
+# layer i, written offline with the backing closed (see bench/peers/layers.py).
+"$py" "$layers_py" qemu-cmds "$size" "$layers" "$per_layer" "$cluster"
+prev=base.qcow2
+for i in $(seq "$layers"); do
+    qemu-img create -q -u -f qcow2 -b "$prev" -F qcow2 "chain$i.qcow2" "$size"
+    qemu-io -t unsafe "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"chain$i.qcow2\"},\"backing\":null}" \
+        <"layer$i.cmd" >/dev/null || die "qemu-io on chain$i.qcow2 failed"
+    prev=chain$i.qcow2
+done
+start_qemu_nbd chain1 chain1.qcow2 -r
+start_qemu_nbd chain100 "chain$layers.qcow2" -r
+[[ $(qemu-img info --backing-chain "chain$layers.qcow2" | grep -c '^image:') == $((layers + 1)) ]] ||
+    die "chain$layers.qcow2 is not $layers layers over base.qcow2"
+cp base.qcow2 snaplat.qcow2
+if [[ $mode == full ]]; then
+    qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay-r.qcow2
+    start_qemu_nbd qcow2ovl overlay-r.qcow2
+fi
+
+fill_file raw-nbdkit.img
+port_of[nbdkit-file]=$(free_port)
+start nbdkit-file "${port_of[nbdkit-file]}" nbdkit --foreground --exit-with-parent \
+    --ipaddr 127.0.0.1 --port "${port_of[nbdkit-file]}" file raw-nbdkit.img
+port_of[nbdkit-mem]=$(free_port)
+start nbdkit-mem "${port_of[nbdkit-mem]}" nbdkit --foreground --exit-with-parent \
+    --ipaddr 127.0.0.1 --port "${port_of[nbdkit-mem]}" memory "$size"
+fill_nbd "nbd://127.0.0.1:${port_of[nbdkit-mem]}/"
+fill_file raw-direct.img
+cd "$root"
+
+if ((clones)); then
+    if ! err=$(clone_create cbase@s cr 2>&1); then
+        clones=0 clone_why="clone create failed: ${err//|/ }"
+    fi
+fi
+sync
+log "setup done"
+
+# ---------------------------------------------------------------- copy management
+: >"$out/lat.tsv"
+timed() { # op command...: wall time of one command (includes its process start)
+    local op=$1 t0 t1; shift
+    t0=${EPOCHREALTIME/./}; "$@" >/dev/null || die "$op: $* failed"; t1=${EPOCHREALTIME/./}
+    printf '%s\t%s\n' "$op" "$(echo "scale=3; ($t1 - $t0) / 1000" | bc)" >>"$out/lat.tsv"
+}
+log "snapshot and clone create latency ($lat_n each)"
+for i in $(seq "$lat_n"); do timed snap-cli bf snapshot create cbase "cli$i"; done
+rest_ms() { # op path json: curl's time_total of one POST, in ms
+    local t
+    t=$(curl -sf -o /dev/null -w '%{time_total}' -X POST -H 'content-type: application/json' \
+        -d "$3" "$api/api/v1/$2") || die "$1: POST /api/v1/$2 $3 failed"
+    printf '%s\t%s\n' "$1" "$(echo "$t * 1000" | bc)" >>"$out/lat.tsv"
+}
+for i in $(seq "$lat_n"); do rest_ms snap-rest snapshots "{\"lun\":\"cbase\",\"name\":\"rest$i\"}"; done
+for i in $(seq "$lat_n"); do timed snap-qcow2 qemu-img snapshot -c "s$i" "$data/snaplat.qcow2"; done
+if ((clones)); then
+    for i in $(seq "$lat_n"); do timed clone-bf clone_create cbase@s "lat$i"; done
+    for i in $(seq "$lat_n"); do rest_ms clone-rest clones "{\"source\":\"cbase@s\",\"name\":\"rlat$i\"}"; done
+fi
+(cd "$data" && for i in $(seq "$lat_n"); do
+    timed clone-qcow2 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "lat$i.qcow2"
+done)
+
+depth_target() {
+    case $1 in
+        bf-d1) nbd_target "$bf_nbd" d1 ;;
+        bf-d100) nbd_target "$bf_nbd" d100 ;;
+        bf-d1-s1) nbd_target "$bf_nbd" d1@s1 ;;
+        bf-d100-s1) nbd_target "$bf_nbd" d100@s1 ;;
+        chain1 | chain100) nbd_target "${port_of[$1]}" "$1" ;;
+    esac
+}
+# Page-cache warm-up: one sequential read pass through the system's own path
+# right before its block of jobs. Needed where proactive reclaim (DAMON) pages
+# out file cache left idle for a while, which would otherwise turn some
+# systems' reads into disk reads depending on when their turn came.
+warm() { # sys target-args...
+    local sys=$1; shift
+    [[ $sys == raw || $sys == nbdkit-mem ]] && return 0
+    fio --name=warm --rw=read --bs=1M --iodepth=8 --size="$size" "$@" \
+        --output="$out/logs/warm.log" >/dev/null || die "warm-up read of $sys failed"
+}
+# The systems in a different order in each repetition: $1 = repetition, then the list.
+rotated() { local r=$1; shift; local n=$#; local a=("$@"); for ((i = 0; i < n; i++)); do echo "${a[(i + r - 1) % n]}"; done; }
+
+log "read latency at depth 1 and $layers: ${depth_systems[*]}"
+for rep in $(seq "$reps"); do
+    for sys in $(rotated "$rep" "${depth_systems[@]}"); do
+        # shellcheck disable=SC2046
+        warm "$sys" $(depth_target "$sys")
+        # shellcheck disable=SC2046
+        run_fio "$sys" rr1 "$rep" $(depth_target "$sys")
+        if [[ " ${depth_qd32_systems[*]} " == *" $sys "* ]]; then
+            # shellcheck disable=SC2046
+            run_fio "$sys" rr32 "$rep" $(depth_target "$sys")
+        fi
+    done
+done
+
+# ---------------------------------------------------------------- data path
+# Write jobs on the snapshot and clone systems start from the same state each
+# time: bf100 gets a fresh snapshot just before (so every first overwrite of
+# a block redirects) deleted after; bfclone and qcow2ovl get a new clone /
+# overlay of the pre-filled snapshot / backing file, dropped after.
+hook_n=0
+target_for() { # sys wl: prepares the system, prints fio's target arguments
+    local sys=$1 wl=$2
+    case $sys in
+        bf) nbd_target "$bf_nbd" fresh ;;
+        bf100)
+            if is_write "$wl"; then bf snapshot create d100 "w$hook_n" >/dev/null; fi
+            nbd_target "$bf_nbd" d100 ;;
+        bfclone)
+            if is_write "$wl"; then clone_create cbase@s cw; nbd_target "$bf_nbd" cw; else nbd_target "$bf_nbd" cr; fi ;;
+        qcow2) nbd_target "${port_of[qcow2]}" qcow2 ;;
+        qcow2ovl)
+            if is_write "$wl"; then
+                qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 "$data/overlay-w.qcow2"
+                start_qemu_nbd qcow2ovl-w "$data/overlay-w.qcow2"
+                nbd_target "${port_of[qcow2ovl-w]}" qcow2ovl-w
+            else
+                nbd_target "${port_of[qcow2ovl]}" qcow2ovl
+            fi ;;
+        nbdkit-file | nbdkit-mem) nbd_target "${port_of[$sys]}" x ;;
+        raw) echo "--ioengine=libaio --direct=1 --filename=$data/raw-direct.img" ;;
+    esac
+}
+after() { # sys wl
+    is_write "$2" || return 0
+    case $1 in
+        bf100) bf snapshot delete d100 "w$hook_n" >/dev/null; wait_jobs ;;
+        bfclone) bf lun delete cw >/dev/null; wait_jobs ;;
+        qcow2ovl) stop qcow2ovl-w; rm -f "$data/overlay-w.qcow2" ;;
+    esac
+    hook_n=$((hook_n + 1))
+    sync
+}
+# Each system runs its workloads back to back (reads first), after a warm-up.
+for rep in $(seq "$reps"); do
+    log "data path, repetition $rep of $reps: ${data_workloads[*]}"
+    for sys in $(rotated "$rep" "${data_systems[@]}"); do
+        [[ $sys == bfclone ]] && ! ((clones)) && continue
+        # shellcheck disable=SC2046
+        warm "$sys" $(target_for "$sys" rr1)
+        for wl in "${data_workloads[@]}"; do
+            # target_for may start a server, so not in a subshell
+            target_for "$sys" "$wl" >"$out/target"
+            # shellcheck disable=SC2046
+            run_fio "$sys" "$wl" "$rep" $(cat "$out/target")
+            after "$sys" "$wl"
+        done
+    done
+done
+log "measurements done in $((SECONDS - t_start)) s (waited $quiet_waited s for other processes to quiet down)"
+
+# ---------------------------------------------------------------- report
+report() {
+    local disk
+    disk=$(df -hT "$work" | awk 'NR == 2 {print $1 " (" $2 "), " $3 " total, " $5 " free"}')
+    echo "# blockfork beside its peers ($mode run)"
+    echo
+    echo "- command: \`$cmdline\` (blockfork $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD -- crates 2>/dev/null || echo ', crates/ modified'))"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo "- machine: $(nproc) CPUs ($(lscpu | sed -n 's/^Model name: *//p' | head -1)), $(free -g | awk '/^Mem:/ {print $2}') GiB memory, kernel $(uname -r), cpuidle $(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo unknown)"
+    echo "- disk of the work dir: $disk"
+    local damon=off
+    grep -qx on /sys/kernel/mm/damon/admin/kdamonds/*/state 2>/dev/null && damon=on
+    echo "- DAMON proactive reclaim: $damon (so each system's target is re-read once, untimed, right before its jobs)"
+    echo "- tools: $(fio --version), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'), nbdkit $(nbdkit --version | awk '{print $2}')"
+    echo "- $size_mib MiB per target, fio runs of $runtime s (time based), median of $reps; copy-management latencies over $lat_n operations"
+    echo
+    "$py" "$root/bench/peers/report.py" "$out" "$mode" "$clones" "$clone_why" "$layers" "$size_mib"
+    echo
+    echo "Run took $((SECONDS - t_start)) s, of which $build_s s of cargo build and $quiet_waited s of waiting for other processes to quiet down."
+}
+if [[ $mode == full ]]; then
+    report | tee "$out/RESULTS.md"
+    cp "$out/RESULTS.md" "$root/bench/RESULTS.md"
+    log "wrote bench/RESULTS.md"
+else
+    report
+fi
