@@ -313,58 +313,12 @@ impl HistoryMap {
     /// Records that the piece died at `death`. Its death is the newest of any
     /// version of these blocks, so it goes last in every range it covers.
     pub fn push(&mut self, piece: Piece, death: u64) {
-        assert!(
-            piece.birth < death,
-            "a version must live at least one epoch"
-        );
-        let end = piece.lba + piece.len;
-        self.split_at(piece.lba);
-        self.split_at(end);
-        let keys: Vec<(u64, u64)> = self
-            .ranges
-            .range(piece.lba..end)
-            .map(|(&k, r)| (k, r.len))
-            .collect();
-        let mut pos = piece.lba;
-        let version_at = |lba: u64| Version {
+        let version = Version {
             birth: piece.birth,
             death,
-            val: piece.val.offset(lba - piece.lba),
+            val: piece.val,
         };
-        for (k, len) in keys {
-            if k > pos {
-                self.ranges.insert(
-                    pos,
-                    HistRange {
-                        len: k - pos,
-                        versions: vec![version_at(pos)],
-                    },
-                );
-                self.dirty.insert(pos);
-            }
-            let r = self.ranges.get_mut(&k).expect("range just listed");
-            let last = r.versions.last().expect("ranges are never empty");
-            assert!(
-                last.death <= piece.birth,
-                "history lifetimes overlap at block {k}: [{}, {}) then [{}, {death})",
-                last.birth,
-                last.death,
-                piece.birth
-            );
-            r.versions.push(version_at(k));
-            self.dirty.insert(k);
-            pos = k + len;
-        }
-        if pos < end {
-            self.ranges.insert(
-                pos,
-                HistRange {
-                    len: end - pos,
-                    versions: vec![version_at(pos)],
-                },
-            );
-            self.dirty.insert(pos);
-        }
+        self.insert_version(piece.lba, piece.len, version);
     }
 
     /// The range covering `pos`, or how far the gap at `pos` reaches (up to `end`).
