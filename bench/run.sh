@@ -39,17 +39,20 @@ done
 if [[ $mode == quick ]]; then
     : "${size_mib:=256}" "${runtime:=2}" "${reps:=1}"; lat_n=20
     data_systems=(bf qcow2 nbdkit-file raw)
-    data_workloads=(rr32 rw32 sr sw)
+    data_workloads=(rr32 sr rw32 sw)
     depth_systems=(bf-d1 bf-d100 chain1 chain100)
     depth_qd32_systems=()
 else
     : "${size_mib:=1024}" "${runtime:=3}" "${reps:=3}"; lat_n=100
     data_systems=(bf bf100 bfclone qcow2 qcow2ovl nbdkit-file nbdkit-mem raw)
-    data_workloads=(rr1 rr32 sr rw1 rw32 mix sw)
+    data_workloads=(rr1 rr32 sr mix rw1 rw32 sw)
     depth_systems=(bf-d1 bf-d100 bf-d1-s1 bf-d100-s1 chain1 chain100)
     depth_qd32_systems=(bf-d1 bf-d100 chain1 chain100)
 fi
 size=$((size_mib << 20))
+# the depth comparison's runs are 1 s shorter in the full run (time budget)
+depth_runtime=$((runtime > 2 ? runtime - 1 : runtime))
+fio_runtime=$runtime
 layers=100 per_layer=256 cluster=65536
 
 declare -A wl_args=(
@@ -65,6 +68,10 @@ is_write() { [[ $1 == rw1 || $1 == rw32 || $1 == mix || $1 == sw ]]; }
 
 work=$root/target/bench-peers
 data=$work/data out=$work/out
+# One run at a time: a second one would delete this one's work dir.
+mkdir -p "$root/target"
+exec 9>"$root/target/bench-peers.lock"
+flock -n 9 || { echo "bench/run.sh: another run holds target/bench-peers.lock" >&2; exit 1; }
 rm -rf "$work"; mkdir -p "$data" "$out/fio" "$out/logs"
 if [[ -x /usr/bin/python3 ]]; then py=/usr/bin/python3; else py=python3; fi
 layers_py=$root/bench/peers/layers.py
@@ -106,7 +113,7 @@ wait_port() { # port name
 }
 start() { # name port command... (the command stays in the foreground)
     local name=$1 port=$2; shift 2
-    "$@" >"$out/logs/$name.log" 2>&1 &
+    "$@" >"$out/logs/$name.log" 2>&1 9>&- &
     pid_of[$name]=$!
     wait_port "$port" "$name"
 }
@@ -117,7 +124,7 @@ start_qemu_nbd() { # name file [-r]
 }
 
 # CPU used by other processes on this machine, to flag measurements that had company
-"$py" "$root/bench/peers/cpuwatch.py" $$ "$out/cpu.tsv" &
+"$py" "$root/bench/peers/cpuwatch.py" $$ "$out/cpu.tsv" 9>&- &
 pid_of[cpuwatch]=$!
 # Before each fio run, wait while others use > 0.3 cores (at most 10 s per
 # run and $quiet_budget s in all; never in --quick).
@@ -179,7 +186,7 @@ run_fio() { # sys wl rep target-args...
     quiet_wait
     t0=$EPOCHREALTIME
     # shellcheck disable=SC2086
-    fio --name="$wl" --time_based --runtime="$runtime" --size="$size" "$@" ${wl_args[$wl]} \
+    fio --name="$wl" --time_based --runtime="$fio_runtime" --size="$size" "$@" ${wl_args[$wl]} \
         --output-format=json --output="$json" >/dev/null 2>"$out/logs/fio.err" ||
         die "fio $sys $wl failed: $(head -c 400 "$out/logs/fio.err")"
     t1=$EPOCHREALTIME
@@ -299,6 +306,7 @@ warm() { # sys target-args...
 rotated() { local r=$1; shift; local n=$#; local a=("$@"); for ((i = 0; i < n; i++)); do echo "${a[(i + r - 1) % n]}"; done; }
 
 log "read latency at depth 1 and $layers: ${depth_systems[*]}"
+fio_runtime=$depth_runtime
 for rep in $(seq "$reps"); do
     for sys in $(rotated "$rep" "${depth_systems[@]}"); do
         # shellcheck disable=SC2046
@@ -350,7 +358,31 @@ after() { # sys wl
     hook_n=$((hook_n + 1))
     sync
 }
-# Each system runs its workloads back to back (reads first), after a warm-up.
+# The files a system keeps its data in, for evict.
+files_of() {
+    case $1 in
+        bf | bf100 | bfclone) find "$data/bf" -type f -size +64M ;;
+        qcow2) echo "$data/plain.qcow2" ;;
+        nbdkit-file) echo "$data/raw-nbdkit.img" ;;
+    esac
+}
+# Pure write jobs start with the system's files synced and dropped from the
+# page cache: 4 KiB buffered writes into the large folios that sequential
+# reads leave behind (ext4 on recent kernels) cost several times more, which
+# would measure the page cache's history rather than the server.
+evict() { # sys
+    local files
+    files=$(files_of "$1")
+    [[ -n $files ]] || return 0
+    # shellcheck disable=SC2086
+    "$py" -c 'import os, sys
+for p in sys.argv[1:]:
+    fd = os.open(p, os.O_RDONLY); os.fdatasync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)' $files ||
+        die "evicting $1's files from the page cache failed"
+}
+# Each system runs its workloads back to back after a warm-up: reads and the
+# mix on a warm cache, then the pure writes, each from an evicted cache.
+fio_runtime=$runtime
 for rep in $(seq "$reps"); do
     log "data path, repetition $rep of $reps: ${data_workloads[*]}"
     for sys in $(rotated "$rep" "${data_systems[@]}"); do
@@ -358,6 +390,7 @@ for rep in $(seq "$reps"); do
         # shellcheck disable=SC2046
         warm "$sys" $(target_for "$sys" rr1)
         for wl in "${data_workloads[@]}"; do
+            if is_write "$wl" && [[ $wl != mix ]]; then evict "$sys"; fi
             # target_for may start a server, so not in a subshell
             target_for "$sys" "$wl" >"$out/target"
             # shellcheck disable=SC2046
@@ -382,7 +415,7 @@ report() {
     grep -qx on /sys/kernel/mm/damon/admin/kdamonds/*/state 2>/dev/null && damon=on
     echo "- DAMON proactive reclaim: $damon (so each system's target is re-read once, untimed, right before its jobs)"
     echo "- tools: $(fio --version), qemu-nbd $(qemu-nbd --version | head -1 | awk '{print $2}'), nbdkit $(nbdkit --version | awk '{print $2}')"
-    echo "- $size_mib MiB per target, fio runs of $runtime s (time based), median of $reps; copy-management latencies over $lat_n operations"
+    echo "- $size_mib MiB per target, fio runs of $runtime s (time based; $depth_runtime s for the depth comparison), median of $reps; copy-management latencies over $lat_n operations"
     echo
     "$py" "$root/bench/peers/report.py" "$out" "$mode" "$clones" "$clone_why" "$layers" "$size_mib"
     echo

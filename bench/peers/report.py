@@ -36,7 +36,7 @@ WL = {
     "mix": "4 KiB random 70/30 read/write, QD32",
     "sw": "1 MiB sequential write, QD8",
 }
-ORDER = ["rr1", "rr32", "sr", "rw1", "rw32", "mix", "sw"]
+ORDER = ["rr1", "rr32", "sr", "mix", "rw1", "rw32", "sw"]
 
 
 def seq(w):
@@ -90,8 +90,10 @@ workloads = [w for w in ORDER if any(k[1] == w for k in runs if not k[0].startsw
 print("## Data path over NBD (fio nbd engine, one connection)")
 print()
 print("Fresh pre-filled LUN / image / file of the same size. Each system runs the workloads "
-      "back to back in this order (reads first), after one untimed sequential read pass; the "
-      "order of the systems rotates between repetitions. Median of the repetitions; "
+      "back to back in this order, after one untimed sequential read pass: reads and the mix on "
+      "a warm page cache, then each pure write job with the system's files synced and dropped "
+      "from the page cache (posix_fadvise DONTNEED); the order of the systems rotates between "
+      "repetitions. Median of the repetitions; "
       "best peer = the better of qemu-nbd + qcow2 and nbdkit file; nbdkit memory is the "
       "NBD protocol ceiling and fio on the raw file (libaio, O_DIRECT, same queue depth) "
       "the disk's limit, both for scale.")
@@ -201,7 +203,11 @@ if mode == "full":
 print()
 print("Notes: every NBD server but nbdkit memory serves from the page cache here (the targets fit "
       "in memory), so reads can beat the O_DIRECT raw-file figure; fio sends no FLUSH, so a "
-      "server that syncs on its own pays for it. On a VM whose idle vCPUs halt (cpuidle "
+      "server that syncs on its own pays for it. On this machine 4 KiB buffered writes into pages "
+      "that sequential reads brought into the page cache cost several times more than into "
+      "evicted ones (most likely ext4's large folios: perf shows ext4_block_write_begin on top), "
+      "hence the eviction before pure writes; the mix, on the warm cache, pays it for every "
+      "system but nbdkit memory and the O_DIRECT raw file. On a VM whose idle vCPUs halt (cpuidle "
       "haltpoll), each QD1 request also pays a vCPU wake-up of tens of µs, which compresses QD1 "
       "differences; the QD32 rows are the sharper comparison.")
 print()
