@@ -335,6 +335,7 @@ impl Engine {
             }
             let frees = std::mem::take(&mut s.pending_free);
             s.committing_free = frees;
+            s.refs.begin_commit();
             s.take_dirty()
         };
         if self.data_dirty.swap(false, Ordering::AcqRel) {
@@ -360,6 +361,7 @@ impl Engine {
         for run in std::mem::take(&mut s.committing_free) {
             s.alloc.release(run);
         }
+        s.refs.end_commit();
         Ok(())
     }
 
@@ -1485,7 +1487,7 @@ fn stripe_of(lun: LunId, lba: u64) -> usize {
     (h >> 32) as usize % STRIPES
 }
 
-fn target_blocks(s: &State, target: Target) -> Result<u64> {
+pub(crate) fn target_blocks(s: &State, target: Target) -> Result<u64> {
     match target {
         Target::Lun(id) => Ok(s
             .lun(id)
@@ -1589,20 +1591,31 @@ pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
 
 /// Blocks each snapshot alone sees, by epoch.
 fn exclusive_blocks(l: &Lun, refs: &RefCounts) -> HashMap<u64, u64> {
-    let mut out = HashMap::new();
+    // The runs each snapshot alone sees; a block is that snapshot's alone
+    // when every reference to it is among them (another reference, from a
+    // restored head, a range clone or another LUN, keeps it).
+    let mut only: HashMap<u64, Vec<Run>> = HashMap::new();
     for (_, r) in l.history.iter() {
         for v in &r.versions {
             let Val::Data(pba) = v.val else { continue };
             let mut seers = l.snapshots.range(v.birth..v.death).map(|(&e, _)| e);
             if let (Some(e), None) = (seers.next(), seers.next()) {
-                // Blocks shared with another version (a restored head, a
-                // range clone) stay when the snapshot goes.
-                let own = r.len - refs.shared_blocks(pba, r.len);
-                *out.entry(e).or_insert(0) += own;
+                only.entry(e).or_default().push(Run {
+                    start: pba,
+                    len: r.len,
+                });
             }
         }
     }
-    out
+    only.into_iter()
+        .map(|(e, runs)| {
+            let blocks = multiplicity(&runs)
+                .into_iter()
+                .map(|(start, len, count)| refs.blocks_with_refs_at_most(start, len, count))
+                .sum();
+            (e, blocks)
+        })
+        .collect()
 }
 
 pub(crate) fn new_lun(

@@ -8,6 +8,7 @@ mod codec;
 mod engine;
 pub mod io;
 mod map;
+mod range;
 pub mod sim;
 mod space;
 mod split;
@@ -15,5 +16,6 @@ mod state;
 mod types;
 
 pub use engine::{Engine, EngineConfig, Target};
+pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
 pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};
 pub use types::*;
