@@ -4,6 +4,7 @@
 //! See `shared/DESIGN.md` for the model and the invariants, and
 //! `docs/decisions/` for the choices made here.
 
+mod access;
 mod codec;
 mod engine;
 pub mod io;
@@ -15,6 +16,10 @@ mod split;
 mod state;
 mod types;
 
+pub use access::{
+    validate_igroup_name, ClientIdentity, IgroupInfo, Member, CERT_CN_BYTES_MAX, IGROUPS_MAX,
+    IGROUP_MEMBERS_MAX,
+};
 pub use engine::{Engine, EngineConfig, Target};
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
 pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};

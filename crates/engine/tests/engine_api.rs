@@ -515,3 +515,84 @@ fn range_clone_shares_blocks_and_both_sides_stay_independent() {
     e.flush().unwrap();
     assert_eq!(e.pool_status().unwrap().used_bytes, 0);
 }
+
+#[test]
+fn igroups_and_maps_decide_visibility_and_survive_restart() {
+    use engine::{ClientIdentity, Member};
+    let dir = tempfile::tempdir().unwrap();
+    let who = |a: &str, cn: Option<&str>| ClientIdentity {
+        addr: Some(a.parse().unwrap()),
+        cert_cn: cn.map(str::to_string),
+    };
+    let (a, b) = (who("10.0.0.5", None), who("192.0.2.7", Some("host-b")));
+    {
+        let e = open(dir.path(), 64 * MIB);
+        assert_eq!(
+            e.pool_status().unwrap().access,
+            "closed",
+            "closed by default"
+        );
+        e.create_lun("db", MIB).unwrap();
+        e.create_lun("web", MIB).unwrap();
+        e.create_snapshot("db", "s").unwrap();
+        assert!(
+            e.luns_visible_to(&a).is_empty(),
+            "closed pool: nothing unmapped"
+        );
+        let before = fingerprint(&e);
+        let gen = e.access_generation();
+        for (what, r) in [
+            ("bad name", e.create_igroup("a/b", vec![]).map(drop)),
+            ("map unknown igroup", e.map_lun("db", "nope")),
+            ("map unknown LUN", e.map_lun("nope", "nope")),
+            ("unmap not mapped", e.unmap_lun("db", "nope")),
+            ("delete unknown", e.delete_igroup("nope")),
+            (
+                "add to unknown",
+                e.igroup_add("nope", Member::address("10.0.0.0/8").unwrap())
+                    .map(drop),
+            ),
+        ] {
+            assert!(r.is_err(), "{what}: accepted");
+        }
+        assert_eq!(fingerprint(&e), before);
+        assert_eq!(e.access_generation(), gen, "failed calls change nothing");
+        e.create_igroup("app", vec![Member::address("10.0.0.0/24").unwrap()])
+            .unwrap();
+        e.create_igroup("bee", vec![Member::cert_cn("host-b").unwrap()])
+            .unwrap();
+        assert!(e.create_igroup("app", vec![]).is_err(), "duplicate");
+        e.map_lun("db", "app").unwrap();
+        assert!(e.map_lun("db", "app").is_err(), "mapped twice");
+        assert!(e.access_generation() > gen);
+        assert_eq!(e.luns_visible_to(&a), vec!["db"]);
+        assert!(e.visible_to("db@s", &a), "snapshots follow their LUN");
+        assert!(!e.visible_to("db", &b));
+        assert!(matches!(
+            e.delete_igroup("app"),
+            Err(Error::HasDependents(_))
+        ));
+        e.igroup_add("app", Member::cert_cn("host-b").unwrap())
+            .unwrap();
+        assert!(e.visible_to("db", &b));
+        e.igroup_remove("app", Member::cert_cn("host-b").unwrap())
+            .unwrap();
+        assert!(!e.visible_to("db", &b));
+        e.set_access_open(true).unwrap();
+        assert_eq!(
+            e.luns_visible_to(&b),
+            vec!["web"],
+            "open: unmapped to all, mapped to their groups"
+        );
+        assert_eq!(e.lun_info("db").unwrap().maps, vec!["app"]);
+        assert_eq!(e.igroup_info("app").unwrap().luns, vec!["db"]);
+    }
+    let e = open(dir.path(), 64 * MIB);
+    assert_eq!(e.pool_status().unwrap().access, "open");
+    assert_eq!(e.luns_visible_to(&a), vec!["db", "web"]);
+    assert_eq!(e.igroup_info("app").unwrap().addresses, vec!["10.0.0.0/24"]);
+    e.unmap_lun("db", "app").unwrap();
+    e.delete_igroup("app").unwrap();
+    e.delete_lun("web", false).unwrap();
+    assert_eq!(e.list_igroups().unwrap().len(), 1);
+}
