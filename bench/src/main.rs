@@ -571,7 +571,10 @@ fn clone_bench(o: &Opts, rows: &mut Vec<Row>, rng: &mut StdRng, sync_p50: Durati
     // range and as many 256 KiB ranges (a fragmented file), against cp of
     // the same amount of data.
     let cp_secs = split_bytes as f64 / cp_rate;
-    for (ranges, label) in [(1u64, "range"), (split_bytes / (256 << 10), "ranges of 256 KiB")] {
+    for (ranges, label) in [
+        (1u64, "range"),
+        (split_bytes / (256 << 10), "ranges of 256 KiB"),
+    ] {
         let target = format!("rc-{ranges}");
         e.create_lun(&target, split_bytes).unwrap();
         let len = split_bytes / ranges;
@@ -671,12 +674,26 @@ fn qemu_rebase_rate(dir: &Path, bytes: u64) -> Option<f64> {
             f.write_all_at(&chunk, i * MIB).ok()?;
         }
     }
-    run(&["convert", "-q", "-f", "raw", "-O", "qcow2", raw.to_str()?, b])?;
+    run(&[
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str()?,
+        b,
+    ])?;
     let _ = std::fs::remove_file(&raw);
     run(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", o])?;
     let t0 = Instant::now();
     run(&["rebase", "-f", "qcow2", "-b", "", o])?;
-    OpenOptions::new().write(true).open(&overlay).ok()?.sync_all().ok()?;
+    OpenOptions::new()
+        .write(true)
+        .open(&overlay)
+        .ok()?
+        .sync_all()
+        .ok()?;
     let rate = bytes as f64 / t0.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&base);
     let _ = std::fs::remove_file(&overlay);
