@@ -22,11 +22,13 @@ pub mod backend;
 mod handshake;
 pub mod proto;
 mod server;
+pub mod tls;
 mod transmission;
 pub mod wire;
 
 pub use backend::*;
 pub use server::{serve, serve_unix, Listener, Server};
+pub use tls::TlsSettings;
 /// Re-exported so callers need not depend on tokio-util themselves.
 pub use tokio_util::sync::CancellationToken;
 
@@ -42,6 +44,10 @@ pub(crate) enum ConnError {
     /// no error reply, so the session ends.
     #[error("export refused: {0}")]
     Refused(String),
+    /// The TLS handshake after NBD_OPT_STARTTLS failed (bad or missing
+    /// client certificate, no common cipher, ...); already logged.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 impl From<wire::WireError> for ConnError {

@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -13,10 +13,13 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, ClientInfo};
 use crate::proto::SHUTDOWN_DRAIN_SECS_MAX;
+use crate::tls::{TlsSettings, Transport};
 use crate::{handshake, transmission, ConnError};
 
 /// Something that hands out client connections: TCP and unix sockets here,
-/// anything else (a TLS acceptor, a test harness) by implementing it.
+/// anything else (a test harness, a socket-activation wrapper) by
+/// implementing it. TLS is not a listener's business: it starts inside the
+/// NBD handshake (NBD_OPT_STARTTLS), see [`Server::with_tls`].
 pub trait Listener: Send {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Must be cancel-safe: `serve` drops it when shutdown starts.
@@ -33,7 +36,7 @@ impl Listener for TcpListener {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        Ok((stream, ClientInfo { peer: Some(peer) }))
+        Ok((stream, ClientInfo::tcp(peer)))
     }
 }
 
@@ -41,7 +44,7 @@ impl Listener for UnixListener {
     type Stream = UnixStream;
     async fn accept(&mut self) -> io::Result<(UnixStream, ClientInfo)> {
         let (stream, _) = UnixListener::accept(self).await?;
-        Ok((stream, ClientInfo { peer: None }))
+        Ok((stream, ClientInfo::unix()))
     }
 }
 
@@ -50,6 +53,7 @@ impl Listener for UnixListener {
 pub struct Server {
     backend: Arc<dyn Backend>,
     drain: Duration,
+    tls: Option<TlsSettings>,
 }
 
 impl Server {
@@ -57,7 +61,17 @@ impl Server {
         Server {
             backend,
             drain: Duration::from_secs(SHUTDOWN_DRAIN_SECS_MAX),
+            tls: None,
         }
+    }
+
+    /// Offers TLS through NBD_OPT_STARTTLS on every connection this server
+    /// (and its clones made afterwards) serves, TCP and unix alike; a
+    /// listener that should stay plain needs a clone made before this call.
+    /// Without it, STARTTLS is answered with NBD_REP_ERR_POLICY.
+    pub fn with_tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
     }
 
     /// How long `serve` waits for open connections after shutdown
@@ -121,17 +135,16 @@ impl Server {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = match client.peer {
-            Some(addr) => addr.to_string(),
-            None => "unix".to_string(),
-        };
+        let peer = handshake::peer_name(&client);
         info!(%peer, "nbd connection opened");
         match self.run_connection(stream, &client, &shutdown).await {
             Ok(()) => info!(%peer, "nbd connection closed"),
             Err(ConnError::Io(e)) if is_hangup(&e) => {
                 info!(%peer, "nbd connection closed by client")
             }
-            Err(e @ ConnError::Refused(_)) => info!(%peer, reason = %e, "nbd connection closed"),
+            Err(e @ (ConnError::Refused(_) | ConnError::Tls(_))) => {
+                info!(%peer, reason = %e, "nbd connection closed")
+            }
             Err(e) => warn!(%peer, error = %e, "nbd connection closed on error"),
         }
     }
@@ -147,13 +160,29 @@ impl Server {
     {
         // One read buffer for the whole connection, so bytes a client sends
         // right behind its GO are not lost between the two phases.
-        let mut stream = BufReader::new(stream);
-        let Some(negotiated) =
-            handshake::negotiate(&mut stream, &self.backend, client, shutdown).await?
-        else {
+        let mut stream = BufReader::new(Transport::Plain(stream));
+        let mut client = client.clone();
+        let negotiated = handshake::negotiate(
+            &mut stream,
+            &self.backend,
+            &mut client,
+            self.tls.as_ref(),
+            shutdown,
+        )
+        .await?;
+        let Some(negotiated) = negotiated else {
+            // Ends TLS cleanly (close_notify) when it is up; the client may
+            // already be gone, which is fine.
+            let _ = stream.shutdown().await;
             return Ok(());
         };
-        info!(export = %negotiated.name, peer = ?client.peer, "nbd export opened");
+        info!(
+            export = %negotiated.name,
+            peer = ?client.peer,
+            tls = client.tls,
+            cert_cn = client.cert_cn.as_deref().unwrap_or("-"),
+            "nbd export opened"
+        );
         let (reader, writer) = tokio::io::split(stream);
         transmission::transmit(reader, writer, negotiated, shutdown).await
     }
