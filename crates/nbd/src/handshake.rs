@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, ClientInfo, Export, OpenError};
@@ -56,7 +55,8 @@ pub(crate) fn transmission_flags(read_only: bool) -> u16 {
 }
 
 /// Runs the handshake. `Ok(None)` means the session ended cleanly without
-/// entering transmission (ABORT, or server shutdown).
+/// entering transmission (ABORT). Cancel-safe: the caller drops it on
+/// server shutdown and at the handshake time limit.
 ///
 /// With `tls`, NBD_OPT_STARTTLS upgrades `stream` in place and the option
 /// loop goes on over TLS, with the negotiation so far forgotten (the spec
@@ -67,7 +67,6 @@ pub(crate) async fn negotiate<S>(
     backend: &Arc<dyn Backend>,
     client: &mut ClientInfo,
     tls: Option<&TlsSettings>,
-    shutdown: &CancellationToken,
 ) -> Result<Option<Negotiated>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -88,13 +87,7 @@ where
 
     loop {
         let mut raw = [0u8; 16];
-        // Waiting for the next option is the one place a client can idle
-        // forever, so that is where shutdown is observed.
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            r = stream.read_exact(&mut raw) => { r?; }
-        }
+        stream.read_exact(&mut raw).await?;
         let header = wire::parse_option_header(&raw)?;
         if header.length > OPTION_BYTES_MAX {
             if header.option != OPT_EXPORT_NAME {

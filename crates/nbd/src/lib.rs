@@ -16,8 +16,14 @@
 //! Limits are in [`proto`] (`REQUEST_BYTES_MAX`, `REQUESTS_IN_FLIGHT_MAX`,
 //! ...). A WRITE larger than `REQUEST_BYTES_MAX` gets an error reply and the
 //! connection is closed without reading its payload; every other bad
-//! request gets an error reply and the connection goes on.
+//! request gets an error reply and the connection goes on. Connections are
+//! capped per client address and in total, and the handshake has a time
+//! limit; [`Server`]'s builder methods change the defaults.
+//!
+//! TLS (NBD_OPT_STARTTLS, optionally required, optionally with client
+//! certificates) is turned on with [`Server::with_tls`]; see [`tls`].
 
+mod admission;
 pub mod backend;
 mod handshake;
 pub mod proto;
@@ -48,6 +54,9 @@ pub(crate) enum ConnError {
     /// client certificate, no common cipher, ...); already logged.
     #[error("TLS handshake failed: {0}")]
     Tls(std::io::Error),
+    /// The client did not finish option haggling in time.
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
 }
 
 impl From<wire::WireError> for ConnError {

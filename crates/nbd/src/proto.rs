@@ -33,6 +33,20 @@ pub const EXTENTS_PER_REPLY_MAX: usize = 1 << 20;
 /// How long `serve` waits after shutdown for open connections to finish
 /// their in-flight requests before aborting them.
 pub const SHUTDOWN_DRAIN_SECS_MAX: u64 = 10;
+/// Connections one TCP client address may hold at once. nbdcopy opens 4,
+/// qemu 1 per disk (more with multi-conn); 32 leaves room for several
+/// clients behind one address, and stops one host from taking every slot.
+/// Unix-socket clients have no address and are exempt (they are local and
+/// gated by the socket file's permissions); they count toward the total.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 32;
+/// Connections the server holds at once, over all listeners. Each one is a
+/// file descriptor, a task and buffers; past this, new ones are closed
+/// right after accept and existing ones go on.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Time from accept to the end of option haggling, the TLS handshake
+/// included. A client that connects and never finishes would otherwise
+/// hold a connection slot forever.
+pub const HANDSHAKE_SECS_MAX: u64 = 30;
 
 /// Block sizes advertised in NBD_INFO_BLOCK_SIZE: any alignment works (the
 /// backend is byte-addressed), 4 KiB is efficient.

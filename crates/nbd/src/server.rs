@@ -11,8 +11,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Limits};
 use crate::backend::{Backend, ClientInfo};
-use crate::proto::SHUTDOWN_DRAIN_SECS_MAX;
+use crate::proto::{
+    CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX, HANDSHAKE_SECS_MAX, SHUTDOWN_DRAIN_SECS_MAX,
+};
 use crate::tls::{TlsSettings, Transport};
 use crate::{handshake, transmission, ConnError};
 
@@ -48,11 +51,17 @@ impl Listener for UnixListener {
     }
 }
 
-/// An NBD server over a backend. Cheap to clone; clones share the backend.
+/// An NBD server over a backend. Cheap to clone; clones share the backend
+/// and the connection counts, so the connection limits hold over every
+/// listener served by one server and its clones. Builder methods change
+/// the value they are called on (and clones made from it afterwards).
 #[derive(Clone)]
 pub struct Server {
     backend: Arc<dyn Backend>,
     drain: Duration,
+    handshake_timeout: Duration,
+    limits: Limits,
+    admission: Admission,
     tls: Option<TlsSettings>,
 }
 
@@ -61,8 +70,39 @@ impl Server {
         Server {
             backend,
             drain: Duration::from_secs(SHUTDOWN_DRAIN_SECS_MAX),
+            handshake_timeout: Duration::from_secs(HANDSHAKE_SECS_MAX),
+            limits: Limits {
+                per_address_max: CONNECTIONS_PER_ADDRESS_MAX,
+                total_max: CONNECTIONS_MAX,
+            },
+            admission: Admission::default(),
             tls: None,
         }
+    }
+
+    /// Connections one TCP client address may hold at once (default
+    /// CONNECTIONS_PER_ADDRESS_MAX). Unix-socket clients are exempt. Past
+    /// it, a new connection from that address is closed right after
+    /// accept; its other connections go on.
+    pub fn with_connections_per_address_max(mut self, connections: usize) -> Self {
+        self.limits.per_address_max = connections;
+        self
+    }
+
+    /// Connections served at once over all listeners, unix sockets
+    /// included (default CONNECTIONS_MAX). Past it, new connections are
+    /// closed right after accept.
+    pub fn with_connections_max(mut self, connections: usize) -> Self {
+        self.limits.total_max = connections;
+        self
+    }
+
+    /// How long a client may take from connecting to the end of option
+    /// haggling, TLS handshake included (default HANDSHAKE_SECS_MAX). A
+    /// client still negotiating then is disconnected.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
     }
 
     /// Offers TLS through NBD_OPT_STARTTLS on every connection this server
@@ -94,13 +134,23 @@ impl Server {
                 // Reap finished connections so the set does not grow forever.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, client)) => {
-                        let server = self.clone();
-                        let shutdown = shutdown.clone();
-                        connections.spawn(async move {
-                            server.serve_connection(stream, client, shutdown).await;
-                        });
-                    }
+                    Ok((stream, client)) => match self.admission.admit(&client, self.limits) {
+                        Ok(slot) => {
+                            let server = self.clone();
+                            let shutdown = shutdown.clone();
+                            connections.spawn(async move {
+                                server.serve_connection(stream, client, shutdown).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(refusal) => {
+                            // NBD has nothing to say before its greeting, so
+                            // the refusal is the close itself; the log says why.
+                            let peer = handshake::peer_name(&client);
+                            warn!(%peer, reason = %refusal, "nbd connection refused");
+                            drop(stream);
+                        }
+                    },
                     Err(e) => {
                         // Usually out of file descriptors: back off rather
                         // than spin, and keep serving existing clients.
@@ -142,7 +192,9 @@ impl Server {
             Err(ConnError::Io(e)) if is_hangup(&e) => {
                 info!(%peer, "nbd connection closed by client")
             }
-            Err(e @ (ConnError::Refused(_) | ConnError::Tls(_))) => {
+            Err(
+                e @ (ConnError::Refused(_) | ConnError::Tls(_) | ConnError::HandshakeTimeout(_)),
+            ) => {
                 info!(%peer, reason = %e, "nbd connection closed")
             }
             Err(e) => warn!(%peer, error = %e, "nbd connection closed on error"),
@@ -162,18 +214,28 @@ impl Server {
         // right behind its GO are not lost between the two phases.
         let mut stream = BufReader::new(Transport::Plain(stream));
         let mut client = client.clone();
-        let negotiated = handshake::negotiate(
-            &mut stream,
-            &self.backend,
-            &mut client,
-            self.tls.as_ref(),
-            shutdown,
-        )
-        .await?;
+        let handshake = async {
+            let negotiated =
+                handshake::negotiate(&mut stream, &self.backend, &mut client, self.tls.as_ref())
+                    .await?;
+            if negotiated.is_none() {
+                // Ends TLS cleanly (close_notify) when it is up; the client
+                // may already be gone, which is fine.
+                let _ = stream.shutdown().await;
+            }
+            Ok::<_, ConnError>(negotiated)
+        };
+        // A client may idle anywhere in the handshake (before its flags, in
+        // the middle of an option, inside the TLS handshake): both the time
+        // limit and shutdown cover all of it.
+        let negotiated = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(self.handshake_timeout, handshake) => {
+                r.map_err(|_| ConnError::HandshakeTimeout(self.handshake_timeout))??
+            }
+        };
         let Some(negotiated) = negotiated else {
-            // Ends TLS cleanly (close_notify) when it is up; the client may
-            // already be gone, which is fine.
-            let _ = stream.shutdown().await;
             return Ok(());
         };
         info!(
