@@ -26,6 +26,7 @@
 mod admission;
 pub mod backend;
 mod handshake;
+mod payload;
 pub mod proto;
 mod server;
 pub mod tls;

@@ -16,6 +16,11 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 /// once. Without this, 64 requests of 32 MiB would pin 2 GiB per client.
 /// Must be at least REQUEST_BYTES_MAX or a maximal request could never start.
 pub const REQUEST_BYTES_IN_FLIGHT_MAX: u32 = 128 * 1024 * 1024;
+/// Payload bytes a connection keeps between requests for reuse (see
+/// `payload.rs`). qemu keeps at most 16 requests in flight per connection,
+/// so this holds its working set at 1 MiB each; bigger or more buffers are
+/// freed after use.
+pub const POOLED_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Requests up to this size run inline on the async runtime; bigger ones (and
 /// every FLUSH or FUA request) go to the blocking pool so a slow backend call
 /// cannot stall the runtime's worker threads for long.
