@@ -70,6 +70,17 @@ pub fn load(
     client_ca_pem_path: Option<&Path>,
     required: bool,
 ) -> Result<TlsSettings, String> {
+    let config = load_config(cert_pem_path, key_pem_path, client_ca_pem_path)?;
+    Ok(TlsSettings::new(config, required))
+}
+
+/// The rustls server configuration [`load`] builds, for other TLS servers
+/// that share the certificate (blockfork's REST API).
+pub fn load_config(
+    cert_pem_path: &Path,
+    key_pem_path: &Path,
+    client_ca_pem_path: Option<&Path>,
+) -> Result<Arc<ServerConfig>, String> {
     let certs = read_certificates(cert_pem_path, "TLS certificate")?;
     let key = read_private_key(key_pem_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -105,7 +116,7 @@ pub fn load(
             cert_pem_path.display()
         )
     })?;
-    Ok(TlsSettings::new(Arc::new(config), required))
+    Ok(Arc::new(config))
 }
 
 fn pem_error(what: &str, path: &Path, e: pem::Error) -> String {
