@@ -596,3 +596,43 @@ fn igroups_and_maps_decide_visibility_and_survive_restart() {
     e.delete_lun("web", false).unwrap();
     assert_eq!(e.list_igroups().unwrap().len(), 1);
 }
+
+#[test]
+fn zero_blocks_are_recorded_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 64 * MIB);
+    e.create_lun("a", 8 * MIB).unwrap();
+    let t = e.resolve("a").unwrap();
+    e.write(t, 0, &vec![0u8; (4 * MIB) as usize], false)
+        .unwrap();
+    assert_eq!(
+        e.pool_status().unwrap().used_bytes,
+        0,
+        "zeros take no space"
+    );
+    assert_eq!(
+        e.block_status(t, 0, 4 * MIB).unwrap(),
+        vec![(4 * MIB, Allocation::Zero)]
+    );
+    // Data with a zero block in the middle: only the data takes space.
+    let mut d = vec![9u8; 3 * 4096];
+    d[4096..8192].fill(0);
+    e.write(t, 0, &d, false).unwrap();
+    assert_eq!(e.pool_status().unwrap().used_bytes, 2 * 4096);
+    assert_eq!(read_all(&e, "a")[..3 * 4096], d[..]);
+    // Zeros over data seen by a snapshot and by a clone: both keep the data.
+    e.create_snapshot("a", "s").unwrap();
+    e.create_clones("a@s", &["c".to_string()], false).unwrap();
+    e.write(t, 0, &[0u8; 4096], false).unwrap();
+    let c = e.resolve("c").unwrap();
+    e.write(c, 8192, &[0u8; 4096], false).unwrap();
+    assert_eq!(read_all(&e, "a")[..4096], [0u8; 4096]);
+    assert_eq!(read_all(&e, "a@s")[..4096], [9u8; 4096]);
+    assert_eq!(read_all(&e, "c")[..4096], [9u8; 4096]);
+    assert_eq!(
+        read_all(&e, "c")[8192..12288],
+        [0u8; 4096],
+        "the clone hides its parent"
+    );
+    e.check_invariants().unwrap();
+}

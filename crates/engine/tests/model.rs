@@ -468,7 +468,19 @@ impl World {
             let len = self.rng.gen_range(1..=(size - off).min(3 * BS));
             (off, len)
         };
-        let data = pattern(&mut self.rng, len);
+        // Some writes are zeros (recorded in the map, not written), or
+        // mix zero blocks with data.
+        let data = match self.rng.gen_range(0..10) {
+            0 => vec![0u8; len],
+            1 => {
+                let mut d = pattern(&mut self.rng, len);
+                let z = self.rng.gen_range(0..len);
+                let n = self.rng.gen_range(0..=(len - z).min(2 * BS));
+                d[z..z + n].fill(0);
+                d
+            }
+            _ => pattern(&mut self.rng, len),
+        };
         let fua = self.rng.gen_ratio(1, 10);
         let t = self.target(&name);
         if std::env::var_os("MODEL_TRACE").is_some() {
