@@ -18,6 +18,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[path = "host/mod.rs"]
+mod host;
+
 /// Longest wait to connect to the server.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Longest wait for one API call; deleting a large LUN is the slowest.
@@ -89,6 +92,9 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// On a host that mounts LUNs: attach LUNs as block devices, and clone
+    /// files of their file systems without copying bytes.
+    Host(host::HostArgs),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -309,6 +315,7 @@ pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
             Command::Job {
                 command: JobCommand::List,
             } => jobs(&client, out),
+            Command::Host(args) => host::run(&client, out, args),
         }
     });
     match result {
