@@ -173,6 +173,7 @@ pub fn attach(
     server: &str,
     nbd: &str,
     via: Option<Via>,
+    direct_io: bool,
 ) -> Result<Attachment, String> {
     let mut locked = LockedRegistry::open(dir)?;
     if locked.registry.attachments.len() >= ATTACHMENTS_MAX {
@@ -190,7 +191,7 @@ pub fn attach(
     let id = locked.registry.next_id;
     locked.registry.next_id += 1;
     let attachment = match via {
-        Via::FuseLoop => attach_fuse_loop(dir, id, lun, server, nbd)?,
+        Via::FuseLoop => attach_fuse_loop(dir, id, lun, server, nbd, direct_io)?,
         Via::KernelNbd => attach_kernel_nbd(lun, server, nbd)?,
     };
     locked.registry.attachments.push(attachment.clone());
@@ -214,6 +215,7 @@ fn attach_fuse_loop(
     lun: &LunFacts,
     server: &str,
     nbd: &str,
+    direct_io: bool,
 ) -> Result<Attachment, String> {
     if !Path::new("/dev/fuse").exists() {
         return Err("/dev/fuse is missing: this host has no FUSE, which nbdfuse needs (load the fuse module)".into());
@@ -296,7 +298,16 @@ fn attach_fuse_loop(
         ));
     }
     let file_arg = fuse_file.to_string_lossy().into_owned();
-    let mut args = vec!["--find", "--show", "--direct-io=on", "--partscan"];
+    let mut args = vec![
+        "--find",
+        "--show",
+        if direct_io {
+            "--direct-io=on"
+        } else {
+            "--direct-io=off"
+        },
+        "--partscan",
+    ];
     if lun.read_only {
         args.push("--read-only");
     }

@@ -62,6 +62,10 @@ enum HostCommand {
         /// /dev/nbd0 and nbd-client exist).
         #[arg(long, value_enum)]
         via: Option<Via>,
+        /// Let the loop device read its file through the page cache
+        /// (faster re-reads; one more cache for `file-clone` to drop).
+        #[arg(long)]
+        buffered: bool,
     },
     /// Detach attached LUNs, named by device (/dev/loop3) or LUN. Refused
     /// while the device is mounted.
@@ -109,17 +113,23 @@ struct FileCloneArgs {
 pub(super) fn run(client: &Client, out: Out, args: HostArgs) -> Result<(), String> {
     let state = attach::state_dir();
     match args.command {
-        HostCommand::Attach { lun, nbd, via } => {
+        HostCommand::Attach {
+            lun,
+            nbd,
+            via,
+            buffered,
+        } => {
             let facts = lun_facts(client, &lun)?;
-            let a = attach::attach(&state, &facts, &client.server, &nbd, via)?;
+            let a = attach::attach(&state, &facts, &client.server, &nbd, via, !buffered)?;
             match out.format {
                 OutputFormat::Json => out.json(&serde_json::to_value(&a).expect("serializes")),
                 OutputFormat::Text => out.text(&format!(
-                    "attached LUN \"{}\" as {} ({}{})\n",
+                    "attached LUN \"{}\" as {} ({}{}{})\n",
                     a.lun,
                     a.device.display(),
                     a.via,
-                    if a.read_only { ", read-only" } else { "" }
+                    if a.read_only { ", read-only" } else { "" },
+                    if a.direct_io { "" } else { ", buffered" }
                 )),
             }
         }
