@@ -3,7 +3,7 @@
 //! holding data, or it would keep reading zeros from "unwritten" extents
 //! however the blocks below change when the server clones into them.
 
-use super::fiemap::{self, FIEMAP_EXTENT_UNWRITTEN};
+use super::fiemap;
 use super::mapping::{rounded_size, BLOCK_BYTES};
 use super::source::SignalsHeld;
 use std::fs::{File, OpenOptions};
@@ -16,6 +16,12 @@ use std::path::Path;
 const FALLOC_FL_WRITE_ZEROES: libc::c_int = 0x80;
 /// Bytes written per call when zeros must be written out.
 const ZERO_CHUNK_BYTES: usize = 8 << 20;
+/// Most rounds of one-block writes that let the file system zero out its
+/// extents by itself.
+const TOUCH_ROUNDS_MAX: usize = 64;
+/// A round counts as zeroing out whole extents when it converted at least
+/// this many bytes per byte written; else the rest is written.
+const ZEROOUT_GAIN_MIN: u64 = 16;
 
 /// How a destination's blocks came to be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -25,10 +31,11 @@ pub enum Method {
     Empty,
     /// fallocate(FALLOC_FL_WRITE_ZEROES): no data sent.
     WriteZeroes,
-    /// Preallocated, then zeros written where the file system still had
-    /// unwritten extents (ext4 mounted with dioread_lock zeroes whole
-    /// extents by itself on the first write, through the device's cheap
-    /// write-zeroes; elsewhere every byte is written).
+    /// Preallocated, then one block written per extent: the file system
+    /// zeroed out the rest of each extent with the device's write-zeroes
+    /// (ext4 mounted with dioread_lock, extent_max_zeroout_kb raised).
+    ZeroedOut,
+    /// Preallocated, then zeros written over every block.
     ZerosWritten,
 }
 
@@ -94,8 +101,12 @@ pub fn create(
         Method::ZerosWritten
     };
     let mut zero_bytes = 0;
+    let mut method = method;
     if method == Method::ZerosWritten {
         zero_bytes = write_out(&file, path, size, signals, progress)?;
+        if zero_bytes.saturating_mul(ZEROOUT_GAIN_MIN) < size {
+            method = Method::ZeroedOut;
+        }
     }
     file.sync_all()
         .map_err(|e| format!("cannot fsync {what}: {e}"))?;
@@ -116,24 +127,37 @@ fn write_out(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, String> {
     let what = path.display();
+    let fiemap_error = |e: std::io::Error| format!("FIEMAP of {what}: {e}");
     let zeros = vec![0u8; BLOCK_BYTES as usize];
     let mut written = 0u64;
-    // First one block at the start of each unwritten extent: ext4 in
-    // dioread_lock mode then zeroes up to extent_max_zeroout_kb around it
-    // with the device's write-zeroes and marks it all written.
-    let extents = fiemap::extents(file, false).map_err(|e| format!("FIEMAP of {what}: {e}"))?;
-    for e in extents
-        .iter()
-        .filter(|e| e.flags & FIEMAP_EXTENT_UNWRITTEN != 0 && e.logical < size)
-    {
-        let n = (size - e.logical).min(BLOCK_BYTES) as usize;
-        file.write_all_at(&zeros[..n], e.logical)
-            .map_err(|e| format!("cannot write {what}: {e}"))?;
-        written += n as u64;
+    let mut pending = unwritten_ranges(file, size).map_err(fiemap_error)?;
+    // First one block at the start of each unwritten range, round after
+    // round: ext4 mounted with dioread_lock converts a whole extent (up to
+    // extent_max_zeroout_kb) around a small write with the device's
+    // write-zeroes, which costs no data transfer. Each round reaches one
+    // more of the file system's extents (FIEMAP shows runs of them merged).
+    for _ in 0..TOUCH_ROUNDS_MAX {
+        if pending.is_empty() {
+            break;
+        }
+        let before: u64 = pending.iter().map(|(s, e)| e - s).sum();
+        let mut touched = 0;
+        for &(start, end) in &pending {
+            let n = (end - start).min(BLOCK_BYTES) as usize;
+            file.write_all_at(&zeros[..n], start)
+                .map_err(|e| format!("cannot write {what}: {e}"))?;
+            touched += n as u64;
+        }
+        file.sync_data()
+            .map_err(|e| format!("cannot fsync {what}: {e}"))?;
+        written += touched;
+        pending = unwritten_ranges(file, size).map_err(fiemap_error)?;
+        let after: u64 = pending.iter().map(|(s, e)| e - s).sum();
+        if before.saturating_sub(after) < touched * ZEROOUT_GAIN_MIN {
+            // The file system converts what is written and no more.
+            break;
+        }
     }
-    file.sync_data()
-        .map_err(|e| format!("cannot fsync {what}: {e}"))?;
-    let pending = unwritten_ranges(file, size).map_err(|e| format!("FIEMAP of {what}: {e}"))?;
     if pending.is_empty() {
         return Ok(written);
     }
@@ -168,7 +192,7 @@ fn write_out(
     }
     file.sync_all()
         .map_err(|e| format!("cannot fsync {what}: {e}"))?;
-    let left = unwritten_ranges(file, size).map_err(|e| format!("FIEMAP of {what}: {e}"))?;
+    let left = unwritten_ranges(file, size).map_err(fiemap_error)?;
     if let Some((start, end)) = left.first() {
         return Err(format!(
             "{what}: bytes {start}..{end} are still unwritten after writing zeros; the file system does not report its extents as expected"
