@@ -350,12 +350,12 @@ fn attach_kernel_nbd(lun: &LunFacts, server: &str, nbd: &str) -> Result<Attachme
     let device = PathBuf::from(format!("/dev/{free}"));
     let device_arg = device.to_string_lossy().into_owned();
     let mut args = vec![
-        "-N",
-        lun.name.as_str(),
         host,
         port,
         &device_arg,
-        "-b",
+        "-name",
+        lun.name.as_str(),
+        "-block-size",
         "4096",
     ];
     if lun.read_only {
