@@ -644,13 +644,18 @@ fn clone_into(
             length: r.length,
         }).collect::<Vec<_>>(),
     });
-    let reply = client
-        .send(
-            "POST",
-            &format!("{}/clone-range", lun_path(&dst_loc.lun)),
-            &body,
-        )
-        .map_err(|e| format!("the server refused the range clone: {e}; nothing was cloned"))?;
+    // An empty file has no blocks to share: creating it was the clone.
+    let reply = if all.is_empty() {
+        Value::Null
+    } else {
+        client
+            .send(
+                "POST",
+                &format!("{}/clone-range", lun_path(&dst_loc.lun)),
+                &body,
+            )
+            .map_err(|e| format!("the server refused the range clone: {e}; nothing was cloned"))?
+    };
     check_still(src_file, lease, before, &src_name)?;
 
     // Show the host the cloned blocks instead of the zeros it cached.
