@@ -17,6 +17,7 @@ pub const TAG_HEAD: u8 = b'h';
 pub const TAG_HISTORY: u8 = b'y';
 pub const TAG_REFS: u8 = b'r';
 pub const TAG_SPLIT: u8 = b'J';
+pub const TAG_IGROUP: u8 = b'I';
 
 /// Bumped when the layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
@@ -140,6 +141,17 @@ pub struct PoolRecord {
     pub epoch: u64,
     pub next_lun_id: u64,
     pub created: u64,
+    /// Whether unmapped LUNs are visible to every client; pools made
+    /// before access control existed are open.
+    #[serde(default)]
+    pub open: Option<bool>,
+}
+
+/// An igroup's members.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IgroupRecord {
+    pub addresses: Vec<String>,
+    pub cert_cns: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +169,9 @@ pub struct LunRecord {
     /// the parent's.
     #[serde(default)]
     pub created_epoch: u64,
+    /// Igroups the LUN is mapped to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub maps: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -35,6 +35,9 @@ pub struct EngineConfig {
     /// Run the commit and reclaim threads. Tests turn this off and drive
     /// commits (`flush`) and jobs (`run_jobs`) themselves, deterministically.
     pub background: bool,
+    /// For a new pool: whether unmapped LUNs are visible to every client
+    /// (an open pool) or to none (closed). Existing pools keep their mode.
+    pub open_access: bool,
 }
 
 impl Default for EngineConfig {
@@ -46,6 +49,7 @@ impl Default for EngineConfig {
             reclaim_pause_ms: 1,
             split_rate_bytes: 128_000_000,
             background: true,
+            open_access: false,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct Engine {
     pub(crate) split_rate_bytes: AtomicU64,
     /// The split that ran last (round robin).
     pub(crate) split_turn: Mutex<LunId>,
+    pub(crate) access_gen: AtomicU64,
     config: EngineConfig,
     stop: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -184,13 +189,17 @@ impl Engine {
             data_dirty: AtomicBool::new(false),
             split_rate_bytes: AtomicU64::new(config.split_rate_bytes),
             split_turn: Mutex::new(LunId(0)),
+            access_gen: AtomicU64::new(0),
             config,
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
             _lock: lock,
         });
         if fresh {
-            engine.state.lock().dirty.pool = true;
+            let mut s = engine.state.lock();
+            s.open_access = engine.config.open_access;
+            s.dirty.pool = true;
+            drop(s);
             engine.flush()?;
         }
         engine
@@ -335,6 +344,7 @@ impl Engine {
             }
             let frees = std::mem::take(&mut s.pending_free);
             s.committing_free = frees;
+            s.refs.begin_commit();
             s.take_dirty()
         };
         if self.data_dirty.swap(false, Ordering::AcqRel) {
@@ -360,6 +370,7 @@ impl Engine {
         for run in std::mem::take(&mut s.committing_free) {
             s.alloc.release(run);
         }
+        s.refs.end_commit();
         Ok(())
     }
 
@@ -1029,6 +1040,7 @@ impl Engine {
             epoch: s.epoch,
             jobs_running: s.jobs.len() as u64,
             created: s.created,
+            access: if s.open_access { "open" } else { "closed" }.to_string(),
         })
     }
 
@@ -1485,7 +1497,7 @@ fn stripe_of(lun: LunId, lba: u64) -> usize {
     (h >> 32) as usize % STRIPES
 }
 
-fn target_blocks(s: &State, target: Target) -> Result<u64> {
+pub(crate) fn target_blocks(s: &State, target: Target) -> Result<u64> {
     match target {
         Target::Lun(id) => Ok(s
             .lun(id)
@@ -1589,20 +1601,31 @@ pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
 
 /// Blocks each snapshot alone sees, by epoch.
 fn exclusive_blocks(l: &Lun, refs: &RefCounts) -> HashMap<u64, u64> {
-    let mut out = HashMap::new();
+    // The runs each snapshot alone sees; a block is that snapshot's alone
+    // when every reference to it is among them (another reference, from a
+    // restored head, a range clone or another LUN, keeps it).
+    let mut only: HashMap<u64, Vec<Run>> = HashMap::new();
     for (_, r) in l.history.iter() {
         for v in &r.versions {
             let Val::Data(pba) = v.val else { continue };
             let mut seers = l.snapshots.range(v.birth..v.death).map(|(&e, _)| e);
             if let (Some(e), None) = (seers.next(), seers.next()) {
-                // Blocks shared with another version (a restored head, a
-                // range clone) stay when the snapshot goes.
-                let own = r.len - refs.shared_blocks(pba, r.len);
-                *out.entry(e).or_insert(0) += own;
+                only.entry(e).or_default().push(Run {
+                    start: pba,
+                    len: r.len,
+                });
             }
         }
     }
-    out
+    only.into_iter()
+        .map(|(e, runs)| {
+            let blocks = multiplicity(&runs)
+                .into_iter()
+                .map(|(start, len, count)| refs.blocks_with_refs_at_most(start, len, count))
+                .sum();
+            (e, blocks)
+        })
+        .collect()
 }
 
 pub(crate) fn new_lun(
@@ -1627,6 +1650,7 @@ pub(crate) fn new_lun(
         head: HeadMap::default(),
         history: HistoryMap::default(),
         fence: Arc::new(RwLock::new(())),
+        maps: Default::default(),
     }
 }
 
@@ -1655,6 +1679,7 @@ pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
             ))
         }),
         clones: clones_of(s, |(p, _)| p == l.id),
+        maps: l.maps.iter().cloned().collect(),
     }
 }
 
@@ -1750,6 +1775,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
     let mut luns: LunMap<Lun> = LunMap::default();
     let mut snapshots: Vec<(LunId, u64, SnapshotRecord)> = Vec::new();
     let mut groups = BTreeMap::new();
+    let mut igroups = BTreeMap::new();
     let mut refs = RefCounts::default();
     let mut splits = BTreeMap::new();
     store.for_each(&mut |k, v| {
@@ -1769,10 +1795,17 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
                 l.parent_limit_blocks = r.parent_limit_blocks;
                 l.gc_needed = r.gc_needed;
                 l.created_epoch = r.created_epoch;
+                l.maps = r.maps.into_iter().collect();
                 luns.insert(id, l);
             }
             Some(codec::TAG_SNAPSHOT) => {
                 snapshots.push((lun_of(k)?, codec::parse_u64(k, 9)?, codec::from_json(k, v)?));
+            }
+            Some(codec::TAG_IGROUP) => {
+                let name = String::from_utf8(k[1..].to_vec())
+                    .map_err(|_| Error::Store("corrupt igroup key".into()))?;
+                let r: codec::IgroupRecord = codec::from_json(k, v)?;
+                igroups.insert(name, crate::access::Igroup::from_record(r)?);
             }
             Some(codec::TAG_GROUP) => {
                 let name = String::from_utf8(k[1..].to_vec())
@@ -1843,6 +1876,7 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
         epoch: 1,
         next_lun_id: 1,
         created: now_secs(),
+        open: None,
     });
     if pool.format != codec::FORMAT_VERSION {
         return Err(Error::Store(format!(
@@ -1877,6 +1911,8 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
         luns,
         names,
         groups,
+        igroups,
+        open_access: pool.open.unwrap_or(true),
         alloc,
         refs,
         pending_free: Vec::new(),

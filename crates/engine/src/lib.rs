@@ -4,16 +4,23 @@
 //! See `shared/DESIGN.md` for the model and the invariants, and
 //! `docs/decisions/` for the choices made here.
 
+mod access;
 mod codec;
 mod engine;
 pub mod io;
 mod map;
+mod range;
 pub mod sim;
 mod space;
 mod split;
 mod state;
 mod types;
 
+pub use access::{
+    validate_igroup_name, ClientIdentity, IgroupInfo, Member, CERT_CN_BYTES_MAX, IGROUPS_MAX,
+    IGROUP_MEMBERS_MAX,
+};
 pub use engine::{Engine, EngineConfig, Target};
+pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
 pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};
 pub use types::*;

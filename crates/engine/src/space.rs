@@ -162,6 +162,43 @@ pub struct RefCounts {
     shared: BTreeMap<u64, (u64, u32)>,
     /// Keys changed since the last commit.
     pub dirty: BTreeSet<u64>,
+    /// Blocks that stopped being shared since the last commit began, and
+    /// those a commit in progress records. Until that commit is durable they
+    /// still count as shared: a crash would bring the other reference back,
+    /// so writing them in place would change what it reads.
+    unshared: RunSet,
+    committing_unshared: RunSet,
+}
+
+/// Disjoint runs of blocks, merged on insert.
+#[derive(Debug, Default)]
+struct RunSet(BTreeMap<u64, u64>);
+
+impl RunSet {
+    fn insert(&mut self, mut start: u64, mut len: u64) {
+        let mut end = start + len;
+        if let Some((&s, &l)) = self.0.range(..=start).next_back() {
+            if s + l >= start {
+                start = s;
+                end = end.max(s + l);
+                self.0.remove(&s);
+            }
+        }
+        let later: Vec<(u64, u64)> = self.0.range(start..=end).map(|(&s, &l)| (s, l)).collect();
+        for (s, l) in later {
+            end = end.max(s + l);
+            self.0.remove(&s);
+        }
+        len = end - start;
+        self.0.insert(start, len);
+    }
+
+    fn overlaps(&self, start: u64, len: u64) -> bool {
+        self.0
+            .range(..start + len)
+            .next_back()
+            .is_some_and(|(&s, &l)| s + l > start)
+    }
 }
 
 impl RefCounts {
@@ -181,8 +218,25 @@ impl RefCounts {
         self.shared.iter().map(|(&s, &(l, r))| (s, l, r))
     }
 
-    /// True when any block of the run is referenced more than once.
+    /// A commit begins: the blocks unshared so far are what it records.
+    pub fn begin_commit(&mut self) {
+        let taken = std::mem::take(&mut self.unshared);
+        for (s, l) in taken.0 {
+            self.committing_unshared.insert(s, l);
+        }
+    }
+
+    /// The commit is durable: what it unshared may be written in place.
+    pub fn end_commit(&mut self) {
+        self.committing_unshared = RunSet::default();
+    }
+
+    /// True when any block of the run is referenced more than once, or was
+    /// until a commit that is not yet durable.
     pub fn any_shared(&self, start: u64, len: u64) -> bool {
+        if self.unshared.overlaps(start, len) || self.committing_unshared.overlaps(start, len) {
+            return true;
+        }
         if let Some((&s, &(l, _))) = self.shared.range(..=start).next_back() {
             if s + l > start {
                 return true;
@@ -202,8 +256,8 @@ impl RefCounts {
         }
     }
 
-    /// How many blocks of the run are referenced more than once.
-    pub fn shared_blocks(&self, start: u64, len: u64) -> u64 {
+    /// How many blocks of the run have at most `count` references.
+    pub fn blocks_with_refs_at_most(&self, start: u64, len: u64, count: u32) -> u64 {
         let end = start + len;
         let first = self
             .shared
@@ -211,10 +265,13 @@ impl RefCounts {
             .next_back()
             .map(|(&s, _)| s)
             .unwrap_or(start);
-        self.shared
+        let over: u64 = self
+            .shared
             .range(first..end)
+            .filter(|(_, &(_, r))| r > count)
             .map(|(&s, &(l, _))| (s + l).min(end).saturating_sub(s.max(start)))
-            .sum()
+            .sum();
+        len - over
     }
 
     /// Adds one reference to every block of the run (each must be in use).
@@ -266,6 +323,7 @@ impl RefCounts {
             }
             if r == 2 {
                 self.shared.remove(&s);
+                self.unshared.insert(s, l);
             } else {
                 self.shared.insert(s, (l, r - 1));
             }
@@ -285,6 +343,36 @@ impl RefCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_set_merges() {
+        let mut r = RunSet::default();
+        r.insert(10, 5);
+        r.insert(20, 5);
+        assert!(r.overlaps(14, 1) && !r.overlaps(15, 5) && r.overlaps(0, 11));
+        r.insert(15, 5);
+        assert_eq!(r.0.len(), 1);
+        assert_eq!(r.0[&10], 15);
+        r.insert(0, 100);
+        assert_eq!(r.0.len(), 1);
+        assert_eq!(r.0[&0], 100);
+    }
+
+    #[test]
+    fn unshared_blocks_count_as_shared_until_durable() {
+        let mut rc = RefCounts::default();
+        rc.incref(Run { start: 8, len: 4 });
+        assert!(rc.any_shared(9, 1));
+        assert!(rc.decref(Run { start: 8, len: 4 }).is_empty());
+        assert!(
+            rc.any_shared(9, 1),
+            "the other reference may come back in a crash"
+        );
+        rc.begin_commit();
+        assert!(rc.any_shared(9, 1));
+        rc.end_commit();
+        assert!(!rc.any_shared(9, 1));
+    }
 
     #[test]
     fn allocate_and_release() {

@@ -65,6 +65,8 @@ pub struct Lun {
     pub history: HistoryMap,
     /// Cached `(shape_gen, target)` of `through()`.
     pub through_cache: std::cell::Cell<Option<(u64, Option<Through>)>>,
+    /// Igroups this LUN is mapped to.
+    pub maps: BTreeSet<String>,
     /// Writes hold it shared; snapshot, restore, resize and delete hold it
     /// exclusive, so that they see no write half done.
     pub fence: Arc<RwLock<()>>,
@@ -125,6 +127,7 @@ impl Lun {
             parent_limit_blocks: self.parent_limit_blocks,
             gc_needed: self.gc_needed,
             created_epoch: self.created_epoch,
+            maps: self.maps.iter().cloned().collect(),
         }
     }
 }
@@ -189,6 +192,7 @@ pub struct Dirty {
     pub snapshots: BTreeSet<(LunId, u64)>,
     pub groups: BTreeSet<String>,
     pub splits: BTreeSet<LunId>,
+    pub igroups: BTreeSet<String>,
     /// Deletes of keys whose owner (a deleted LUN) is gone from memory.
     pub orphans: Vec<MetaPut>,
     /// Map keys dirtied since the last commit (an estimate, for backpressure).
@@ -205,6 +209,9 @@ pub struct State {
     pub luns: LunMap<Lun>,
     pub names: BTreeMap<String, LunId>,
     pub groups: BTreeMap<String, Group>,
+    pub igroups: crate::access::Igroups,
+    /// Unmapped LUNs are visible to every client.
+    pub open_access: bool,
     pub alloc: Allocator,
     pub refs: RefCounts,
     /// Freed since the last commit began; reusable once a commit that
@@ -262,6 +269,7 @@ impl State {
             epoch: self.epoch,
             next_lun_id: self.next_lun_id,
             created: self.created,
+            open: Some(self.open_access),
         }
     }
 
@@ -412,6 +420,10 @@ impl State {
                 puts.push((codec::key_u64_u64(codec::TAG_HISTORY, lun.id.0, lba), value));
             }
         }
+        for name in std::mem::take(&mut self.dirty.igroups) {
+            let value = self.igroups.get(&name).map(|g| codec::to_json(&g.record()));
+            puts.push((codec::key_name(codec::TAG_IGROUP, &name), value));
+        }
         for id in std::mem::take(&mut self.dirty.splits) {
             let value = self.splits.get(&id).map(|j| {
                 codec::to_json(&codec::SplitRecord {
@@ -444,6 +456,7 @@ impl State {
             || !d.snapshots.is_empty()
             || !d.groups.is_empty()
             || !d.splits.is_empty()
+            || !d.igroups.is_empty()
             || !d.orphans.is_empty()
             || !self.pending_free.is_empty()
             || !self.refs.dirty.is_empty()

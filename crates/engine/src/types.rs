@@ -201,6 +201,8 @@ pub struct LunInfo {
     pub parent: Option<String>,
     /// Clones that read through this LUN's snapshots.
     pub clones: Vec<String>,
+    /// Igroups the LUN is mapped to.
+    pub maps: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,6 +253,9 @@ pub struct PoolStatus {
     pub epoch: u64,
     pub jobs_running: u64,
     pub created: u64,
+    /// "open": unmapped LUNs are visible to every client; "closed": only
+    /// mapped LUNs are visible, to their igroups.
+    pub access: String,
 }
 
 /// What a range of a volume holds, for block status.

@@ -388,3 +388,211 @@ fn a_split_waits_for_space_loses_nothing_and_finishes_when_space_returns() {
     assert_eq!(&got[4096..], &pattern[4096..]);
     e.check_invariants().unwrap();
 }
+
+fn range(source: &str, so: u64, to: u64, len: u64) -> engine::RangeEntry {
+    engine::RangeEntry {
+        source: source.into(),
+        source_offset: so,
+        target_offset: to,
+        length: len,
+    }
+}
+
+#[test]
+fn range_clone_bad_inputs_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 64 * MIB);
+    e.create_lun("a", 4 * MIB).unwrap();
+    e.create_lun("b", MIB).unwrap();
+    let t = e.resolve("a").unwrap();
+    e.write(t, 0, &[7u8; 65536], false).unwrap();
+    e.create_snapshot("a", "s").unwrap();
+    let before = fingerprint(&e);
+    let b_before = read_all(&e, "b");
+    let cases: Vec<(&str, Vec<engine::RangeEntry>)> = vec![
+        ("no ranges", vec![]),
+        ("unaligned offset", vec![range("a", 512, 0, 4096)]),
+        ("unaligned length", vec![range("a", 0, 0, 4000)]),
+        ("zero length", vec![range("a", 0, 0, 0)]),
+        ("past source end", vec![range("a", 4 * MIB - 4096, 0, 8192)]),
+        ("past target end", vec![range("a", 0, MIB - 4096, 8192)]),
+        ("overflow", vec![range("a", u64::MAX - 4095, 0, 4096)]),
+        ("unknown source", vec![range("nope", 0, 0, 4096)]),
+        ("unknown snapshot", vec![range("a@nope", 0, 0, 4096)]),
+        (
+            "overlapping targets",
+            vec![range("a", 0, 0, 8192), range("a", 0, 4096, 4096)],
+        ),
+        // A valid entry first: the bad second one must undo nothing.
+        (
+            "second entry bad",
+            vec![range("a", 0, 0, 4096), range("a", 0, 4096, 1)],
+        ),
+    ];
+    for (what, entries) in cases {
+        let r = e.clone_ranges("b", &entries);
+        assert!(r.is_err(), "{what}: accepted");
+        assert_eq!(fingerprint(&e), before, "{what}: state changed");
+        assert_eq!(read_all(&e, "b"), b_before, "{what}: content changed");
+    }
+    assert!(e.clone_ranges("nope", &[range("a", 0, 0, 4096)]).is_err());
+    assert!(matches!(
+        e.clone_ranges("a@s", &[range("a", 0, 0, 4096)]),
+        Err(Error::ReadOnly(_))
+    ));
+    // Onto itself: reading what another range writes is refused, disjoint
+    // ranges are fine.
+    assert!(matches!(
+        e.clone_ranges("a", &[range("a", 0, 4096, 8192)]),
+        Err(Error::InvalidArgument(_))
+    ));
+    let used = e.pool_status().unwrap().used_bytes;
+    e.clone_ranges("a", &[range("a", 0, MIB, 65536)]).unwrap();
+    assert_eq!(
+        e.pool_status().unwrap().used_bytes,
+        used,
+        "a range clone within a LUN uses no space"
+    );
+    assert_eq!(read_all(&e, "a")[MIB as usize..][..65536], [7u8; 65536]);
+}
+
+#[test]
+fn range_clone_shares_blocks_and_both_sides_stay_independent() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 256 * MIB);
+    e.create_lun("src", 64 * MIB).unwrap();
+    e.create_lun("dst", 64 * MIB).unwrap();
+    let src = e.resolve("src").unwrap();
+    let data: Vec<u8> = (0..32 * MIB).map(|i| (i * 7 % 251) as u8).collect();
+    e.write(src, 0, &data, false).unwrap();
+    e.create_snapshot("src", "s").unwrap();
+    e.write(src, 0, &[1u8; 4096], false).unwrap();
+    let used = e.pool_status().unwrap().used_bytes;
+    // 32 MiB from the snapshot, in one call, twice over.
+    let r = e
+        .clone_ranges(
+            "dst",
+            &[
+                range("src@s", 0, 0, 16 * MIB),
+                range("src@s", 16 * MIB, 32 * MIB, 16 * MIB),
+            ],
+        )
+        .unwrap();
+    assert_eq!((r.ranges, r.bytes, r.shared_bytes), (2, 32 * MIB, 32 * MIB));
+    assert!(
+        r.extents <= 4,
+        "{} extents for 2 sequential ranges",
+        r.extents
+    );
+    assert_eq!(e.pool_status().unwrap().used_bytes, used, "no data copied");
+    let dst = e.resolve("dst").unwrap();
+    let mut got = vec![0u8; (16 * MIB) as usize];
+    e.read(dst, 0, &mut got).unwrap();
+    assert!(got == data[..(16 * MIB) as usize]);
+    e.read(dst, 32 * MIB, &mut got).unwrap();
+    assert!(got == data[(16 * MIB) as usize..]);
+    // Writes on either side stay on that side.
+    e.write(dst, 4096, &[2u8; 4096], false).unwrap();
+    e.write(src, 8192, &[3u8; 4096], false).unwrap();
+    let mut b = vec![0u8; 4096];
+    e.read(src, 4096, &mut b).unwrap();
+    assert!(b[..] == data[4096..8192]);
+    e.read(dst, 8192, &mut b).unwrap();
+    assert!(b[..] == data[8192..12288]);
+    // Deleting the source LUN and its snapshot keeps the target's data.
+    e.delete_lun("src", true).unwrap();
+    e.run_jobs();
+    e.read(dst, 32 * MIB, &mut got).unwrap();
+    assert!(got == data[(16 * MIB) as usize..]);
+    e.check_invariants().unwrap();
+    drop(e);
+    let e = open(dir.path(), 256 * MIB);
+    e.check_invariants().unwrap();
+    let dst = e.resolve("dst").unwrap();
+    e.read(dst, 32 * MIB, &mut got).unwrap();
+    assert!(got == data[(16 * MIB) as usize..], "after a restart");
+    e.delete_lun("dst", false).unwrap();
+    e.flush().unwrap();
+    assert_eq!(e.pool_status().unwrap().used_bytes, 0);
+}
+
+#[test]
+fn igroups_and_maps_decide_visibility_and_survive_restart() {
+    use engine::{ClientIdentity, Member};
+    let dir = tempfile::tempdir().unwrap();
+    let who = |a: &str, cn: Option<&str>| ClientIdentity {
+        addr: Some(a.parse().unwrap()),
+        cert_cn: cn.map(str::to_string),
+    };
+    let (a, b) = (who("10.0.0.5", None), who("192.0.2.7", Some("host-b")));
+    {
+        let e = open(dir.path(), 64 * MIB);
+        assert_eq!(
+            e.pool_status().unwrap().access,
+            "closed",
+            "closed by default"
+        );
+        e.create_lun("db", MIB).unwrap();
+        e.create_lun("web", MIB).unwrap();
+        e.create_snapshot("db", "s").unwrap();
+        assert!(
+            e.luns_visible_to(&a).is_empty(),
+            "closed pool: nothing unmapped"
+        );
+        let before = fingerprint(&e);
+        let gen = e.access_generation();
+        for (what, r) in [
+            ("bad name", e.create_igroup("a/b", vec![]).map(drop)),
+            ("map unknown igroup", e.map_lun("db", "nope")),
+            ("map unknown LUN", e.map_lun("nope", "nope")),
+            ("unmap not mapped", e.unmap_lun("db", "nope")),
+            ("delete unknown", e.delete_igroup("nope")),
+            (
+                "add to unknown",
+                e.igroup_add("nope", Member::address("10.0.0.0/8").unwrap())
+                    .map(drop),
+            ),
+        ] {
+            assert!(r.is_err(), "{what}: accepted");
+        }
+        assert_eq!(fingerprint(&e), before);
+        assert_eq!(e.access_generation(), gen, "failed calls change nothing");
+        e.create_igroup("app", vec![Member::address("10.0.0.0/24").unwrap()])
+            .unwrap();
+        e.create_igroup("bee", vec![Member::cert_cn("host-b").unwrap()])
+            .unwrap();
+        assert!(e.create_igroup("app", vec![]).is_err(), "duplicate");
+        e.map_lun("db", "app").unwrap();
+        assert!(e.map_lun("db", "app").is_err(), "mapped twice");
+        assert!(e.access_generation() > gen);
+        assert_eq!(e.luns_visible_to(&a), vec!["db"]);
+        assert!(e.visible_to("db@s", &a), "snapshots follow their LUN");
+        assert!(!e.visible_to("db", &b));
+        assert!(matches!(
+            e.delete_igroup("app"),
+            Err(Error::HasDependents(_))
+        ));
+        e.igroup_add("app", Member::cert_cn("host-b").unwrap())
+            .unwrap();
+        assert!(e.visible_to("db", &b));
+        e.igroup_remove("app", Member::cert_cn("host-b").unwrap())
+            .unwrap();
+        assert!(!e.visible_to("db", &b));
+        e.set_access_open(true).unwrap();
+        assert_eq!(
+            e.luns_visible_to(&b),
+            vec!["web"],
+            "open: unmapped to all, mapped to their groups"
+        );
+        assert_eq!(e.lun_info("db").unwrap().maps, vec!["app"]);
+        assert_eq!(e.igroup_info("app").unwrap().luns, vec!["db"]);
+    }
+    let e = open(dir.path(), 64 * MIB);
+    assert_eq!(e.pool_status().unwrap().access, "open");
+    assert_eq!(e.luns_visible_to(&a), vec!["db", "web"]);
+    assert_eq!(e.igroup_info("app").unwrap().addresses, vec!["10.0.0.0/24"]);
+    e.unmap_lun("db", "app").unwrap();
+    e.delete_igroup("app").unwrap();
+    e.delete_lun("web", false).unwrap();
+    assert_eq!(e.list_igroups().unwrap().len(), 1);
+}

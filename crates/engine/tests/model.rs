@@ -7,7 +7,7 @@
 //! steps per seed: `MODEL_STEPS` (default 400). A failure prints its seed.
 
 use engine::sim::{Fault, FaultPlan, SimData, SimStore};
-use engine::{Engine, EngineConfig, Error, Target, BLOCK_SIZE};
+use engine::{Engine, EngineConfig, Error, RangeEntry, Target, BLOCK_SIZE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -24,6 +24,9 @@ struct MLun {
     /// Other values each block may hold after a crash (written since).
     since: HashMap<usize, Vec<Vec<u8>>>,
     snapshots: BTreeMap<String, Vec<u8>>,
+    /// Blocks a failed write may have torn since the last durable point: a
+    /// crash may leave any mixture of old and new sectors there.
+    torn: std::collections::HashSet<usize>,
 }
 
 impl MLun {
@@ -72,6 +75,7 @@ struct World {
     clones: u64,
     split_bytes: u64,
     splits_done: u64,
+    range_clones: u64,
 }
 
 fn config() -> EngineConfig {
@@ -125,6 +129,7 @@ impl World {
             clones: 0,
             split_bytes: 0,
             splits_done: 0,
+            range_clones: 0,
         }
     }
 
@@ -146,6 +151,7 @@ impl World {
         for l in self.luns.values_mut() {
             l.durable = l.data.clone();
             l.since.clear();
+            l.torn.clear();
         }
     }
 
@@ -201,6 +207,7 @@ impl World {
             91 => self.op_reopen(),
             92..=93 => self.op_clone(),
             94 => self.op_split_start_stop(),
+            98 => self.op_range_clone(),
             95..=97 => {
                 for _ in 0..self.rng.gen_range(1..4) {
                     if let engine::SplitStep::Copied(b) = self.engine.run_split_batch() {
@@ -294,6 +301,107 @@ impl World {
         }
     }
 
+    /// Range clone onto an existing LUN from LUNs and snapshots (itself
+    /// included); about one call in eight is refused for overlap.
+    fn op_range_clone(&mut self) -> Result<(), Error> {
+        let Some(target) = self.existing_lun() else {
+            return Ok(());
+        };
+        let mut sources: Vec<String> = Vec::new();
+        for (name, l) in &self.luns {
+            sources.push(name.clone());
+            sources.extend(l.snapshots.keys().map(|s| format!("{name}@{s}")));
+        }
+        let tblocks = self.luns[&target].blocks();
+        let mut entries = Vec::new();
+        for _ in 0..self.rng.gen_range(1..=3) {
+            let src = sources[self.rng.gen_range(0..sources.len())].clone();
+            let content = self.source_content(&src);
+            let sblocks = content.len() / BS;
+            let n = self.rng.gen_range(1..=sblocks.min(tblocks).min(8));
+            entries.push(RangeEntry {
+                source: src,
+                source_offset: (self.rng.gen_range(0..=sblocks - n) * BS) as u64,
+                target_offset: (self.rng.gen_range(0..=tblocks - n) * BS) as u64,
+                length: (n * BS) as u64,
+            });
+        }
+        // The model's verdict: target ranges must not overlap each other or
+        // a range read from the target's own head.
+        let overlap = |a: u64, an: u64, b: u64, bn: u64| a < b + bn && b < a + an;
+        let mut refused = false;
+        for (i, e) in entries.iter().enumerate() {
+            for (j, f) in entries.iter().enumerate() {
+                if i < j && overlap(e.target_offset, e.length, f.target_offset, f.length) {
+                    refused = true;
+                }
+                if f.source == target
+                    && overlap(e.target_offset, e.length, f.source_offset, f.length)
+                {
+                    refused = true;
+                }
+            }
+        }
+        let mut new = self.luns[&target].data.clone();
+        for e in &entries {
+            let content = self.source_content(&e.source);
+            let (so, to, n) = (
+                e.source_offset as usize,
+                e.target_offset as usize,
+                e.length as usize,
+            );
+            new[to..to + n].copy_from_slice(&content[so..so + n]);
+        }
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("range clone onto {target}: {entries:?}");
+        }
+        match self.engine.clone_ranges(&target, &entries) {
+            Ok(report) => {
+                assert!(
+                    !refused,
+                    "seed {}: overlapping range clone accepted: {entries:?}",
+                    self.seed
+                );
+                assert_eq!(report.ranges, entries.len() as u64);
+                self.range_clones += 1;
+                let l = self.luns.get_mut(&target).unwrap();
+                l.data = new;
+                self.all_durable();
+                Ok(())
+            }
+            Err(Error::InvalidArgument(m)) => {
+                assert!(
+                    refused,
+                    "seed {}: range clone {entries:?} refused: {m}",
+                    self.seed
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.faults += 1;
+                let l = self.luns.get_mut(&target).unwrap();
+                for b in 0..l.blocks() {
+                    if new[b * BS..(b + 1) * BS] != l.data[b * BS..(b + 1) * BS] {
+                        l.since
+                            .entry(b)
+                            .or_default()
+                            .push(new[b * BS..(b + 1) * BS].to_vec());
+                        self.unknown.entry(target.clone()).or_default().push(b);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// What the model says `LUN` or `LUN@SNAPSHOT` reads.
+    fn source_content(&self, source: &str) -> Vec<u8> {
+        match source.split_once('@') {
+            None => self.luns[source].data.clone(),
+            Some((lun, snap)) => self.luns[lun].snapshots[snap].clone(),
+        }
+    }
+
     fn op_split_start_stop(&mut self) -> Result<(), Error> {
         let Some(lun) = self.existing_lun() else {
             return Ok(());
@@ -363,6 +471,9 @@ impl World {
         let data = pattern(&mut self.rng, len);
         let fua = self.rng.gen_ratio(1, 10);
         let t = self.target(&name);
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("write {name} {off}+{len} fua={fua}");
+        }
         match self.engine.write(t, off as u64, &data, fua) {
             Ok(()) => {
                 let l = self.luns.get_mut(&name).unwrap();
@@ -379,6 +490,9 @@ impl World {
                 Err(Error::NoSpace(m))
             }
             Err(e) => {
+                if std::env::var_os("MODEL_TRACE").is_some() {
+                    eprintln!("  write failed: {e}");
+                }
                 self.faults += 1;
                 let l = self.luns.get_mut(&name).unwrap();
                 // Either content may be there now; after a crash any
@@ -391,6 +505,7 @@ impl World {
                         .or_default()
                         .push(new[b * BS..(b + 1) * BS].to_vec());
                     self.unknown.entry(name.clone()).or_default().push(b);
+                    l.torn.insert(b);
                 }
                 Err(e)
             }
@@ -410,6 +525,9 @@ impl World {
         let len = self.rng.gen_range(0..=(size - off).min(8 * BS));
         let t = self.target(&name);
         let no_hole = self.rng.gen_bool(0.5);
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("zero {name} {off}+{len} trim={trim} no_hole={no_hole}");
+        }
         let r = if trim {
             self.engine.trim(t, off as u64, len as u64, false)
         } else {
@@ -434,6 +552,7 @@ impl World {
                         .or_default()
                         .push(new[b * BS..(b + 1) * BS].to_vec());
                     self.unknown.entry(name.clone()).or_default().push(b);
+                    l.torn.insert(b);
                 }
                 if !matches!(e, Error::NoSpace(_)) {
                     self.faults += 1;
@@ -558,6 +677,9 @@ impl World {
             return Ok(());
         };
         let snap = self.snapshot_name();
+        if std::env::var_os("MODEL_TRACE").is_some() {
+            eprintln!("restore {name}@{snap}");
+        }
         match self.engine.restore_snapshot(&name, &snap) {
             Ok(()) => {
                 let l = self.luns.get_mut(&name).unwrap();
@@ -788,7 +910,8 @@ impl World {
                 let g = &got[b * BS..(b + 1) * BS];
                 let ok = g == &l.durable[b * BS..(b + 1) * BS]
                     || g == &l.data[b * BS..(b + 1) * BS]
-                    || l.since.get(&b).is_some_and(|vs| vs.iter().any(|v| v == g));
+                    || l.since.get(&b).is_some_and(|vs| vs.iter().any(|v| v == g))
+                    || l.torn.contains(&b);
                 assert!(
                     ok,
                     "seed {}: block {b} of {name} after crash holds data never written there",
@@ -1037,6 +1160,7 @@ fn model_random_sequences_with_crashes() {
     let steps = env_u64("MODEL_STEPS", 400);
     let (mut crashes, mut faults, mut nospace) = (0, 0, 0);
     let (mut clones, mut split_bytes, mut splits_done) = (0, 0, 0);
+    let mut range_clones = 0;
     for seed in first..first + seeds {
         let mut w = World::new(seed);
         for _ in 0..steps {
@@ -1046,14 +1170,16 @@ fn model_random_sequences_with_crashes() {
         clones += w.clones;
         split_bytes += w.split_bytes;
         splits_done += w.splits_done;
+        range_clones += w.range_clones;
         crashes += w.crashes;
         faults += w.faults;
         nospace += w.nospace;
     }
     eprintln!(
         "model: {seeds} seeds x {steps} steps, {crashes} crashes, {faults} failed writes, {nospace} ENOSPC, \
-         {clones} clones, {split_bytes} bytes copied by splits, {splits_done} split-done observations"
+         {clones} clones, {split_bytes} bytes copied by splits, {splits_done} split-done observations, {range_clones} range clones"
     );
+    assert!(range_clones > 0, "the run never cloned a range");
     assert!(
         clones > 0 && split_bytes > 0 && splits_done > 0,
         "the run never split a clone to the end"
