@@ -264,10 +264,10 @@ fn write_fragmented(path: &Path, data: &[u8]) {
 }
 
 /// Fills the file system's free space with preallocated 1 MiB files and
-/// removes every other one: what is allocated next is cut into 1 MiB
-/// pieces, at other boundaries than the source's pieces. Preallocation
-/// writes no data, so this is quick.
-fn fragment_free_space(mount: &Mounted) {
+/// removes every other one, so that what is allocated next is cut into
+/// 1 MiB pieces; returns the fillers left. Preallocation writes no data,
+/// so this is quick.
+fn fragment_free_space(mount: &Mounted) -> Vec<PathBuf> {
     let dir = mount.path("fillers");
     std::fs::create_dir_all(&dir).unwrap();
     let mut made = Vec::new();
@@ -283,10 +283,13 @@ fn fragment_free_space(mount: &Mounted) {
         made.push(path);
     }
     assert!(made.len() > 100, "only {} fillers fit", made.len());
-    for path in made.iter().step_by(2) {
+    let (removed, kept): (Vec<_>, Vec<_>) =
+        made.into_iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    for (_, path) in removed {
         std::fs::remove_file(path).unwrap();
     }
     common::tool_ok("sync", &[]);
+    kept.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The file's bytes as the server holds them now: its page cache dropped
@@ -335,10 +338,18 @@ fn clone_on(fs: &str) {
     let attached = host.attach("vol0", &[]);
     let mount = Mounted::new(&attached.device, fs, &host.state.with_extension("mnt"));
 
+    // The source goes into 1 MiB holes; then every other filler left goes,
+    // which makes 3 MiB holes (a filler and its two free neighbours) away
+    // from the source and 1 MiB holes between its pieces: the clones are
+    // cut otherwise than the source.
+    let fillers = fragment_free_space(&mount);
     let data = pattern(FILE_BYTES, 7);
     let source = mount.path("golden.img");
     write_fragmented(&source, &data);
-    fragment_free_space(&mount);
+    for filler in fillers.iter().step_by(2) {
+        std::fs::remove_file(filler).unwrap();
+    }
+    common::tool_ok("sync", &[]);
     assert!(
         extent_count(&source) >= 4,
         "the source should be fragmented"
@@ -387,7 +398,10 @@ fn clone_on(fs: &str) {
         used_after as i64 - used_before as i64
     );
     eprintln!(
-        "{fs}: 3 clones of {rounded} bytes grew the pool by {} bytes",
+        "{fs}: source in {} extents, clones in {:?} extents, {} ranges; 3 clones of {rounded} bytes grew the pool by {} bytes",
+        report["source"]["extents"],
+        clones.iter().map(|c| c["extents"].as_u64().unwrap()).collect::<Vec<_>>(),
+        report["ranges"],
         used_after as i64 - used_before as i64
     );
 
