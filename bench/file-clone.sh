@@ -21,7 +21,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 server_pid=""; api=""; mounts=(); loops=()
 cleanup() {
     set +e
-    for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || umount -l "$m"; done
+    for m in "${mounts[@]}"; do [ -n "$m" ] && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
     for d in $("$bin" --server "$api" --output json host list 2>/dev/null | jq -r '.[].device'); do
         "$bin" --server "$api" host detach "$d" >/dev/null
     done
@@ -44,7 +44,8 @@ export BLOCKFORK_NBD="127.0.0.1:$nbd_port"
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 # seconds one command takes
 secs() { local t0=$EPOCHREALTIME; "$@" >/dev/null; echo "$EPOCHREALTIME - $t0" | bc -l; }
-cp_synced() { cp "$1" "$2" && sync "$2"; }
+# A real copy: coreutils' cp reflinks by default where it can (XFS).
+cp_synced() { cp --reflink=never "$1" "$2" && sync "$2"; }
 used() { bf --output json pool status | jq .used_bytes; }
 
 # Incompressible data, written once per file system.
@@ -90,7 +91,8 @@ run_lun_fs() { # NAME MKFS MOUNT_OPTIONS
 }
 run_lun_fs ext4-zeroout "mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0" dioread_lock
 run_lun_fs ext4 "mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0" ""
-run_lun_fs xfs "mkfs.xfs -q -f" ""
+# Without reflink, so that cp copies (its reflink is the peer below).
+run_lun_fs xfs "mkfs.xfs -q -f -m reflink=0" ""
 
 # The peer: XFS reflink on a loop device over a local file.
 truncate -s "${lun_gib}G" "$work/xfs.img"
@@ -111,7 +113,7 @@ for name in ext4-zeroout ext4 xfs; do
     case $name in
         ext4-zeroout) label="ext4, -o dioread_lock, extent_max_zeroout_kb=131072" ;;
         ext4) label="ext4, defaults" ;;
-        xfs) label="XFS, defaults" ;;
+        xfs) label="XFS, reflink=0" ;;
     esac
     for g in "${sizes[@]}"; do
         printf '| %s GiB | %s | %s | %s | %.1f× | %s | %s KiB | %s |\n' "$g" "$label" \

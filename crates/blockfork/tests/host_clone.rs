@@ -198,7 +198,7 @@ impl Mounted {
             // thread later, so that the pool's use holds still.
             // 4 KiB blocks: mke2fs picks 1 KiB for a "small" device, which
             // blockfork cannot clone (it refuses such files).
-            "ext4" => &[
+            "ext4" | "ext4-zeroout" => &[
                 "mkfs.ext4",
                 "-q",
                 "-F",
@@ -211,7 +211,22 @@ impl Mounted {
             other => panic!("no mkfs for {other}"),
         };
         common::tool_ok(mkfs[0], &[&mkfs[1..], &[device]].concat());
-        common::tool_ok("mount", &[device, dir.to_str().unwrap()]);
+        if fs == "ext4-zeroout" {
+            // ext4 then zeroes whole extents with the device's write-zeroes
+            // around a small write: destinations cost no data transfer.
+            common::tool_ok(
+                "mount",
+                &["-o", "dioread_lock", device, dir.to_str().unwrap()],
+            );
+            let name = device.trim_start_matches("/dev/");
+            std::fs::write(
+                format!("/sys/fs/ext4/{name}/extent_max_zeroout_kb"),
+                "131072",
+            )
+            .unwrap();
+        } else {
+            common::tool_ok("mount", &[device, dir.to_str().unwrap()]);
+        }
         Mounted {
             dir: dir.to_path_buf(),
         }
@@ -372,7 +387,13 @@ fn clone_on(fs: &str) {
     assert_eq!(report["source"]["lun"], "vol0");
     assert_eq!(report["target_lun"], "vol0");
     assert_eq!(report["server"]["ranges"], report["ranges"]);
+    let made_by = if fs == "ext4-zeroout" {
+        "zeroed-out"
+    } else {
+        "zeros-written"
+    };
     for clone in clones {
+        assert_eq!(clone["created_by"], made_by, "{clone}");
         let ranges = clone["ranges"].as_array().unwrap();
         let sum: u64 = ranges.iter().map(|r| r["length"].as_u64().unwrap()).sum();
         assert_eq!(sum, rounded);
@@ -444,6 +465,11 @@ fn clone_on(fs: &str) {
 #[test]
 fn ext4_file_clone() {
     clone_on("ext4");
+}
+
+#[test]
+fn ext4_dioread_lock_file_clone_writes_no_zeros() {
+    clone_on("ext4-zeroout");
 }
 
 #[test]

@@ -17,8 +17,11 @@ const FALLOC_FL_WRITE_ZEROES: libc::c_int = 0x80;
 /// Bytes written per call when zeros must be written out.
 const ZERO_CHUNK_BYTES: usize = 8 << 20;
 /// Most rounds of one-block writes that let the file system zero out its
-/// extents by itself.
+/// extents by itself; each round must also pay for itself (below).
 const TOUCH_ROUNDS_MAX: usize = 64;
+/// Distance between those writes within an unwritten range: below ext4's
+/// largest extent (128 MiB), so that one round reaches most extents.
+const TOUCH_STRIDE_BYTES: u64 = 32 << 20;
 /// A round counts as zeroing out whole extents when it converted at least
 /// this many bytes per byte written; else the rest is written.
 const ZEROOUT_GAIN_MIN: u64 = 16;
@@ -131,11 +134,11 @@ fn write_out(
     let zeros = vec![0u8; BLOCK_BYTES as usize];
     let mut written = 0u64;
     let mut pending = unwritten_ranges(file, size).map_err(fiemap_error)?;
-    // First one block at the start of each unwritten range, round after
+    // First one block here and there in each unwritten range, round after
     // round: ext4 mounted with dioread_lock converts a whole extent (up to
     // extent_max_zeroout_kb) around a small write with the device's
-    // write-zeroes, which costs no data transfer. Each round reaches one
-    // more of the file system's extents (FIEMAP shows runs of them merged).
+    // write-zeroes, which costs no data transfer. A round reaches the
+    // extents a write lands in; the next one those it missed.
     for _ in 0..TOUCH_ROUNDS_MAX {
         if pending.is_empty() {
             break;
@@ -143,10 +146,12 @@ fn write_out(
         let before: u64 = pending.iter().map(|(s, e)| e - s).sum();
         let mut touched = 0;
         for &(start, end) in &pending {
-            let n = (end - start).min(BLOCK_BYTES) as usize;
-            file.write_all_at(&zeros[..n], start)
-                .map_err(|e| format!("cannot write {what}: {e}"))?;
-            touched += n as u64;
+            for at in touch_points(start, end) {
+                let n = (end - at).min(BLOCK_BYTES) as usize;
+                file.write_all_at(&zeros[..n], at)
+                    .map_err(|e| format!("cannot write {what}: {e}"))?;
+                touched += n as u64;
+            }
         }
         file.sync_data()
             .map_err(|e| format!("cannot fsync {what}: {e}"))?;
@@ -199,6 +204,21 @@ fn write_out(
         ));
     }
     Ok(written)
+}
+
+/// Where to write one block in the unwritten range `[start, end)`: the
+/// second block, and then every [`TOUCH_STRIDE_BYTES`], so that one round
+/// reaches every file system extent of the range longer than the stride.
+/// Not the first or last block of an extent where avoidable: a write there
+/// moves the boundary of a written neighbour instead (ext4's fast path for
+/// appends) and zeroes nothing.
+fn touch_points(start: u64, end: u64) -> impl Iterator<Item = u64> {
+    let first = if end - start > 2 * BLOCK_BYTES {
+        start + BLOCK_BYTES
+    } else {
+        start
+    };
+    (first..end).step_by(TOUCH_STRIDE_BYTES as usize)
 }
 
 /// The parts of `[0, size)` (rounded to blocks, clipped to `size`) that
@@ -268,6 +288,19 @@ impl Drop for AlignedZeros {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn touches_avoid_extent_ends() {
+        let b = BLOCK_BYTES;
+        assert_eq!(touch_points(0, b).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(touch_points(8 * b, 10 * b).collect::<Vec<_>>(), vec![8 * b]);
+        assert_eq!(touch_points(0, 3 * b).collect::<Vec<_>>(), vec![b]);
+        let many: Vec<u64> = touch_points(0, 100 << 20).collect();
+        assert_eq!(
+            many,
+            vec![b, b + (32 << 20), b + (64 << 20), b + (96 << 20)]
+        );
+    }
 
     #[test]
     fn destinations_are_fully_written() {
