@@ -6,7 +6,7 @@
 #   bench/file-clone.sh [SIZES_GIB...]        (default: 1 4)
 # Every timed command ends durable (file-clone syncs; cp is followed by
 # sync of its file) and starts with cold caches (drop_caches).
-# Prints a Markdown table.
+# Prints a Markdown table; `uptime` on stderr says how busy the machine was.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sizes=("$@"); [ ${#sizes[@]} -gt 0 ] || sizes=(1 4)
@@ -47,6 +47,18 @@ secs() { local t0=$EPOCHREALTIME; "$@" >/dev/null; echo "$EPOCHREALTIME - $t0" |
 # A real copy: coreutils' cp reflinks by default where it can (XFS).
 cp_synced() { cp --reflink=never "$1" "$2" && sync "$2"; }
 used() { bf --output json pool status | jq .used_bytes; }
+# The pool's use once it holds still (freed blocks count until their
+# commit is durable), at most 10 s.
+settled_used() {
+    local last now
+    last=$(used)
+    for _ in $(seq 20); do
+        sleep 0.5; now=$(used)
+        [ "$now" = "$last" ] && break
+        last=$now
+    done
+    echo "$last"
+}
 
 # Incompressible data, written once per file system.
 head -c 1G /dev/urandom > "$work/random-1g"
@@ -72,18 +84,20 @@ run_lun_fs() { # NAME MKFS MOUNT_OPTIONS
     for g in "${sizes[@]}"; do
         write_source "$mnt/src-$g" "$g"
         cold
-        local before; before=$(used)
+        local before; before=$(settled_used)
         local t0=$EPOCHREALTIME
         bf --output json host file-clone "$mnt/src-$g" "$mnt/clone-$g" > "$work/report.json"
         clone_s[$name,$g]=$(echo "$EPOCHREALTIME - $t0" | bc -l)
         method[$name,$g]=$(jq -r '.clones[0].created_by' "$work/report.json")
-        sleep 1
-        pool_growth[$name,$g]=$(( $(used) - before ))
+        pool_growth[$name,$g]=$(( $(settled_used) - before ))
         cold
         cp_s[$name,$g]=$(secs cp_synced "$mnt/src-$g" "$mnt/cp-$g")
         cold
         cmp "$mnt/src-$g" "$mnt/clone-$g"
         rm -f "$mnt/cp-$g" "$mnt/clone-$g" "$mnt/src-$g"
+        # Free the LUN's blocks of the removed files, or the next clone's
+        # destination lands on old data and the pool seems to shrink.
+        fstrim "$mnt"
     done
     umount "$mnt"; mounts=("${mounts[@]/$mnt}")
     bf host detach "$dev" >/dev/null
@@ -106,6 +120,7 @@ for g in "${sizes[@]}"; do
     rm -f "$work/mnt-reflink/ref-$g" "$work/mnt-reflink/src-$g"
 done
 
+uptime >&2
 fmt() { printf '%.2f s' "$1"; }
 echo "| file | file system on the LUN | blockfork host file-clone | cp, same mount | speed-up | destination made by | pool growth | cp --reflink, XFS on a loop file |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
