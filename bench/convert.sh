@@ -19,10 +19,10 @@ trap cleanup EXIT
 head -c "$((size_mib << 20))" /dev/urandom > "$work/src.raw"
 
 nbd_port=$(free_port); api_port=$(free_port)
-"$bin" serve --data "$work/pool" --capacity "$((size_mib * 3))M" --nbd "127.0.0.1:$nbd_port" --api "127.0.0.1:$api_port" --log warn &
+"$bin" serve --data "$work/pool" --capacity "$((size_mib * 3))M" --nbd "127.0.0.1:$nbd_port" --api "127.0.0.1:$api_port" --log warn --open &
 pids+=($!)
 for _ in $(seq 100); do curl -s "http://127.0.0.1:$api_port/api/v1/pool" >/dev/null 2>&1 && break; sleep 0.1; done
-"$bin" --server "http://127.0.0.1:$api_port" lun create lun --size "${size_mib}M" >/dev/null
+"$bin" --server "http://127.0.0.1:$api_port" --data "$work/pool" lun create lun --size "${size_mib}M" >/dev/null
 
 cp "$work/src.raw" "$work/qemu.raw"
 q_port=$(free_port)

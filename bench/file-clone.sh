@@ -22,8 +22,8 @@ server_pid=""; api=""; mounts=(); loops=()
 cleanup() {
     set +e
     for m in "${mounts[@]}"; do [ -n "$m" ] && { umount "$m" 2>/dev/null || umount -l "$m"; }; done
-    for d in $("$bin" --server "$api" --output json host list 2>/dev/null | jq -r '.[].device'); do
-        "$bin" --server "$api" host detach "$d" >/dev/null
+    for d in $(bf --output json host list 2>/dev/null | jq -r '.[].device'); do
+        bf host detach "$d" >/dev/null
     done
     for l in "${loops[@]}"; do losetup -d "$l"; done
     [ -n "$server_pid" ] && kill "$server_pid" && wait "$server_pid" 2>/dev/null
@@ -38,7 +38,7 @@ nbd_port=$(free_port); api_port=$(free_port); api="http://127.0.0.1:$api_port"
     --nbd "127.0.0.1:$nbd_port" --api "127.0.0.1:$api_port" --log warn 2>"$work/serve.log" &
 server_pid=$!
 for _ in $(seq 100); do curl -s "$api/api/v1/pool" >/dev/null 2>&1 && break; sleep 0.1; done
-bf() { "$bin" --server "$api" "$@"; }
+bf() { "$bin" --server "$api" --data "$work/pool" "$@"; }
 export BLOCKFORK_NBD="127.0.0.1:$nbd_port"
 
 cold() { sync; echo 3 > /proc/sys/vm/drop_caches; }

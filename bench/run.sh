@@ -153,14 +153,17 @@ cp "$root/target/release/blockfork" "$work/bin/blockfork"
 bin=$work/bin/blockfork
 bf_nbd=$(free_port) bf_api=$(free_port)
 api=http://127.0.0.1:$bf_api
-start blockfork "$bf_nbd" "$bin" serve --data "$data/bf" --capacity 20G \
+start blockfork "$bf_nbd" "$bin" serve --data "$data/bf" --capacity 20G --open \
     --nbd "127.0.0.1:$bf_nbd" --api "127.0.0.1:$bf_api" --log warn
 wait_port "$bf_api" blockfork
-bf() { "$bin" --server "$api" "$@"; }
+bf() { "$bin" --server "$api" --data "$data/bf" "$@"; }
+export BLOCKFORK_TOKEN
+BLOCKFORK_TOKEN=$(cat "$data/bf/api-token")
+auth=(-H "authorization: Bearer $BLOCKFORK_TOKEN")
 bf_uri() { echo "nbd://127.0.0.1:$bf_nbd/$1"; }
 wait_jobs() { # until no background job runs (snapshot reclaim), at most 60 s
     for _ in $(seq 600); do
-        [[ $(curl -sf "$api/api/v1/jobs" | jq '[.[] | select(.state == "running")] | length') == 0 ]] && return 0
+        [[ $(curl -sf "${auth[@]}" "$api/api/v1/jobs" | jq '[.[] | select(.state == "running")] | length') == 0 ]] && return 0
         sleep 0.1
     done
     die "blockfork background jobs still running after 60 s"
@@ -269,7 +272,7 @@ log "snapshot and clone create latency ($lat_n each)"
 for i in $(seq "$lat_n"); do timed snap-cli bf snapshot create cbase "cli$i"; done
 rest_ms() { # op path json: curl's time_total of one POST, in ms
     local t
-    t=$(curl -sf -o /dev/null -w '%{time_total}' -X POST -H 'content-type: application/json' \
+    t=$(curl -sf "${auth[@]}" -o /dev/null -w '%{time_total}' -X POST -H 'content-type: application/json' \
         -d "$3" "$api/api/v1/$2") || die "$1: POST /api/v1/$2 $3 failed"
     printf '%s\t%s\n' "$1" "$(echo "$t * 1000" | bc)" >>"$out/lat.tsv"
 }

@@ -16,6 +16,7 @@ Layer i overwrites PER_LAYER random 4 KiB blocks chosen by seed i, with byte i.
       write layer i over NBD (pipelined) on one connection, then FLUSH.
 """
 import json
+import os
 import random
 import socket
 import struct
@@ -87,7 +88,8 @@ def nbd_layers(host, port, export, api, lun, size, layers, per_layer):
     for i in range(1, layers + 1):
         body = json.dumps({"lun": lun, "name": f"s{i}"}).encode()
         req = urllib.request.Request(f"{api}/api/v1/snapshots", data=body, method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json",
+                                              "authorization": "Bearer " + os.environ.get("BLOCKFORK_TOKEN", "")})
         urllib.request.urlopen(req, timeout=60).read()
         payload = bytes([i % 256]) * BLOCK
         offs = offsets(size, i, per_layer)

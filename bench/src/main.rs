@@ -552,6 +552,61 @@ fn clone_bench(o: &Opts, rows: &mut Vec<Row>, rng: &mut StdRng, sync_p50: Durati
         goal: "≥ 0.8×".into(),
     });
 
+    // qemu-img's equivalent of a split: `rebase -b ''` of an overlay copies
+    // what the overlay reads from its backing file into it.
+    if let Some(rebase_rate) = qemu_rebase_rate(&dir, split_bytes) {
+        rows.push(Row {
+            what: format!(
+                "clone split vs qemu-img rebase -b '' of a {} MiB qcow2 overlay (MB/s)",
+                split_bytes / MIB
+            ),
+            ours: format!("{:.0}", split_rate / 1e6),
+            baseline: format!("qemu-img rebase {:.0}", rebase_rate / 1e6),
+            ratio: format!("{:.2}×", split_rate / rebase_rate),
+            goal: "≥ 1×".into(),
+        });
+    }
+
+    // Range clone: the whole LUN's data shared into another LUN, as one
+    // range and as many 256 KiB ranges (a fragmented file), against cp of
+    // the same amount of data.
+    let cp_secs = split_bytes as f64 / cp_rate;
+    for (ranges, label) in [
+        (1u64, "range"),
+        (split_bytes / (256 << 10), "ranges of 256 KiB"),
+    ] {
+        let target = format!("rc-{ranges}");
+        e.create_lun(&target, split_bytes).unwrap();
+        let len = split_bytes / ranges;
+        let entries: Vec<engine::RangeEntry> = (0..ranges)
+            .map(|i| engine::RangeEntry {
+                source: "big@s".into(),
+                // Shuffle the order a little: source i goes to target
+                // ranges-1-i, so no two neighbours stay neighbours.
+                source_offset: i * len,
+                target_offset: (ranges - 1 - i) * len,
+                length: len,
+            })
+            .collect();
+        e.flush().unwrap();
+        let used = e.pool_status().unwrap().used_bytes;
+        let t0 = Instant::now();
+        e.clone_ranges(&target, &entries).unwrap();
+        let took = t0.elapsed();
+        assert_eq!(e.pool_status().unwrap().used_bytes, used, "no data copied");
+        rows.push(Row {
+            what: format!(
+                "range clone of {} MiB ({} {label}), incl. commit",
+                split_bytes / MIB,
+                ranges
+            ),
+            ours: ms(took),
+            baseline: format!("cp + fsync {:.0} ms", cp_secs * 1e3),
+            ratio: format!("{:.0}× faster", cp_secs / took.as_secs_f64()),
+            goal: "≥ 50× at 4 GiB".into(),
+        });
+    }
+
     // Foreground 4 KiB random reads on another LUN, with and without a split
     // at the default rate limit.
     e.set_split_rate(engine::EngineConfig::default().split_rate_bytes);
@@ -588,6 +643,61 @@ fn clone_bench(o: &Opts, rows: &mut Vec<Row>, rng: &mut StdRng, sync_p50: Durati
     });
     e.stop_split("big-clone2").ok();
     e.close().unwrap();
+}
+
+/// MB/s of `qemu-img rebase -b ''` of a qcow2 overlay on a fully written
+/// base of `bytes`, or None without qemu-img.
+fn qemu_rebase_rate(dir: &Path, bytes: u64) -> Option<f64> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("qemu-img")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .ok()
+            .filter(|s| s.success())
+    };
+    let dir = dir.canonicalize().ok()?;
+    let base = dir.join("rebase-base.qcow2");
+    let overlay = dir.join("rebase-overlay.qcow2");
+    let (b, o) = (base.to_str()?, overlay.to_str()?);
+    // A fully written base: raw data converted to qcow2.
+    let raw = dir.join("rebase-src.raw");
+    {
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&raw)
+            .ok()?;
+        let chunk = vec![0x5au8; MIB as usize];
+        for i in 0..bytes / MIB {
+            f.write_all_at(&chunk, i * MIB).ok()?;
+        }
+    }
+    run(&[
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str()?,
+        b,
+    ])?;
+    let _ = std::fs::remove_file(&raw);
+    run(&["create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", o])?;
+    let t0 = Instant::now();
+    run(&["rebase", "-f", "qcow2", "-b", "", o])?;
+    OpenOptions::new()
+        .write(true)
+        .open(&overlay)
+        .ok()?
+        .sync_all()
+        .ok()?;
+    let rate = bytes as f64 / t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&base);
+    let _ = std::fs::remove_file(&overlay);
+    Some(rate)
 }
 
 fn wait_split(e: &Engine, name: &str) {

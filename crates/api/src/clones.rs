@@ -8,7 +8,10 @@
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathName, QueryArgs};
-use crate::wire::{CreateClones, ErrorBody, ListSplitsQuery, LunInfo, SplitInfo, SplitTarget};
+use crate::wire::{
+    CloneRangeReport, CloneRanges, CreateClones, ErrorBody, ListSplitsQuery, LunInfo, SplitInfo,
+    SplitTarget,
+};
 use crate::{call, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -150,4 +153,40 @@ pub async fn stop(
 ) -> Result<Json<SplitInfo>, ApiError> {
     let info = call(&state, move |e| e.stop_split(&body.lun)).await?;
     Ok(Json(info.into()))
+}
+
+/// Clone ranges: make ranges of a LUN read what ranges of LUNs or snapshots
+/// read, sharing their blocks (no data copied), in one transaction.
+///
+/// Restores files from a snapshot (`source: "LUN@SNAP"`) or clones files
+/// within or between LUNs. Offsets and lengths are multiples of 4096; the
+/// cost follows the number of extents, not their length. Afterwards each
+/// side can be written without affecting the other.
+#[utoipa::path(
+    post, path = "/api/v1/clone-range", operation_id = "clone_range", tag = "clones",
+    request_body = CloneRanges,
+    responses(
+        (status = 200, description = "What was cloned", body = CloneRangeReport),
+        (status = 400, description = "Unaligned, out of range or overlapping ranges, or malformed body", body = ErrorBody),
+        (status = 404, description = "No such LUN or snapshot", body = ErrorBody),
+        (status = 409, description = "The target is a snapshot", body = ErrorBody),
+    )
+)]
+pub async fn clone_range(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CloneRanges>,
+) -> Result<Json<CloneRangeReport>, ApiError> {
+    let entries: Vec<engine::RangeEntry> = body
+        .ranges
+        .into_iter()
+        .map(|r| engine::RangeEntry {
+            source: r.source,
+            source_offset: r.source_offset,
+            target_offset: r.target_offset,
+            length: r.length,
+        })
+        .collect();
+    let target = body.target;
+    let report = call(&state, move |e| e.clone_ranges(&target, &entries)).await?;
+    Ok(Json(report.into()))
 }

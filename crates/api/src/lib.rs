@@ -24,16 +24,31 @@
 //! | GET | `/splits/{lun}` | show a LUN's split (`lun` may hold '/') |
 //! | POST | `/splits/start` `{lun}` | start or resume a clone's split |
 //! | POST | `/splits/stop` `{lun}` | stop a clone's split |
+//! | POST | `/clone-range` `{target, ranges}` | share ranges of LUNs/snapshots into a LUN |
+//! | GET | `/igroups` | list igroups |
+//! | POST | `/igroups` `{name, addresses, cert_cns}` | create an igroup |
+//! | GET | `/igroups/{name}` | show an igroup |
+//! | DELETE | `/igroups/{name}` | delete an igroup |
+//! | POST | `/igroups/{name}/members` `{address}` or `{cert_cn}` | add a member |
+//! | DELETE | `/igroups/{name}/members?address=A` or `?cert_cn=CN` | remove a member |
+//! | GET | `/lun-maps` | list LUN maps |
+//! | POST | `/lun-maps` `{lun, igroup}` | map a LUN to an igroup |
+//! | DELETE | `/lun-maps?lun=L&igroup=G` | unmap |
 //! | GET | `/jobs` | list background jobs |
 //! | GET | `/pool` | show the pool |
-//! | PATCH | `/pool` `{capacity}` | grow the pool |
+//! | PATCH | `/pool` `{capacity, access}` | grow the pool, set its access mode |
 //! | GET | `/settings` | show the runtime settings |
 //! | PATCH | `/settings` `{split_rate_mbps}` | change the runtime settings |
+//!
+//! Every request carries `Authorization: Bearer TOKEN` when the server has
+//! a token (`blockfork serve` always does: `DATA/api-token`); without it
+//! the answer is 401 and nothing changes.
 //!
 //! Sizes are bytes. Every error is `{"code", "message"}` with a 4xx for
 //! the client's mistakes (which change nothing) and a 5xx only for the
 //! server's own trouble.
 
+mod access;
 mod clones;
 mod error;
 mod extract;
@@ -93,6 +108,16 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         clones::show,
         clones::start,
         clones::stop,
+        clones::clone_range,
+        access::list,
+        access::create,
+        access::show,
+        access::delete,
+        access::add_member,
+        access::remove_member,
+        access::list_maps,
+        access::map,
+        access::unmap,
         pool::jobs,
         pool::status,
         pool::grow,
@@ -100,9 +125,25 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         settings::update,
         openapi_json,
     ),
-    components(schemas(wire::ErrorBody))
+    components(schemas(wire::ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer token in the OpenAPI document.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -130,8 +171,15 @@ where
         .map_err(ApiError::from)
 }
 
-/// The API's routes over `engine`.
+/// The API's routes over `engine`, open to anyone who can connect (tests
+/// and embedding); `blockfork serve` uses [`router_with_token`].
 pub fn router(engine: Arc<Engine>) -> Router {
+    router_with_token(engine, None)
+}
+
+/// The API's routes; with a token, every request must carry
+/// `Authorization: Bearer TOKEN` or gets 401.
+pub fn router_with_token(engine: Arc<Engine>, token: Option<String>) -> Router {
     let openapi = ApiDoc::openapi()
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
@@ -165,6 +213,19 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/splits/start", post(clones::start).get(clones::show_start))
         .route("/splits/stop", post(clones::stop).get(clones::show_stop))
         .route("/splits/{*lun}", get(clones::show))
+        .route("/clone-range", post(clones::clone_range))
+        .route("/igroups", get(access::list).post(access::create))
+        .route("/igroups/{name}", get(access::show).delete(access::delete))
+        .route(
+            "/igroups/{name}/members",
+            post(access::add_member).delete(access::remove_member),
+        )
+        .route(
+            "/lun-maps",
+            get(access::list_maps)
+                .post(access::map)
+                .delete(access::unmap),
+        )
         .route("/jobs", get(pool::jobs))
         .route("/pool", get(pool::status).patch(pool::grow))
         .route("/settings", get(settings::show).patch(settings::update))
@@ -175,7 +236,58 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), admit_and_log))
+        .layer(middleware::from_fn_with_state(
+            token.map(Arc::<str>::from),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// Checks the bearer token before anything else runs (no body is read, no
+/// permit taken), comparing in constant time.
+async fn authenticate(
+    State(token): State<Option<Arc<str>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
+    if ok {
+        return next.run(request).await;
+    }
+    tracing::warn!(
+        method = %request.method(),
+        uri = %request.uri(),
+        presented = given.is_some(),
+        "API request refused: missing or wrong token"
+    );
+    let mut response = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        if given.is_some() {
+            "the API token is wrong; it is in DATA/api-token on the server"
+        } else {
+            "this API needs `Authorization: Bearer TOKEN`; the token is in DATA/api-token on the server"
+        },
+    )
+    .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then lets the
@@ -183,12 +295,13 @@ pub fn router(engine: Arc<Engine>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
+    token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!(%addr, "REST API listening");
     }
-    axum::serve(listener, router(engine))
+    axum::serve(listener, router_with_token(engine, token))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::wire::{ErrorBody, GrowPool, JobInfo, PoolStatus};
+use crate::wire::{AccessMode, ErrorBody, GrowPool, JobInfo, PoolStatus};
 use crate::{call, AppState};
 use axum::extract::State;
 use axum::Json;
@@ -21,20 +21,32 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, A
     Ok(Json(status.into()))
 }
 
-/// Grow the pool (it never shrinks).
+/// Grow the pool (it never shrinks), or change its access mode.
 #[utoipa::path(
     patch, path = "/api/v1/pool", operation_id = "grow_pool", tag = "pool",
     request_body = GrowPool,
     responses(
-        (status = 200, description = "The grown pool", body = PoolStatus),
-        (status = 400, description = "Not a multiple of 4096, smaller than now, or malformed body", body = ErrorBody),
+        (status = 200, description = "The pool", body = PoolStatus),
+        (status = 400, description = "Not a multiple of 4096, smaller than now, nothing to change, or malformed body", body = ErrorBody),
     )
 )]
 pub async fn grow(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<GrowPool>,
 ) -> Result<Json<PoolStatus>, ApiError> {
-    let status = call(&state, move |e| e.grow_pool(body.capacity)).await?;
+    if body.capacity.is_none() && body.access.is_none() {
+        return Err(ApiError::invalid("give `capacity`, `access` or both"));
+    }
+    let status = call(&state, move |e| {
+        if let Some(c) = body.capacity {
+            e.grow_pool(c)?;
+        }
+        if let Some(mode) = body.access {
+            e.set_access_open(mode == AccessMode::Open)?;
+        }
+        e.pool_status()
+    })
+    .await?;
     Ok(Json(status.into()))
 }
 

@@ -22,6 +22,7 @@ pub struct ErrorBody {
     /// `not_found`, `already_exists`, `has_dependents`, `read_only`,
     /// `no_space`, `pool_failed`, `closed`, `io_error`, `store_error`,
     /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`,
+    /// `unauthorized`,
     /// `internal`.
     #[schema(example = "not_found")]
     pub code: String,
@@ -51,6 +52,11 @@ pub struct LunInfo {
     pub parent: Option<String>,
     /// Clones that read through one of this LUN's snapshots.
     pub clones: Vec<String>,
+    /// Igroups the LUN is mapped to: only their members see it (and its
+    /// snapshots) over NBD. No maps: everyone in an open pool, no one in a
+    /// closed one.
+    #[serde(default)]
+    pub maps: Vec<String>,
 }
 
 impl From<engine::LunInfo> for LunInfo {
@@ -64,6 +70,7 @@ impl From<engine::LunInfo> for LunInfo {
             created: l.created,
             parent: l.parent,
             clones: l.clones,
+            maps: l.maps,
         }
     }
 }
@@ -179,6 +186,10 @@ pub struct PoolStatus {
     pub jobs_running: u64,
     /// Unix seconds.
     pub created: u64,
+    /// `open`: LUNs without maps are visible to every NBD client;
+    /// `closed`: a LUN is visible only to the igroups it is mapped to.
+    #[schema(example = "closed")]
+    pub access: String,
 }
 
 impl From<engine::PoolStatus> for PoolStatus {
@@ -193,6 +204,7 @@ impl From<engine::PoolStatus> for PoolStatus {
             epoch: p.epoch,
             jobs_running: p.jobs_running,
             created: p.created,
+            access: p.access,
         }
     }
 }
@@ -362,13 +374,148 @@ pub struct CreateGroupSnapshot {
     pub luns: Vec<String>,
 }
 
-/// `PATCH /api/v1/pool`
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// `PATCH /api/v1/pool`: absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrowPool {
     /// New capacity in bytes: a multiple of 4096, not less than now.
-    #[serde(deserialize_with = "capacity_field")]
-    pub capacity: u64,
+    #[serde(
+        default,
+        deserialize_with = "capacity_field",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub capacity: Option<u64>,
+    /// `open` or `closed`: whether LUNs without maps are visible to every
+    /// NBD client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessMode>,
+}
+
+/// The pool's access mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    Open,
+    Closed,
+}
+
+/// A host group: the hosts a LUN can be mapped to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct IgroupInfo {
+    /// One segment of `[A-Za-z0-9._-]`.
+    #[schema(example = "esx-cluster")]
+    pub name: String,
+    /// Members by source address, as CIDRs.
+    #[schema(example = json!(["10.0.0.0/24"]))]
+    pub addresses: Vec<String>,
+    /// Members by TLS client-certificate subject CN.
+    #[schema(example = json!(["host-a"]))]
+    pub cert_cns: Vec<String>,
+    /// LUNs mapped to this igroup.
+    pub luns: Vec<String>,
+}
+
+impl From<engine::IgroupInfo> for IgroupInfo {
+    fn from(g: engine::IgroupInfo) -> Self {
+        IgroupInfo {
+            name: g.name,
+            addresses: g.addresses,
+            cert_cns: g.cert_cns,
+            luns: g.luns,
+        }
+    }
+}
+
+/// `POST /api/v1/igroups`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIgroup {
+    #[schema(example = "esx-cluster")]
+    pub name: String,
+    /// CIDRs or bare addresses (a bare address is a /32 or /128).
+    #[serde(default)]
+    #[schema(example = json!(["10.0.0.0/24", "192.0.2.7"]))]
+    pub addresses: Vec<String>,
+    /// TLS client-certificate subject CNs.
+    #[serde(default)]
+    pub cert_cns: Vec<String>,
+}
+
+/// One igroup member, for `POST /api/v1/igroups/{name}/members` and
+/// `DELETE` on the same path: exactly one of the two fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct IgroupMember {
+    /// A CIDR or a bare address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "10.0.0.0/24")]
+    pub address: Option<String>,
+    /// A TLS client-certificate subject CN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_cn: Option<String>,
+}
+
+/// A LUN map: `lun` is visible to the members of `igroup`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LunMap {
+    #[schema(example = "vol0/db")]
+    pub lun: String,
+    #[schema(example = "esx-cluster")]
+    pub igroup: String,
+}
+
+/// One range of `POST /api/v1/clone-range`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRange {
+    /// `LUN` or `LUN@SNAPSHOT`.
+    #[schema(example = "vol0/db@nightly")]
+    pub source: String,
+    /// Bytes; multiples of 4096.
+    pub source_offset: u64,
+    pub target_offset: u64,
+    pub length: u64,
+}
+
+/// `POST /api/v1/clone-range`: make ranges of `target` read what ranges of
+/// LUNs or snapshots read, sharing blocks, in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRanges {
+    /// The LUN written.
+    #[schema(example = "vol0/restore")]
+    pub target: String,
+    /// 1 to 100000 ranges; target ranges may not overlap each other nor a
+    /// range read from the target's own current content.
+    pub ranges: Vec<CloneRange>,
+}
+
+/// What a range clone did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CloneRangeReport {
+    pub target: String,
+    pub ranges: u64,
+    /// Bytes the target now reads from the sources.
+    pub bytes: u64,
+    /// Source extents mapped (the cost of the call).
+    pub extents: u64,
+    /// Of `bytes`, the data blocks now shared (the rest were zeros or holes).
+    pub shared_bytes: u64,
+}
+
+impl From<engine::RangeCloneReport> for CloneRangeReport {
+    fn from(r: engine::RangeCloneReport) -> Self {
+        CloneRangeReport {
+            target: r.target,
+            ranges: r.ranges,
+            bytes: r.bytes,
+            extents: r.extents,
+            shared_bytes: r.shared_bytes,
+        }
+    }
 }
 
 /// `POST /api/v1/clones`: writable clones of a snapshot, all in one commit.
@@ -468,8 +615,10 @@ fn size_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Erro
     deserializer.deserialize_any(BytesVisitor::bytes("size"))
 }
 
-fn capacity_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    deserializer.deserialize_any(BytesVisitor::bytes("capacity"))
+fn capacity_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    deserializer
+        .deserialize_any(BytesVisitor::bytes("capacity"))
+        .map(Some)
 }
 
 fn rate_field<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {

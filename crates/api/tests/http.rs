@@ -26,6 +26,11 @@ struct Reply {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with_token(None)
+    }
+
+    fn start_with_token(token: Option<&str>) -> Server {
+        let token = token.map(str::to_string);
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open_dir(dir.path(), Some(GIB), EngineConfig::default()).unwrap();
         let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
@@ -39,7 +44,7 @@ impl Server {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 addr_tx.send(listener.local_addr()?).unwrap();
-                api::serve(listener, served, async {
+                api::serve(listener, served, token, async {
                     let _ = shutdown_rx.await;
                 })
                 .await
@@ -1304,6 +1309,11 @@ fn openapi_lists_every_route() {
         ("/api/v1/splits/{lun}", &["get"]),
         ("/api/v1/splits/start", &["post"]),
         ("/api/v1/splits/stop", &["post"]),
+        ("/api/v1/clone-range", &["post"]),
+        ("/api/v1/igroups", &["get", "post"]),
+        ("/api/v1/igroups/{name}", &["get", "delete"]),
+        ("/api/v1/igroups/{name}/members", &["post", "delete"]),
+        ("/api/v1/lun-maps", &["get", "post", "delete"]),
         ("/api/v1/jobs", &["get"]),
         ("/api/v1/pool", &["get", "patch"]),
         ("/api/v1/settings", &["get", "patch"]),
@@ -1360,6 +1370,12 @@ fn openapi_lists_every_route() {
         "SplitTarget",
         "Settings",
         "UpdateSettings",
+        "IgroupInfo",
+        "CreateIgroup",
+        "IgroupMember",
+        "LunMap",
+        "CloneRanges",
+        "CloneRangeReport",
     ] {
         assert!(schemas.contains_key(schema), "schema {schema} missing");
     }
@@ -1394,4 +1410,292 @@ fn graceful_shutdown_returns() {
     let server = Server::start();
     assert_eq!(server.get("/pool").status, 200);
     server.stop().unwrap();
+}
+
+#[test]
+fn token_is_required_on_every_route_and_a_refusal_changes_nothing() {
+    let server = Server::start_with_token(Some("s3cret-token"));
+    let before = server.engine.pool_status().unwrap();
+    for (method, path, body) in [
+        ("GET", "/pool", None),
+        ("GET", "/openapi.json", None),
+        ("POST", "/luns", Some(json!({"name": "x", "size": 4096}))),
+        ("DELETE", "/luns/x", None),
+        ("POST", "/igroups", Some(json!({"name": "g"}))),
+        ("PATCH", "/pool", Some(json!({"access": "open"}))),
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Basic s3cret-token"),
+            Some("Bearer s3cret-tokeN"),
+        ] {
+            let mut request = ureq::http::Request::builder()
+                .method(method)
+                .uri(format!("{}{path}", server.base))
+                .header("content-type", "application/json");
+            if let Some(a) = auth {
+                request = request.header("authorization", a);
+            }
+            let body = body.as_ref().map(|b| b.to_string()).unwrap_or_default();
+            let mut response = server
+                .agent
+                .run(request.body(body.into_bytes()).unwrap())
+                .unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                401,
+                "{method} {path} with {auth:?}"
+            );
+            assert_eq!(
+                response.headers().get("www-authenticate").unwrap(),
+                "Bearer"
+            );
+            let v: Value =
+                serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+            assert_eq!(v["code"], "unauthorized");
+        }
+    }
+    assert_eq!(
+        server.engine.pool_status().unwrap(),
+        before,
+        "nothing changed"
+    );
+    assert!(server.engine.list_luns("").unwrap().is_empty());
+    let request = ureq::http::Request::builder()
+        .method("GET")
+        .uri(format!("{}/pool", server.base))
+        .header("authorization", "Bearer s3cret-token");
+    let response = server.agent.run(request.body(()).unwrap()).unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+}
+
+#[test]
+fn igroups_and_lun_maps() {
+    let server = Server::start();
+    assert_eq!(
+        server
+            .send("POST", "/luns", json!({"name": "vol0/db", "size": 1 << 20}))
+            .status,
+        201
+    );
+    let r = server.send(
+        "POST",
+        "/igroups",
+        json!({"name": "app", "addresses": ["10.0.0.0/24", "192.0.2.7"], "cert_cns": ["host-a"]}),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["addresses"], json!(["10.0.0.0/24", "192.0.2.7/32"]));
+    let before = server.get("/igroups").body;
+    for (method, path, body, status, code) in [
+        (
+            "POST",
+            "/igroups",
+            json!({"name": "app"}),
+            409,
+            "already_exists",
+        ),
+        (
+            "POST",
+            "/igroups",
+            json!({"name": "a/b"}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/igroups",
+            json!({"name": "x", "addresses": ["10.0.0.0/40"]}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/igroups",
+            json!({"name": "x", "cert_cns": [""]}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/igroups",
+            json!({"name": "x", "extra": 1}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/igroups/app/members",
+            json!({}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/igroups/app/members",
+            json!({"address": "10.1.0.0/16", "cert_cn": "h"}),
+            400,
+            "invalid_argument",
+        ),
+        (
+            "POST",
+            "/igroups/app/members",
+            json!({"address": "10.0.0.0/24"}),
+            409,
+            "already_exists",
+        ),
+        (
+            "POST",
+            "/igroups/nope/members",
+            json!({"address": "10.1.0.0/16"}),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/lun-maps",
+            json!({"lun": "vol0/db", "igroup": "nope"}),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/lun-maps",
+            json!({"lun": "nope", "igroup": "app"}),
+            404,
+            "not_found",
+        ),
+        (
+            "POST",
+            "/lun-maps",
+            json!({"lun": "vol0/db"}),
+            400,
+            "invalid_argument",
+        ),
+        ("PATCH", "/pool", json!({}), 400, "invalid_argument"),
+        (
+            "PATCH",
+            "/pool",
+            json!({"access": "ajar"}),
+            400,
+            "invalid_argument",
+        ),
+    ] {
+        let r = server.send(method, path, body.clone());
+        assert_eq!(
+            (r.status, r.body["code"].as_str().unwrap()),
+            (status, code),
+            "{method} {path} {body}"
+        );
+    }
+    assert_eq!(
+        server.get("/igroups").body,
+        before,
+        "refusals change nothing"
+    );
+    assert_eq!(
+        server
+            .delete("/igroups/app/members?address=10.9.9.9")
+            .status,
+        404
+    );
+    assert_eq!(server.delete("/igroups/app/members").status, 400);
+    let r = server.send(
+        "POST",
+        "/lun-maps",
+        json!({"lun": "vol0/db", "igroup": "app"}),
+    );
+    assert_eq!(r.status, 201);
+    assert_eq!(
+        server
+            .send(
+                "POST",
+                "/lun-maps",
+                json!({"lun": "vol0/db", "igroup": "app"})
+            )
+            .status,
+        409
+    );
+    assert_eq!(
+        server.get("/lun-maps").body,
+        json!([{"lun": "vol0/db", "igroup": "app"}])
+    );
+    assert_eq!(server.get("/luns/vol0/db").body["maps"], json!(["app"]));
+    assert_eq!(server.get("/igroups/app").body["luns"], json!(["vol0/db"]));
+    let r = server.delete("/igroups/app");
+    assert_eq!(
+        (r.status, r.body["code"].as_str().unwrap()),
+        (409, "has_dependents")
+    );
+    let r = server.delete("/igroups/app/members?cert_cn=host-a");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["cert_cns"], json!([]));
+    assert_eq!(
+        server.delete("/lun-maps?lun=vol0/db&igroup=app").status,
+        204
+    );
+    assert_eq!(
+        server.delete("/lun-maps?lun=vol0/db&igroup=app").status,
+        404
+    );
+    assert_eq!(server.delete("/igroups/app").status, 204);
+    assert_eq!(server.get("/pool").body["access"], "closed");
+    let r = server.send("PATCH", "/pool", json!({"access": "open"}));
+    assert_eq!(
+        (r.status, r.body["access"].as_str().unwrap()),
+        (200, "open")
+    );
+}
+
+#[test]
+fn clone_range_over_the_api() {
+    let server = Server::start();
+    for name in ["src", "dst"] {
+        assert_eq!(
+            server
+                .send("POST", "/luns", json!({"name": name, "size": 1 << 20}))
+                .status,
+            201
+        );
+    }
+    let t = server.engine.resolve("src").unwrap();
+    server.engine.write(t, 0, &[9u8; 8192], false).unwrap();
+    let r = server.send(
+        "POST",
+        "/clone-range",
+        json!({"target": "dst", "ranges": [{"source": "src", "source_offset": 0, "target_offset": 65536, "length": 8192}]}),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["bytes"], 8192);
+    assert_eq!(r.body["shared_bytes"], 8192);
+    let d = server.engine.resolve("dst").unwrap();
+    let mut buf = vec![0u8; 8192];
+    server.engine.read(d, 65536, &mut buf).unwrap();
+    assert_eq!(buf, vec![9u8; 8192]);
+    for (body, status) in [
+        (json!({"target": "dst", "ranges": []}), 400),
+        (
+            json!({"target": "dst", "ranges": [{"source": "src", "source_offset": 1, "target_offset": 0, "length": 4096}]}),
+            400,
+        ),
+        (
+            json!({"target": "dst", "ranges": [{"source": "nope", "source_offset": 0, "target_offset": 0, "length": 4096}]}),
+            404,
+        ),
+        (
+            json!({"target": "dst", "ranges": [{"source": "src", "source_offset": 0, "target_offset": 1048576, "length": 4096}]}),
+            400,
+        ),
+        (
+            json!({"target": "dst", "ranges": [{"source": "src", "source_offset": 0, "target_offset": 0, "length": -1}]}),
+            400,
+        ),
+        (json!({"target": "dst"}), 400),
+    ] {
+        assert_eq!(
+            server.send("POST", "/clone-range", body.clone()).status,
+            status,
+            "{body}"
+        );
+    }
 }

@@ -6,15 +6,17 @@
 //! uses, so that the two cannot drift.
 
 use api::wire::{
-    CreateClones, CreateGroupSnapshot, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody,
-    GroupInfo, GrowPool, JobInfo, LunInfo, PoolStatus, ResizeLun, Settings, SnapshotInfo,
-    SplitInfo, SplitTarget, UpdateSettings,
+    AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
+    CreateIgroup, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody, GroupInfo, GrowPool,
+    IgroupInfo, IgroupMember, JobInfo, LunInfo, LunMap, PoolStatus, ResizeLun, Settings,
+    SnapshotInfo, SplitInfo, SplitTarget, UpdateSettings,
 };
 use clap::builder::NonEmptyStringValueParser;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,6 +55,41 @@ pub struct GlobalOpts {
         value_name = "FORMAT"
     )]
     pub output: OutputFormat,
+    /// The server's data directory: `serve` keeps its pool there, and client
+    /// commands read the API token from DIR/api-token when neither --token
+    /// nor BLOCKFORK_TOKEN gives one.
+    #[arg(
+        long,
+        global = true,
+        default_value = "./blockfork-data",
+        value_name = "DIR"
+    )]
+    pub data: PathBuf,
+    /// The API's bearer token (default: BLOCKFORK_TOKEN, else DIR/api-token).
+    #[arg(
+        long,
+        global = true,
+        env = "BLOCKFORK_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+}
+
+/// The token to send: --token or BLOCKFORK_TOKEN, else DATA/api-token when
+/// it can be read. None lets the server say what is missing.
+fn resolve_token(global: &GlobalOpts) -> Option<String> {
+    if let Some(t) = &global.token {
+        return Some(t.trim().to_string());
+    }
+    read_token_file(&global.data)
+}
+
+fn read_token_file(data: &Path) -> Option<String> {
+    std::fs::read_to_string(data.join("api-token"))
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,9 +129,70 @@ pub enum Command {
         #[command(subcommand)]
         command: JobCommand,
     },
+    /// Host groups (igroups): the hosts, by address or TLS certificate CN,
+    /// that LUNs can be mapped to.
+    Igroup {
+        #[command(subcommand)]
+        command: IgroupCommand,
+    },
     /// On a host that mounts LUNs: attach LUNs as block devices, and clone
     /// files of their file systems without copying bytes.
     Host(host::HostArgs),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum IgroupCommand {
+    /// Create an igroup.
+    Create {
+        /// igroup name: letters, digits, '.', '_' and '-'.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+        /// A member by source address: a CIDR like 10.0.0.0/24 or one
+        /// address. Repeat for more.
+        #[arg(long = "address", value_name = "CIDR")]
+        addresses: Vec<String>,
+        /// A member by TLS client-certificate subject CN. Repeat for more.
+        #[arg(long = "cert-cn", value_name = "CN")]
+        cert_cns: Vec<String>,
+    },
+    /// Add one member to an igroup.
+    Add {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+        #[command(flatten)]
+        member: MemberArg,
+    },
+    /// Remove one member from an igroup.
+    Remove {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+        #[command(flatten)]
+        member: MemberArg,
+    },
+    /// List igroups, their members and the LUNs mapped to them.
+    List,
+    /// Show one igroup.
+    Show {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+    },
+    /// Delete an igroup; refused while LUNs are mapped to it.
+    Delete {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+    },
+}
+
+/// Exactly one igroup member.
+#[derive(clap::Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct MemberArg {
+    /// A CIDR like 10.0.0.0/24, or one address.
+    #[arg(long, value_name = "CIDR")]
+    address: Option<String>,
+    /// A TLS client-certificate subject CN.
+    #[arg(long = "cert-cn", value_name = "CN")]
+    cert_cn: Option<String>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -147,6 +245,41 @@ pub enum LunCommand {
     Clone {
         #[command(subcommand)]
         command: CloneCommand,
+    },
+    /// Map a LUN to an igroup: the igroup's hosts see it (and its
+    /// snapshots) over NBD.
+    Map {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        lun: String,
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        igroup: String,
+    },
+    /// Unmap a LUN from an igroup.
+    Unmap {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        lun: String,
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        igroup: String,
+    },
+    /// Make ranges of a LUN read what ranges of a LUN or snapshot read, by
+    /// sharing blocks (no data copied), in one transaction: restore files
+    /// from a snapshot, or clone files within or between LUNs.
+    #[command(name = "clone-range")]
+    CloneRange {
+        /// Where the data comes from: LUN or LUN@SNAPSHOT.
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+        source: Option<String>,
+        /// The LUN written.
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+        target: String,
+        /// One range as SRC_OFFSET:DST_OFFSET:LENGTH (bytes, or sizes like
+        /// 4M; multiples of 4 KiB). Repeat for more.
+        #[arg(long = "range", value_name = "SRC:DST:LEN", value_parser = parse_range)]
+        ranges: Vec<(u64, u64, u64)>,
+        /// A JSON file with a list of {"source", "source_offset",
+        /// "target_offset", "length"} (source defaults to --source).
+        #[arg(long, value_name = "FILE")]
+        ranges_file: Option<PathBuf>,
     },
 }
 
@@ -290,7 +423,18 @@ pub enum PoolCommand {
         /// at start.
         #[arg(long, value_name = "MBPS")]
         split_rate: Option<u64>,
+        /// `open`: LUNs without maps are visible to every NBD client;
+        /// `closed`: a LUN is visible only to the igroups it is mapped to.
+        /// Stored with the pool.
+        #[arg(long, value_enum)]
+        access: Option<AccessArg>,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessArg {
+    Open,
+    Closed,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -301,7 +445,8 @@ pub enum JobCommand {
 
 /// Runs one client command; errors go to stderr as one sentence, exit 1.
 pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
-    let result = Client::new(&global.server).and_then(|client| {
+    let token = resolve_token(global);
+    let result = Client::new(&global.server, token).and_then(|client| {
         let out = Out {
             format: global.output,
         };
@@ -315,6 +460,7 @@ pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
             Command::Job {
                 command: JobCommand::List,
             } => jobs(&client, out),
+            Command::Igroup { command } => igroup(&client, out, command),
             Command::Host(args) => host::run(&client, out, args),
         }
     });
@@ -356,7 +502,198 @@ fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), String> {
             out.done(&format!("deleted LUN \"{name}\"{also}"))
         }
         LunCommand::Clone { command } => clone(client, out, command),
+        LunCommand::Map { lun, igroup } => {
+            client.send(
+                "POST",
+                "/lun-maps",
+                &LunMap {
+                    lun: lun.clone(),
+                    igroup: igroup.clone(),
+                },
+            )?;
+            out.done(&format!("mapped LUN \"{lun}\" to igroup \"{igroup}\""))
+        }
+        LunCommand::Unmap { lun, igroup } => {
+            client.delete(&format!(
+                "/lun-maps?lun={}&igroup={}",
+                encode(&lun),
+                encode(&igroup)
+            ))?;
+            out.done(&format!("unmapped LUN \"{lun}\" from igroup \"{igroup}\""))
+        }
+        LunCommand::CloneRange {
+            source,
+            target,
+            ranges,
+            ranges_file,
+        } => {
+            let mut list: Vec<CloneRange> = Vec::new();
+            if let Some(file) = ranges_file {
+                list.extend(read_ranges_file(&file, source.as_deref())?);
+            }
+            if !ranges.is_empty() {
+                let source = source.clone().ok_or(
+                    "--range needs --source (LUN or LUN@SNAPSHOT) to say where the data comes from",
+                )?;
+                list.extend(ranges.into_iter().map(|(s, d, l)| CloneRange {
+                    source: source.clone(),
+                    source_offset: s,
+                    target_offset: d,
+                    length: l,
+                }));
+            }
+            if list.is_empty() {
+                return Err("give at least one --range SRC:DST:LEN or a --ranges-file".into());
+            }
+            let reply = client.send(
+                "POST",
+                "/clone-range",
+                &CloneRanges {
+                    target,
+                    ranges: list,
+                },
+            )?;
+            out.show(reply, |r: CloneRangeReport| {
+                details(&[
+                    ("target", r.target.clone()),
+                    ("ranges", r.ranges.to_string()),
+                    ("cloned", size_with_bytes(r.bytes)),
+                    ("shared data", size_with_bytes(r.shared_bytes)),
+                    ("extents", r.extents.to_string()),
+                ])
+            })
+        }
     }
+}
+
+/// `SRC:DST:LEN`, each a size (bytes or like 4M).
+fn parse_range(s: &str) -> Result<(u64, u64, u64), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [src, dst, len] = parts.as_slice() else {
+        return Err(format!("{s:?} is not SRC_OFFSET:DST_OFFSET:LENGTH"));
+    };
+    Ok((parse_size(src)?, parse_size(dst)?, parse_size(len)?))
+}
+
+/// A JSON list of ranges; entries without a source take `default_source`.
+fn read_ranges_file(file: &Path, default_source: Option<&str>) -> Result<Vec<CloneRange>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        source: Option<String>,
+        source_offset: u64,
+        target_offset: u64,
+        length: u64,
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let entries: Vec<Entry> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a JSON list of {{source, source_offset, target_offset, length}}: {e}",
+            file.display()
+        )
+    })?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let source = e
+                .source
+                .or_else(|| default_source.map(str::to_string))
+                .ok_or_else(|| {
+                    format!(
+                        "range {i} of {} names no source and no --source was given",
+                        file.display()
+                    )
+                })?;
+            Ok(CloneRange {
+                source,
+                source_offset: e.source_offset,
+                target_offset: e.target_offset,
+                length: e.length,
+            })
+        })
+        .collect()
+}
+
+fn igroup(client: &Client, out: Out, command: IgroupCommand) -> Result<(), String> {
+    let member = |m: MemberArg| IgroupMember {
+        address: m.address,
+        cert_cn: m.cert_cn,
+    };
+    let path = |name: &str| format!("/igroups/{}", encode(name));
+    let reply = match command {
+        IgroupCommand::Create {
+            name,
+            addresses,
+            cert_cns,
+        } => client.send(
+            "POST",
+            "/igroups",
+            &CreateIgroup {
+                name,
+                addresses,
+                cert_cns,
+            },
+        )?,
+        IgroupCommand::Add { name, member: m } => {
+            client.send("POST", &format!("{}/members", path(&name)), &member(m))?
+        }
+        IgroupCommand::Remove { name, member: m } => {
+            let m = member(m);
+            let query = match (&m.address, &m.cert_cn) {
+                (Some(a), _) => format!("address={}", encode(a)),
+                (_, Some(c)) => format!("cert_cn={}", encode(c)),
+                _ => unreachable!("clap requires one"),
+            };
+            client.delete(&format!("{}/members?{query}", path(&name)))?
+        }
+        IgroupCommand::List => {
+            let reply = client.get("/igroups")?;
+            return out.show(reply, |g: Vec<IgroupInfo>| igroup_table(&g));
+        }
+        IgroupCommand::Show { name } => client.get(&path(&name))?,
+        IgroupCommand::Delete { name } => {
+            client.delete(&path(&name))?;
+            return out.done(&format!("deleted igroup \"{name}\""));
+        }
+    };
+    out.show(reply, |g: IgroupInfo| igroup_details(&g))
+}
+
+fn igroup_details(g: &IgroupInfo) -> String {
+    details(&[
+        ("name", g.name.clone()),
+        ("addresses", list_or_dash(&g.addresses)),
+        ("cert CNs", list_or_dash(&g.cert_cns)),
+        ("LUNs", list_or_dash(&g.luns)),
+    ])
+}
+
+fn igroup_table(groups: &[IgroupInfo]) -> String {
+    if groups.is_empty() {
+        return "no igroups\n".into();
+    }
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                list_or_dash(&g.addresses),
+                list_or_dash(&g.cert_cns),
+                list_or_dash(&g.luns),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("NAME", Align::Left),
+            ("ADDRESSES", Align::Left),
+            ("CERT CNS", Align::Left),
+            ("LUNS", Align::Left),
+        ],
+        &rows,
+    )
 }
 
 fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<(), String> {
@@ -545,8 +882,44 @@ fn cg_snapshot(client: &Client, out: Out, command: CgSnapshotCommand) -> Result<
 fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
     let reply = match command {
         PoolCommand::Status => client.get("/pool")?,
-        PoolCommand::Grow { capacity } => client.send("PATCH", "/pool", &GrowPool { capacity })?,
-        PoolCommand::Set { split_rate } => {
+        PoolCommand::Grow { capacity } => client.send(
+            "PATCH",
+            "/pool",
+            &GrowPool {
+                capacity: Some(capacity),
+                access: None,
+            },
+        )?,
+        PoolCommand::Set {
+            split_rate,
+            access: Some(access),
+        } => {
+            if let Some(mbps) = split_rate {
+                client.send(
+                    "PATCH",
+                    "/settings",
+                    &UpdateSettings {
+                        split_rate_mbps: Some(mbps),
+                    },
+                )?;
+            }
+            let access = match access {
+                AccessArg::Open => AccessMode::Open,
+                AccessArg::Closed => AccessMode::Closed,
+            };
+            client.send(
+                "PATCH",
+                "/pool",
+                &GrowPool {
+                    capacity: None,
+                    access: Some(access),
+                },
+            )?
+        }
+        PoolCommand::Set {
+            split_rate,
+            access: None,
+        } => {
             let reply = match split_rate {
                 None => client.get("/settings")?,
                 Some(mbps) => client.send(
@@ -673,6 +1046,7 @@ fn lun_details(l: &LunInfo) -> String {
                 .unwrap_or_else(|| "-".into()),
         ),
         ("clones", list_or_dash(&l.clones)),
+        ("maps", list_or_dash(&l.maps)),
         ("created", format_time(l.created)),
     ])
 }
@@ -1086,10 +1460,11 @@ struct Client {
     server: String,
     base: String,
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 impl Client {
-    fn new(server: &str) -> Result<Client, String> {
+    fn new(server: &str, token: Option<String>) -> Result<Client, String> {
         let trimmed = server.trim_end_matches('/');
         if !trimmed.starts_with("http://") || trimmed.len() == "http://".len() {
             return Err(format!(
@@ -1106,6 +1481,7 @@ impl Client {
             server: trimmed.to_string(),
             base: format!("{trimmed}/api/v1"),
             agent,
+            token,
         })
     }
 
@@ -1130,10 +1506,13 @@ impl Client {
     /// to show, which for an API error is the server's own sentence.
     fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
-        let request = ureq::http::Request::builder()
+        let mut request = ureq::http::Request::builder()
             .method(method)
             .uri(&url)
             .header("accept", "application/json");
+        if let Some(t) = &self.token {
+            request = request.header("authorization", format!("Bearer {t}"));
+        }
         let sent = match body {
             Some(body) => self.agent.run(
                 request
@@ -1343,6 +1722,7 @@ mod tests {
                 created: 0,
                 parent: None,
                 clones: vec!["vol0/clone".into()],
+                maps: Vec::new(),
             },
             LunInfo {
                 id: 2,
@@ -1353,6 +1733,7 @@ mod tests {
                 created: 0,
                 parent: Some("vol0/db@nightly".into()),
                 clones: Vec::new(),
+                maps: Vec::new(),
             },
         ];
         assert_eq!(

@@ -1,11 +1,13 @@
 //! The NBD server's view of the engine: export names resolve to LUNs
 //! (`LUN`, read-write) and snapshots (`LUN@SNAPSHOT`, read-only).
 
-use engine::{Allocation, Engine, Error, Target};
+use engine::{Allocation, ClientIdentity, Engine, Error, Target};
 use nbd::{
     Backend, ClientInfo, Export, ExportListing, IoError, OpenError, StatusExtent, STATE_HOLE,
     STATE_ZERO,
 };
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct EngineBackend {
@@ -18,14 +20,31 @@ impl EngineBackend {
     }
 }
 
+/// The engine's view of an NBD client. Unix-socket clients are local: they
+/// count as the loopback address (the socket's file permissions guard it).
+fn identity(client: &ClientInfo) -> ClientIdentity {
+    ClientIdentity {
+        addr: Some(
+            client
+                .peer
+                .map(|p| p.ip())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ),
+        cert_cn: None,
+    }
+}
+
 impl Backend for EngineBackend {
-    fn list(&self, _client: &ClientInfo) -> Vec<ExportListing> {
+    fn list(&self, client: &ClientInfo) -> Vec<ExportListing> {
+        let who = identity(client);
         let mut out = Vec::new();
         let Ok(luns) = self.engine.list_luns("") else {
             return out;
         };
+        let visible: std::collections::HashSet<String> =
+            self.engine.luns_visible_to(&who).into_iter().collect();
         let snapshots = self.engine.list_snapshots(None).unwrap_or_default();
-        for l in luns {
+        for l in luns.iter().filter(|l| visible.contains(&l.name)) {
             out.push(ExportListing {
                 name: l.name.clone(),
                 description: format!("LUN, {} bytes", l.size_bytes),
@@ -44,6 +63,16 @@ impl Backend for EngineBackend {
     }
 
     fn open(&self, name: &str, client: &ClientInfo) -> Result<Arc<dyn Export>, OpenError> {
+        let who = identity(client);
+        // Existence is checked after access, and a refusal reads like an
+        // unknown name: a client learns nothing about LUNs it may not see.
+        let generation = self.engine.access_generation();
+        if !self.engine.visible_to(name, &who) {
+            tracing::warn!(export = name, client = %who, "NBD access refused: export not mapped to this client");
+            return Err(OpenError::Unknown(format!(
+                "no export named \"{name}\" is available to this client"
+            )));
+        }
         let target = self
             .engine
             .resolve(name)
@@ -52,11 +81,14 @@ impl Backend for EngineBackend {
             .engine
             .target_size(target)
             .map_err(|e| OpenError::Unknown(e.to_string()))?;
-        tracing::info!(export = name, peer = ?client.peer, "export opened");
+        tracing::info!(export = name, client = %who, "export opened");
         Ok(Arc::new(EngineExport {
             engine: self.engine.clone(),
             target,
             size,
+            name: name.to_string(),
+            who,
+            checked: AtomicU64::new(generation),
         }))
     }
 }
@@ -65,6 +97,29 @@ pub struct EngineExport {
     engine: Arc<Engine>,
     target: Target,
     size: u64,
+    name: String,
+    who: ClientIdentity,
+    /// The access generation last found to allow this client.
+    checked: AtomicU64,
+}
+
+impl EngineExport {
+    /// Unmapping (or an igroup change) takes effect on open connections:
+    /// each request compares one counter, and re-checks only when access
+    /// changed since.
+    fn allowed(&self) -> Result<(), IoError> {
+        let now = self.engine.access_generation();
+        if self.checked.load(Ordering::Acquire) == now {
+            return Ok(());
+        }
+        if self.engine.visible_to(&self.name, &self.who) {
+            self.checked.store(now, Ordering::Release);
+            Ok(())
+        } else {
+            tracing::warn!(export = %self.name, client = %self.who, "NBD request refused: export no longer mapped to this client");
+            Err(IoError::Shutdown)
+        }
+    }
 }
 
 fn io_error(e: Error) -> IoError {
@@ -88,20 +143,24 @@ impl Export for EngineExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.allowed()?;
         self.engine.read(self.target, offset, buf).map_err(io_error)
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
+        self.allowed()?;
         self.engine
             .write(self.target, offset, data, fua)
             .map_err(io_error)
     }
 
     fn flush(&self) -> Result<(), IoError> {
+        self.allowed()?;
         self.engine.flush().map_err(io_error)
     }
 
     fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), IoError> {
+        self.allowed()?;
         self.engine
             .trim(self.target, offset, length, fua)
             .map_err(io_error)
@@ -114,12 +173,14 @@ impl Export for EngineExport {
         no_hole: bool,
         fua: bool,
     ) -> Result<(), IoError> {
+        self.allowed()?;
         self.engine
             .write_zeroes(self.target, offset, length, no_hole, fua)
             .map_err(io_error)
     }
 
     fn block_status(&self, offset: u64, length: u64) -> Result<Vec<StatusExtent>, IoError> {
+        self.allowed()?;
         let extents = self
             .engine
             .block_status(self.target, offset, length)

@@ -37,9 +37,6 @@ enum Top {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Data directory holding the pool (created on first start).
-    #[arg(long, default_value = "./blockfork-data")]
-    data: PathBuf,
     /// Capacity of a new pool, like 100G or 512M (ignored for an existing
     /// pool). Default: 90 % of the free space of the file system under --data.
     #[arg(long, value_parser = cli::parse_size)]
@@ -61,6 +58,12 @@ struct ServeArgs {
     /// FUA always commit at once).
     #[arg(long, default_value_t = 20)]
     commit_interval_ms: u64,
+    /// Create a new pool *open*: LUNs without maps are visible to every NBD
+    /// client (convenient on one machine). Without it a new pool is closed:
+    /// a LUN is visible only to the igroups it is mapped to. An existing
+    /// pool keeps its mode (`blockfork pool set --access open|closed`).
+    #[arg(long)]
+    open: bool,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     log: String,
@@ -69,7 +72,7 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Top::Serve(serve_args) => match serve(serve_args) {
+        Top::Serve(serve_args) => match serve(serve_args, &args.global.data) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
                 eprintln!("blockfork serve: {message}");
@@ -100,7 +103,8 @@ fn free_space(dir: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-fn serve(args: ServeArgs) -> Result<(), String> {
+/// Serves the pool in `data` (`--data`, created on first start).
+fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.log.clone());
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -109,11 +113,11 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let existing = args.data.join("meta").exists();
+    let existing = data.join("meta").exists();
     let capacity = match args.capacity {
         Some(c) => c,
         None => {
-            let free = free_space(&args.data)
+            let free = free_space(data)
                 .ok_or("cannot read the free space under --data; pass --capacity")?;
             (free / 10 * 9) / engine::BLOCK_SIZE * engine::BLOCK_SIZE
         }
@@ -121,27 +125,38 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let config = EngineConfig {
         commit_interval_ms: args.commit_interval_ms.max(1),
         split_rate_bytes: args.split_rate.saturating_mul(1_000_000),
+        open_access: args.open,
         ..EngineConfig::default()
     };
-    let engine = Engine::open_dir(&args.data, Some(capacity), config).map_err(|e| e.to_string())?;
+    let engine = Engine::open_dir(data, Some(capacity), config).map_err(|e| e.to_string())?;
     let status = engine.pool_status().map_err(|e| e.to_string())?;
+    if existing && args.open && status.access != "open" {
+        tracing::warn!("--open applies to new pools only; this pool stays closed (change it with `blockfork pool set --access open`)");
+    }
+    let token = api_token(data)?;
+    let access = if status.access == "open" {
+        "access OPEN: LUNs without maps are visible to every NBD client"
+    } else {
+        "access CLOSED: a LUN is visible only to the igroups it is mapped to"
+    };
     tracing::info!(
-        "blockfork {} serving the pool in {} ({}; capacity {} bytes, {} used, {} LUNs): NBD on {}, REST API on http://{}; every LUN is visible to every client (no access control yet)",
+        "blockfork {} serving the pool in {} ({}; capacity {} bytes, {} used, {} LUNs): NBD on {}, REST API on http://{} (bearer token in {}); {access}",
         env!("CARGO_PKG_VERSION"),
-        args.data.display(),
+        data.display(),
         if existing { "existing pool" } else { "new pool" },
         status.capacity_bytes,
         status.used_bytes,
         status.luns,
         args.nbd,
-        args.api
+        args.api,
+        data.join(API_TOKEN_FILE).display(),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("blockfork-io")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = runtime.block_on(run_servers(&args, engine.clone()));
+    let result = runtime.block_on(run_servers(&args, engine.clone(), token));
     // Stop accepting was done above; now make everything durable.
     let closed = engine
         .close()
@@ -150,7 +165,62 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     result.and(closed)
 }
 
-async fn run_servers(args: &ServeArgs, engine: Arc<Engine>) -> Result<(), String> {
+/// The API token's file in the data directory.
+pub const API_TOKEN_FILE: &str = "api-token";
+
+/// Reads the API token from DATA/api-token, creating it (mode 0600, 256
+/// random bits) on first start. A file readable by others is refused: the
+/// token is the pool's master key.
+fn api_token(data: &Path) -> Result<String, String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let path = data.join(API_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mode = std::fs::metadata(&path)
+                .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{} is readable by others (mode {:o}); run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o777,
+                    path.display()
+                ));
+            }
+            let token = text.trim().to_string();
+            if token.len() < 16 {
+                return Err(format!(
+                    "{} holds no usable token (at least 16 characters); delete it to get a new one",
+                    path.display()
+                ));
+            }
+            Ok(token)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 32];
+            getrandom::fill(&mut bytes)
+                .map_err(|e| format!("no randomness for the API token: {e}"))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            f.write_all(format!("{token}\n").as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            tracing::info!("created the API token in {}", path.display());
+            Ok(token)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+async fn run_servers(args: &ServeArgs, engine: Arc<Engine>, token: String) -> Result<(), String> {
+    let token_value = token;
     let shutdown = CancellationToken::new();
     let nbd_listener = tokio::net::TcpListener::bind(args.nbd)
         .await
@@ -183,10 +253,13 @@ async fn run_servers(args: &ServeArgs, engine: Arc<Engine>) -> Result<(), String
     {
         let token = shutdown.clone();
         let engine = engine.clone();
+        let api_token = token_value;
         tasks.spawn(async move {
-            api::serve(api_listener, engine, async move { token.cancelled().await })
-                .await
-                .map_err(|e| format!("REST API failed: {e}"))
+            api::serve(api_listener, engine, Some(api_token), async move {
+                token.cancelled().await
+            })
+            .await
+            .map_err(|e| format!("REST API failed: {e}"))
         });
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

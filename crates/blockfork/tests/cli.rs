@@ -36,7 +36,7 @@ impl ApiServer {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                api::serve(listener, served, async {
+                api::serve(listener, served, None, async {
                     let _ = shutdown_rx.await;
                 })
                 .await
@@ -572,4 +572,167 @@ fn pool_set_is_documented() {
     for command in ["create", "start", "status", "show", "stop"] {
         assert!(help.contains(command), "{help}");
     }
+}
+
+#[test]
+fn clone_range_and_igroups() {
+    let server = ApiServer::start();
+    server.ok(&["lun", "create", "src", "--size", "4M"]);
+    server.ok(&["lun", "create", "dst", "--size", "4M"]);
+    server.fill("src", 0, 65536, 0xab);
+    server.ok(&["snapshot", "create", "src", "s"]);
+    server.fill("src", 0, 4096, 0x01);
+    let r = server.json(&[
+        "lun",
+        "clone-range",
+        "--source",
+        "src@s",
+        "--target",
+        "dst",
+        "--range",
+        "0:1M:64K",
+        "--range",
+        "4096:2M:4096",
+    ]);
+    assert_eq!(r["ranges"], 2);
+    assert_eq!(r["bytes"], 65536 + 4096);
+    let dst = server.engine.resolve("dst").unwrap();
+    let mut buf = vec![0u8; 65536];
+    server.engine.read(dst, 1 << 20, &mut buf).unwrap();
+    assert_eq!(
+        buf,
+        vec![0xab; 65536],
+        "from the snapshot, not the later write"
+    );
+    // A JSON file of ranges, with its own sources.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ranges.json");
+    std::fs::write(
+        &file,
+        r#"[{"source": "src", "source_offset": 0, "target_offset": 0, "length": 4096}]"#,
+    )
+    .unwrap();
+    let text = server.ok(&[
+        "lun",
+        "clone-range",
+        "--target",
+        "dst",
+        "--ranges-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("ranges") && text.contains("4096 bytes"),
+        "{text}"
+    );
+    let mut b = vec![0u8; 4096];
+    server.engine.read(dst, 0, &mut b).unwrap();
+    assert_eq!(b, vec![0x01; 4096]);
+    server.fails(
+        &[
+            "lun",
+            "clone-range",
+            "--target",
+            "dst",
+            "--range",
+            "0:0:4096",
+        ],
+        "--source",
+    );
+    server.fails(
+        &["lun", "clone-range", "--source", "src", "--target", "dst"],
+        "--range",
+    );
+    server.fails(
+        &[
+            "lun",
+            "clone-range",
+            "--source",
+            "src",
+            "--target",
+            "dst",
+            "--range",
+            "0:1:4096",
+        ],
+        "multiple of 4096",
+    );
+    server.fails(
+        &[
+            "lun",
+            "clone-range",
+            "--source",
+            "src",
+            "--target",
+            "dst",
+            "--range",
+            "0:0:8K",
+            "--range",
+            "0:4K:4K",
+        ],
+        "overlap",
+    );
+    std::fs::write(&file, r#"[{"offset": 1}]"#).unwrap();
+    server.fails(
+        &[
+            "lun",
+            "clone-range",
+            "--target",
+            "dst",
+            "--ranges-file",
+            file.to_str().unwrap(),
+        ],
+        "JSON list",
+    );
+    let out = server.cli(&[
+        "lun",
+        "clone-range",
+        "--source",
+        "src",
+        "--target",
+        "dst",
+        "--range",
+        "0:0",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a malformed --range is a usage error"
+    );
+
+    // igroups: create, add, remove, show, errors.
+    server.ok(&[
+        "igroup",
+        "create",
+        "g",
+        "--address",
+        "10.0.0.0/8",
+        "--cert-cn",
+        "host-a",
+    ]);
+    server.ok(&["igroup", "add", "g", "--address", "192.0.2.1"]);
+    let g = server.json(&["igroup", "show", "g"]);
+    assert_eq!(
+        g["addresses"],
+        serde_json::json!(["10.0.0.0/8", "192.0.2.1/32"])
+    );
+    server.ok(&["igroup", "remove", "g", "--cert-cn", "host-a"]);
+    server.fails(
+        &["igroup", "remove", "g", "--cert-cn", "host-a"],
+        "does not exist",
+    );
+    server.fails(
+        &["igroup", "create", "h", "--address", "10.0.0.0/99"],
+        "CIDR",
+    );
+    server.fails(
+        &["lun", "map", "src", "nope"],
+        "igroup \"nope\" does not exist",
+    );
+    server.ok(&["lun", "map", "src", "g"]);
+    assert!(server.ok(&["lun", "show", "src"]).contains("g"));
+    server.fails(&["igroup", "delete", "g"], "unmap");
+    let out = server.cli(&["igroup", "add", "g"]);
+    assert_eq!(out.status.code(), Some(2), "add needs exactly one member");
+    server.ok(&["lun", "unmap", "src", "g"]);
+    server.ok(&["igroup", "delete", "g"]);
+    assert!(server.ok(&["igroup", "list"]).contains("no igroups"));
 }

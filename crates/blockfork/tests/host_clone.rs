@@ -70,6 +70,7 @@ impl Host {
                 "BLOCKFORK_NBD",
                 format!("127.0.0.1:{}", self.server.nbd_port),
             )
+            .env("BLOCKFORK_TOKEN", self.server.token())
             .env_remove("BLOCKFORK_SERVER")
             .arg("--server")
             .arg(self.server.url());

@@ -1,23 +1,16 @@
 //! Borrowing a LUN mapping for the length of a clone (seed FIG. 4, blocks
 //! 410-415 and 445-450): when the destination LUN is not mapped to the
-//! host groups that the source LUN is mapped to (this host's), it is
-//! mapped to them for the operation, and those mappings are removed again
-//! afterwards, whether the clone worked or not.
+//! host groups (igroups) that the source LUN is mapped to (this host's),
+//! it is mapped to them for the operation, and those mappings are removed
+//! again afterwards, whether the clone worked or not.
 
-use super::super::{encode, lun_path, Client};
-use serde_json::{json, Value};
+use super::super::{encode, lun_path, parse, Client};
+use api::wire::{LunInfo, LunMap};
 
-/// Host groups a LUN is mapped to; none when the server has no access
-/// control (its LUN info has no "maps").
+/// The igroups a LUN is mapped to.
 pub fn maps_of(client: &Client, lun: &str) -> Result<Vec<String>, String> {
-    let info = client.get(&lun_path(base_lun(lun)))?;
-    Ok(match info.get("maps") {
-        Some(Value::Array(groups)) => groups
-            .iter()
-            .filter_map(|g| g.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    })
+    let info: LunInfo = parse(client.get(&lun_path(base_lun(lun)))?)?;
+    Ok(info.maps)
 }
 
 /// The LUN a `LUN@SNAPSHOT` name belongs to.
@@ -63,14 +56,13 @@ impl<'a> BorrowedMaps<'a> {
         }
         let missing = missing_groups(&maps_of(client, source)?, &maps_of(client, target)?);
         for group in missing {
-            let path = format!("{}/maps", lun_path(target));
-            client
-                .send("POST", &path, &json!({ "igroup": group }))
-                .map_err(|e| {
-                    format!(
-                        "cannot map LUN \"{target}\" to host group \"{group}\" for the clone: {e}"
-                    )
-                })?;
+            let map = LunMap {
+                lun: target.to_string(),
+                igroup: group.clone(),
+            };
+            client.send("POST", "/lun-maps", &map).map_err(|e| {
+                format!("cannot map LUN \"{target}\" to igroup \"{group}\" for the clone: {e}")
+            })?;
             borrowed.added.push(group);
         }
         Ok(borrowed)
@@ -90,8 +82,7 @@ impl<'a> BorrowedMaps<'a> {
     fn restore_all(&mut self) -> Result<(), String> {
         let mut failed = Vec::new();
         for group in std::mem::take(&mut self.added) {
-            let path = format!("{}/maps/{}", lun_path(&self.lun), encode(&group));
-            if let Err(e) = self.client.delete(&path) {
+            if let Err(e) = self.client.delete(&unmap_path(&self.lun, &group)) {
                 failed.push((group, e));
             }
         }
@@ -103,20 +94,20 @@ impl<'a> BorrowedMaps<'a> {
             self.lun,
             failed
                 .iter()
-                .map(|(g, e)| format!("host group \"{g}\": {e}"))
+                .map(|(g, e)| format!("igroup \"{g}\": {e}"))
                 .collect::<Vec<_>>()
                 .join("; "),
             failed
                 .iter()
-                .map(|(g, _)| format!(
-                    "`DELETE /api/v1/luns/{}/maps/{}`",
-                    encode(&self.lun),
-                    encode(g)
-                ))
+                .map(|(g, _)| format!("`blockfork lun unmap {} {g}`", self.lun))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))
     }
+}
+
+fn unmap_path(lun: &str, igroup: &str) -> String {
+    format!("/lun-maps?lun={}&igroup={}", encode(lun), encode(igroup))
 }
 
 impl Drop for BorrowedMaps<'_> {

@@ -52,7 +52,8 @@ pub struct Created {
 
 /// Creates `path` (which must not exist) with `size` bytes of written
 /// blocks, durable (fsync), and with `mode` permissions. `progress` hears
-/// how many zero bytes were written so far.
+/// how many zero bytes were written so far. On failure the file is gone
+/// again.
 pub fn create(
     path: &Path,
     size: u64,
@@ -60,7 +61,6 @@ pub fn create(
     signals: &SignalsHeld,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Created, String> {
-    let what = path.display();
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -69,10 +69,27 @@ pub fn create(
         .open(path)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::AlreadyExists => {
-                format!("{what} exists already; blockfork never overwrites a file with a clone")
+                format!(
+                    "{} exists already; blockfork never overwrites a file with a clone",
+                    path.display()
+                )
             }
-            _ => format!("cannot create {what}: {e}"),
+            _ => format!("cannot create {}: {e}", path.display()),
         })?;
+    fill(file, path, size, signals, progress).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
+}
+
+/// Gives the new, empty `file` its written blocks.
+fn fill(
+    file: File,
+    path: &Path,
+    size: u64,
+    signals: &SignalsHeld,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Created, String> {
+    let what = path.display();
     if size == 0 {
         return Ok(Created {
             file,

@@ -16,6 +16,7 @@ mod source;
 mod tool;
 
 use super::{format_size, lun_path, parse_size, Align, Client, Out, OutputFormat};
+use api::wire::{CloneRange as WireRange, CloneRanges};
 use attach::{Attachment, Location, LocationOverride, Via};
 use mapping::CloneRange;
 use serde::Serialize;
@@ -29,8 +30,8 @@ use std::time::Instant;
 
 /// Most clones one `file-clone --count` makes.
 const CLONES_MAX: u32 = 10_000;
-/// Most ranges one range-clone request carries (JSON of ~100 bytes each).
-const RANGES_PER_CALL_MAX: usize = 100_000;
+/// Most ranges one range-clone request carries: the server's limit.
+const RANGES_PER_CALL_MAX: usize = engine::RANGES_PER_CALL_MAX;
 /// What `--count` replaces in the destination name.
 const COUNT_PLACEHOLDER: &str = "{}";
 
@@ -256,15 +257,6 @@ fn destinations(
     Ok((1..=count)
         .map(|n| PathBuf::from(destination.replace(COUNT_PLACEHOLDER, &n.to_string())))
         .collect())
-}
-
-/// One range as the server's range clone takes it.
-#[derive(Serialize)]
-struct RangeRequest<'a> {
-    source: &'a str,
-    source_offset: u64,
-    target_offset: u64,
-    length: u64,
 }
 
 /// One destination, for the output.
@@ -577,17 +569,10 @@ fn clone_into(
             paths.len()
         ));
         let base = i as u64 * size;
-        // Recorded before creating, so that a failure halfway removes it.
-        created.paths.push(path.clone());
         let made = destination::create(path, size, mode, signals, &mut |n| {
             bar.set_position(base + n)
-        })
-        .map_err(|e| {
-            if e.contains("exists already") {
-                created.paths.pop();
-            }
-            e
         })?;
+        created.paths.push(path.clone());
         bar.set_position(base + size);
         // FIG. 4 block 430: the destination's extents as LUN ranges.
         let extents = fiemap::extents(&made.file, true).map_err(|e| {
@@ -636,24 +621,24 @@ fn clone_into(
     if dst_loc.device != src_loc.device {
         cache::flush_device(&dst_loc.device)?;
     }
-    let body = json!({
-        "ranges": all.iter().map(|r| RangeRequest {
-            source: &src_loc.lun,
-            source_offset: r.source_offset,
-            target_offset: r.target_offset,
-            length: r.length,
-        }).collect::<Vec<_>>(),
-    });
+    let body = CloneRanges {
+        target: dst_loc.lun.clone(),
+        ranges: all
+            .iter()
+            .map(|r| WireRange {
+                source: src_loc.lun.clone(),
+                source_offset: r.source_offset,
+                target_offset: r.target_offset,
+                length: r.length,
+            })
+            .collect(),
+    };
     // An empty file has no blocks to share: creating it was the clone.
     let reply = if all.is_empty() {
         Value::Null
     } else {
         client
-            .send(
-                "POST",
-                &format!("{}/clone-range", lun_path(&dst_loc.lun)),
-                &body,
-            )
+            .send("POST", "/clone-range", &body)
             .map_err(|e| format!("the server refused the range clone: {e}; nothing was cloned"))?
     };
     check_still(src_file, lease, before, &src_name)?;

@@ -35,8 +35,16 @@ impl Server {
         Server::start_with(dir, &["--capacity", capacity])
     }
 
-    /// Starts `blockfork serve` on `dir` with extra arguments.
+    /// Starts `blockfork serve` on `dir` with extra arguments, in an open
+    /// pool (every unmapped LUN visible to every client).
     pub fn start_with(dir: &Path, extra: &[&str]) -> Server {
+        let mut args = vec!["--open"];
+        args.extend_from_slice(extra);
+        Server::start_raw(dir, &args)
+    }
+
+    /// Starts `blockfork serve` on `dir` with exactly these extra arguments.
+    pub fn start_raw(dir: &Path, extra: &[&str]) -> Server {
         let (nbd_port, api_port) = (free_port(), free_port());
         let log = dir.with_extension(format!("log-{nbd_port}"));
         let child = Command::new(BIN)
@@ -91,12 +99,27 @@ impl Server {
         format!("nbd://127.0.0.1:{}/{}", self.nbd_port, export)
     }
 
-    /// Runs the CLI against this server.
+    /// Runs the CLI against this server (with its token, read from the
+    /// data directory as the CLI does by default).
     pub fn cli(&self, args: &[&str]) -> Output {
         run(
-            Command::new(BIN).arg("--server").arg(self.url()).args(args),
+            Command::new(BIN)
+                .arg("--server")
+                .arg(self.url())
+                .arg("--data")
+                .arg(&self.dir)
+                .env_remove("BLOCKFORK_TOKEN")
+                .args(args),
             60,
         )
+    }
+
+    /// The API token `serve` created in the data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.join("api-token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Runs the CLI and insists it succeeds; returns stdout.
