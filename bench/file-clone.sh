@@ -35,7 +35,7 @@ rm -rf "$work"; mkdir -p "$work"
 lun_gib=$((max_gib * 3 + 2))
 nbd_port=$(free_port); api_port=$(free_port); api="http://127.0.0.1:$api_port"
 "$bin" serve --data "$work/pool" --capacity "$((lun_gib * 2 + 4))G" \
-    --nbd "127.0.0.1:$nbd_port" --api "127.0.0.1:$api_port" --log warn 2>"$work/serve.log" &
+    --nbd "127.0.0.1:$nbd_port" --api "127.0.0.1:$api_port" --open --log warn 2>"$work/serve.log" &
 server_pid=$!
 for _ in $(seq 100); do curl -s "$api/api/v1/pool" >/dev/null 2>&1 && break; sleep 0.1; done
 bf() { "$bin" --server "$api" --data "$work/pool" "$@"; }

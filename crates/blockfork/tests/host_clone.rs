@@ -637,3 +637,116 @@ fn attach_and_detach() {
     drop(snapshot);
     drop(attached);
 }
+
+/// A LUN's igroups, from the API.
+fn maps(host: &Host, lun: &str) -> Vec<String> {
+    host.json(&["lun", "show", lun])["maps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// From one LUN into another that is mapped to another igroup: the
+/// destination is mapped to the source's igroup for the operation and
+/// unmapped afterwards, when the clone works and when the server refuses
+/// it. Also from a snapshot, attached read-only.
+#[test]
+fn cross_lun_clone_borrows_the_mapping() {
+    if !can_attach() {
+        return;
+    }
+    let host = Host::start();
+    for lun in ["src", "dst"] {
+        host.ok(&["lun", "create", lun, "--size", LUN_SIZE]);
+    }
+    // Both igroups hold this host; the destination's is another group (a
+    // wider one, as a cluster's would be).
+    host.ok(&["igroup", "create", "here", "--address", "127.0.0.1"]);
+    host.ok(&["igroup", "create", "cluster", "--address", "127.0.0.0/8"]);
+    host.ok(&["lun", "map", "src", "here"]);
+    host.ok(&["lun", "map", "dst", "cluster"]);
+    let src_lun = host.attach("src", &[]);
+    let dst_lun = host.attach("dst", &[]);
+    let base = host.state.with_extension("mnt");
+    let src_fs = Mounted::new(&src_lun.device, "ext4", &base.join("src"));
+    let dst_fs = Mounted::new(&dst_lun.device, "xfs", &base.join("dst"));
+
+    let data = pattern(5 << 20, 11);
+    let source = src_fs.path("disk.img");
+    write_fragmented(&source, &data);
+    let clone = dst_fs.path("disk.img");
+    let report = host.json(&[
+        "host",
+        "file-clone",
+        source.to_str().unwrap(),
+        clone.to_str().unwrap(),
+    ]);
+    assert_eq!(report["source"]["lun"], "src");
+    assert_eq!(report["target_lun"], "dst");
+    assert_eq!(report["borrowed_host_groups"], serde_json::json!(["here"]));
+    assert_eq!(maps(&host, "dst"), vec!["cluster"]);
+    assert_eq!(maps(&host, "src"), vec!["here"]);
+    assert!(read_uncached(&clone) == data);
+    // Independent: writing the clone leaves the source as it was.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&clone)
+        .unwrap()
+        .write_all_at(&[0xAB; 4096], 0)
+        .unwrap();
+    assert!(read_uncached(&source) == data);
+
+    // The server refuses ranges past the destination LUN's end (placed
+    // there by a wrong --dest-device-offset): the mapping is restored and
+    // the destination removed all the same.
+    let refused = dst_fs.path("refused.img");
+    host.fails(
+        &[
+            "host",
+            "file-clone",
+            source.to_str().unwrap(),
+            refused.to_str().unwrap(),
+            "--dest-device-offset",
+            "1T",
+        ],
+        "the server refused the range clone",
+    );
+    assert!(!refused.exists());
+    assert_eq!(maps(&host, "dst"), vec!["cluster"]);
+
+    // From a snapshot of the source LUN, mounted read-only.
+    common::tool_ok("sync", &[]);
+    host.ok(&["snapshot", "create", "src", "s1"]);
+    let snap_lun = host.attach("src@s1", &[]);
+    let snap_dir = base.join("snap");
+    std::fs::create_dir_all(&snap_dir).unwrap();
+    common::tool_ok(
+        "mount",
+        &[
+            "-o",
+            "ro,noload",
+            &snap_lun.device,
+            snap_dir.to_str().unwrap(),
+        ],
+    );
+    let snap_fs = Mounted { dir: snap_dir };
+    let from_snapshot = dst_fs.path("from-snapshot.img");
+    let report = host.json(&[
+        "host",
+        "file-clone",
+        snap_fs.path("disk.img").to_str().unwrap(),
+        from_snapshot.to_str().unwrap(),
+    ]);
+    assert_eq!(report["source"]["lun"], "src@s1");
+    assert!(read_uncached(&from_snapshot) == data);
+    assert_eq!(maps(&host, "dst"), vec!["cluster"]);
+
+    drop(snap_fs);
+    drop(snap_lun);
+    drop(dst_fs);
+    drop(src_fs);
+    drop(dst_lun);
+    drop(src_lun);
+}
