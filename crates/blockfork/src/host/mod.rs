@@ -680,6 +680,47 @@ fn check_still(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// The same shape as main.rs gives the commands.
+    #[derive(clap::Parser, Debug)]
+    #[command(name = "blockfork")]
+    struct TestCli {
+        #[command(flatten)]
+        global: super::super::GlobalOpts,
+        #[command(subcommand)]
+        command: super::super::Command,
+    }
+
+    #[test]
+    fn vocabulary() {
+        let parse = |line: &str| TestCli::try_parse_from(line.split_whitespace());
+        for line in [
+            "blockfork host attach vol0/db",
+            "blockfork host attach vol0/db@nightly --nbd 10.0.0.5:10809 --via fuse-loop --buffered",
+            "blockfork host attach vol0/db --via kernel-nbd",
+            "blockfork host detach /dev/loop3",
+            "blockfork host detach vol0/db /dev/loop4",
+            "blockfork host list",
+            "blockfork --output json host list",
+            "blockfork host file-clone /mnt/a.img /mnt/b.img",
+            "blockfork host file-clone /mnt/a.img /mnt/vm-{}.img --count 100",
+            "blockfork host file-clone /mnt/a /mnt/b --lun vol0 --device-offset 1M",
+            "blockfork host file-clone /mnt/a /x/b --dest-lun vol1 --dest-device-offset 2048",
+        ] {
+            parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        }
+        for line in [
+            "blockfork host attach",
+            "blockfork host detach",
+            "blockfork host attach vol0 --via carrier-pigeon",
+            "blockfork host file-clone /mnt/a",
+            "blockfork host file-clone /mnt/a /mnt/b --count x",
+            "blockfork host file-clone /mnt/a /mnt/b --device-offset 1X",
+        ] {
+            assert!(parse(line).is_err(), "{line}");
+        }
+    }
 
     #[test]
     fn destination_names() {
