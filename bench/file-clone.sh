@@ -96,7 +96,9 @@ run_lun_fs() { # NAME MKFS MOUNT_OPTIONS
         cmp "$mnt/src-$g" "$mnt/clone-$g"
         rm -f "$mnt/cp-$g" "$mnt/clone-$g" "$mnt/src-$g"
         # Free the LUN's blocks of the removed files, or the next clone's
-        # destination lands on old data and the pool seems to shrink.
+        # destination lands on old data and the pool seems to shrink. The
+        # sync first: blocks are free for fstrim once the journal says so.
+        sync
         fstrim "$mnt"
     done
     umount "$mnt"; mounts=("${mounts[@]/$mnt}")
