@@ -223,6 +223,10 @@ fn attach_fuse_loop(
     let fuse_dir = dir.join("fuse").join(id.to_string());
     std::fs::create_dir_all(&fuse_dir)
         .map_err(|e| format!("cannot create {}: {e}", fuse_dir.display()))?;
+    // The kernel shows the loop device's file, and the mount table the
+    // mount point, as absolute paths; the registry must say the same.
+    let fuse_dir = std::fs::canonicalize(&fuse_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", fuse_dir.display()))?;
     let fuse_file = fuse_dir.join(FUSE_FILE_NAME);
     let pid_file = dir.join("fuse").join(format!("{id}.pid"));
     let log_path = dir.join("fuse").join(format!("{id}.log"));

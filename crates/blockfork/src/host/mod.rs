@@ -113,6 +113,13 @@ struct FileCloneArgs {
 /// Runs one `blockfork host` command.
 pub(super) fn run(client: &Client, out: Out, args: HostArgs) -> Result<(), String> {
     let state = attach::state_dir();
+    // Attaching and detaching start and stop processes and devices: a
+    // Ctrl-C halfway would leave them unrecorded (file-clone holds the
+    // signals itself, polling them).
+    let _signals = match args.command {
+        HostCommand::Attach { .. } | HostCommand::Detach { .. } => Some(SignalsHeld::hold()),
+        _ => None,
+    };
     match args.command {
         HostCommand::Attach {
             lun,
