@@ -79,6 +79,18 @@ enum HostCommand {
     /// Clone a file of a file system on an attached LUN without copying
     /// its bytes: the server shares the file's blocks with a new file's
     /// blocks. SRC and DST may be on the same LUN or on two.
+    ///
+    /// DST is created at SRC's size with written blocks of its own, its
+    /// extents are mapped onto SRC's, and one range-clone call shares the
+    /// blocks; nothing is left behind when anything fails. Refused: files
+    /// with holes, inline or preallocated (unwritten) extents, encrypted or
+    /// compressed files, and files open for writing or changed meanwhile.
+    /// Where the destination file system cannot make written blocks
+    /// without data, zeros are written first (ext4 mounted with -o
+    /// dioread_lock and a raised extent_max_zeroout_kb does not need them).
+    /// If DST's LUN is not mapped to SRC's igroups, it is mapped to them for
+    /// the operation and unmapped afterwards. The registry of attached LUNs
+    /// is in $BLOCKFORK_HOST_STATE (default /run/blockfork).
     FileClone(FileCloneArgs),
 }
 
