@@ -195,7 +195,9 @@ fn write_out(
         let mut at = start;
         while at < end {
             if signals.interrupted() {
-                return Err("interrupted".into());
+                return Err(format!(
+                    "interrupted while writing {what}; nothing was cloned"
+                ));
             }
             let n = (end - at).min(ZERO_CHUNK_BYTES as u64);
             // O_DIRECT wants whole blocks, and must not write past the end

@@ -322,9 +322,24 @@ fn progress_bar() -> indicatif::ProgressBar {
 }
 
 fn file_clone(client: &Client, out: Out, args: FileCloneArgs) -> Result<(), String> {
-    let started = Instant::now();
     // Before any thread starts, so that every thread holds them back.
     let signals = SignalsHeld::hold();
+    let result = file_clone_held(client, out, args, &signals);
+    if let (Err(e), true) = (&result, signals.interrupted()) {
+        // The held signal ends the process as soon as it is let through,
+        // before the caller could print this.
+        eprintln!("error: {e}");
+    }
+    result
+}
+
+fn file_clone_held(
+    client: &Client,
+    out: Out,
+    args: FileCloneArgs,
+    signals: &SignalsHeld,
+) -> Result<(), String> {
+    let started = Instant::now();
     let bar = progress_bar();
     let state = attach::state_dir();
     let src_name = args.source.display().to_string();
@@ -411,7 +426,7 @@ fn file_clone(client: &Client, out: Out, args: FileCloneArgs) -> Result<(), Stri
     let borrowed = access::BorrowedMaps::borrow(client, &src_loc.lun, &dst_loc.lun)?;
     let result = clone_into(
         client,
-        &signals,
+        signals,
         &bar,
         &args,
         &src_file,
