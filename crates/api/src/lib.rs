@@ -57,6 +57,7 @@ mod luns;
 mod pool;
 mod settings;
 mod snapshots;
+pub mod tls;
 pub mod wire;
 
 pub use clones::CLONES_PER_REQUEST_MAX;
@@ -301,6 +302,20 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!(%addr, "REST API listening");
     }
+    axum::serve(listener, router_with_token(engine, token))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Like [`serve`], over HTTPS with `config` (rustls).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: tokio_rustls::rustls::ServerConfig,
+    engine: Arc<Engine>,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tls::TlsListener::new(listener, config)?;
     axum::serve(listener, router_with_token(engine, token))
         .with_graceful_shutdown(shutdown)
         .await

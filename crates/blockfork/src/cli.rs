@@ -74,6 +74,10 @@ pub struct GlobalOpts {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// CA certificate (PEM) to trust for an https:// --server, such as a
+    /// self-signed certificate given to `serve --tls-cert --api-tls`.
+    #[arg(long, global = true, env = "BLOCKFORK_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// The token to send: --token or BLOCKFORK_TOKEN, else DATA/api-token when
@@ -446,7 +450,7 @@ pub enum JobCommand {
 /// Runs one client command; errors go to stderr as one sentence, exit 1.
 pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
     let token = resolve_token(global);
-    let result = Client::new(&global.server, token).and_then(|client| {
+    let result = Client::new(&global.server, token, global.ca_cert.as_deref()).and_then(|client| {
         let out = Out {
             format: global.output,
         };
@@ -1464,14 +1468,38 @@ struct Client {
 }
 
 impl Client {
-    fn new(server: &str, token: Option<String>) -> Result<Client, String> {
+    fn new(server: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Client, String> {
         let trimmed = server.trim_end_matches('/');
-        if !trimmed.starts_with("http://") || trimmed.len() == "http://".len() {
+        let scheme = ["http://", "https://"]
+            .into_iter()
+            .find(|s| trimmed.starts_with(s) && trimmed.len() > s.len());
+        if scheme.is_none() {
             return Err(format!(
-                "--server must be an http:// URL like http://127.0.0.1:8080, got {server:?}"
+                "--server must be an http:// or https:// URL like http://127.0.0.1:8080, got {server:?}"
             ));
         }
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("--ca-cert {} is not PEM: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "--ca-cert {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
+        }
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
             .timeout_global(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))

@@ -30,7 +30,7 @@ fn identity(client: &ClientInfo) -> ClientIdentity {
                 .map(|p| p.ip())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         ),
-        cert_cn: None,
+        cert_cn: client.cert_cn.clone(),
     }
 }
 

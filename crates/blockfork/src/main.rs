@@ -58,6 +58,24 @@ struct ServeArgs {
     /// FUA always commit at once).
     #[arg(long, default_value_t = 20)]
     commit_interval_ms: u64,
+    /// TLS for NBD (NBD_OPT_STARTTLS): the server's certificate chain, PEM.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM); its subject CN
+    /// is what `igroup ... --cert-cn` matches.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Refuse NBD clients that do not start TLS (TCP only; the unix socket
+    /// stays plain, guarded by its file permissions).
+    #[arg(long, requires = "tls_cert")]
+    tls_required: bool,
+    /// Serve the REST API over HTTPS with --tls-cert and --tls-key (the CLI
+    /// then takes --server https://... and --ca-cert).
+    #[arg(long, requires = "tls_cert")]
+    api_tls: bool,
     /// Create a new pool *open*: LUNs without maps are visible to every NBD
     /// client (convenient on one machine). Without it a new pool is closed:
     /// a LUN is visible only to the igroups it is mapped to. An existing
@@ -140,7 +158,7 @@ fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
         "access CLOSED: a LUN is visible only to the igroups it is mapped to"
     };
     tracing::info!(
-        "blockfork {} serving the pool in {} ({}; capacity {} bytes, {} used, {} LUNs): NBD on {}, REST API on http://{} (bearer token in {}); {access}",
+        "blockfork {} serving the pool in {} ({}; capacity {} bytes, {} used, {} LUNs): NBD on {}, REST API on {}://{} (bearer token in {}); {access}",
         env!("CARGO_PKG_VERSION"),
         data.display(),
         if existing { "existing pool" } else { "new pool" },
@@ -148,6 +166,7 @@ fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
         status.used_bytes,
         status.luns,
         args.nbd,
+        if args.api_tls { "https" } else { "http" },
         args.api,
         data.join(API_TOKEN_FILE).display(),
     );
@@ -229,7 +248,22 @@ async fn run_servers(args: &ServeArgs, engine: Arc<Engine>, token: String) -> Re
         .await
         .map_err(|e| format!("cannot listen for the REST API on {}: {e}", args.api))?;
     let backend: Arc<dyn nbd::Backend> = Arc::new(export::EngineBackend::new(engine.clone()));
-    let nbd_server = nbd::Server::new(backend);
+    let unix_server = nbd::Server::new(backend.clone());
+    let mut nbd_server = nbd::Server::new(backend);
+    let mut api_tls = None;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let settings = nbd::tls::load(cert, key, args.tls_client_ca.as_deref(), args.tls_required)?;
+        nbd_server = nbd_server.with_tls(settings);
+        tracing::info!(
+            required = args.tls_required,
+            client_certificates = args.tls_client_ca.is_some(),
+            "NBD TLS enabled"
+        );
+        if args.api_tls {
+            let config = nbd::tls::load_config(cert, key, None)?;
+            api_tls = Some(Arc::unwrap_or_clone(config));
+        }
+    }
     let mut tasks = tokio::task::JoinSet::new();
     {
         let server = nbd_server.clone();
@@ -243,7 +277,7 @@ async fn run_servers(args: &ServeArgs, engine: Arc<Engine>, token: String) -> Re
         let _ = std::fs::remove_file(path);
         let listener = tokio::net::UnixListener::bind(path)
             .map_err(|e| format!("cannot listen for NBD on {}: {e}", path.display()))?;
-        let server = nbd_server.clone();
+        let server = unix_server.clone();
         let token = shutdown.clone();
         tasks.spawn(async move {
             server.serve(listener, token).await;
@@ -255,10 +289,13 @@ async fn run_servers(args: &ServeArgs, engine: Arc<Engine>, token: String) -> Re
         let engine = engine.clone();
         let api_token = token_value;
         tasks.spawn(async move {
-            api::serve(api_listener, engine, Some(api_token), async move {
-                token.cancelled().await
-            })
-            .await
+            let stop = async move { token.cancelled().await };
+            match api_tls {
+                None => api::serve(api_listener, engine, Some(api_token), stop).await,
+                Some(config) => {
+                    api::serve_tls(api_listener, config, engine, Some(api_token), stop).await
+                }
+            }
             .map_err(|e| format!("REST API failed: {e}"))
         });
     }

@@ -5,10 +5,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Who is connecting; access control (host groups) decides on this.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientInfo {
     /// Peer address for TCP clients; `None` for unix-socket clients.
     pub peer: Option<SocketAddr>,
+    /// Whether the session runs over TLS (after NBD_OPT_STARTTLS). The
+    /// server sets it; every backend call after the upgrade sees `true`.
+    pub tls: bool,
+    /// Subject common name of the client's certificate, when TLS verified
+    /// one (a client CA is configured). Only set together with `tls`.
+    pub cert_cn: Option<String>,
+}
+
+impl ClientInfo {
+    /// A TCP client before any TLS.
+    pub fn tcp(peer: SocketAddr) -> ClientInfo {
+        ClientInfo {
+            peer: Some(peer),
+            ..ClientInfo::default()
+        }
+    }
+
+    /// A unix-socket client before any TLS.
+    pub fn unix() -> ClientInfo {
+        ClientInfo::default()
+    }
 }
 
 /// One entry of NBD_OPT_LIST.

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
-use tracing::debug;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tracing::{debug, info, warn};
 
 use crate::backend::{Backend, ClientInfo, Export, OpenError};
 use crate::proto::*;
+use crate::tls::{TlsSettings, Transport};
 use crate::wire;
 use crate::ConnError;
 
@@ -55,12 +55,18 @@ pub(crate) fn transmission_flags(read_only: bool) -> u16 {
 }
 
 /// Runs the handshake. `Ok(None)` means the session ended cleanly without
-/// entering transmission (ABORT, or server shutdown).
+/// entering transmission (ABORT). Cancel-safe: the caller drops it on
+/// server shutdown and at the handshake time limit.
+///
+/// With `tls`, NBD_OPT_STARTTLS upgrades `stream` in place and the option
+/// loop goes on over TLS, with the negotiation so far forgotten (the spec
+/// forbids carrying plain-text state into the TLS session); `client` then
+/// says `tls` and carries the certificate's CN for the backend.
 pub(crate) async fn negotiate<S>(
-    stream: &mut S,
+    stream: &mut BufReader<Transport<S>>,
     backend: &Arc<dyn Backend>,
-    client: &ClientInfo,
-    shutdown: &CancellationToken,
+    client: &mut ClientInfo,
+    tls: Option<&TlsSettings>,
 ) -> Result<Option<Negotiated>, ConnError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -77,16 +83,11 @@ where
         no_zeroes: flags.no_zeroes,
         ..State::default()
     };
+    let tls_required = tls.is_some_and(TlsSettings::required);
 
     loop {
         let mut raw = [0u8; 16];
-        // Waiting for the next option is the one place a client can idle
-        // forever, so that is where shutdown is observed.
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(None),
-            r = stream.read_exact(&mut raw) => { r?; }
-        }
+        stream.read_exact(&mut raw).await?;
         let header = wire::parse_option_header(&raw)?;
         if header.length > OPTION_BYTES_MAX {
             if header.option != OPT_EXPORT_NAME {
@@ -100,24 +101,54 @@ where
         }
         let mut data = vec![0u8; header.length as usize];
         stream.read_exact(&mut data).await?;
+        let tls_active = stream.get_ref().is_tls();
 
         let step = match header.option {
-            OPT_EXPORT_NAME => export_name(stream, backend, client, &state, &data).await?,
             OPT_ABORT => {
                 // Data is to be ignored; the client may already be gone, so a
                 // failed ACK is not an error.
                 let _ = reply(stream, OPT_ABORT, REP_ACK, &[]).await;
                 Step::Close
             }
-            OPT_LIST => list(stream, backend, client, &data).await?,
-            OPT_STARTTLS => {
-                // TLS goes here: ACK, wrap the stream, reset `state` (the spec
-                // forbids keeping pre-TLS negotiation). Until then we run in
+            OPT_STARTTLS => match tls {
                 // NOTLS mode, where POLICY is the permitted answer.
-                let msg = b"TLS is not enabled on this server";
-                reply(stream, OPT_STARTTLS, REP_ERR_POLICY, msg).await?;
+                None => {
+                    let msg = b"TLS is not enabled on this server";
+                    reply(stream, OPT_STARTTLS, REP_ERR_POLICY, msg).await?;
+                    Step::Continue
+                }
+                Some(_) if tls_active => {
+                    let msg = b"TLS is already active";
+                    reply(stream, OPT_STARTTLS, REP_ERR_INVALID, msg).await?;
+                    Step::Continue
+                }
+                Some(_) if !data.is_empty() => {
+                    let msg = b"STARTTLS takes no data";
+                    reply(stream, OPT_STARTTLS, REP_ERR_INVALID, msg).await?;
+                    Step::Continue
+                }
+                Some(settings) => {
+                    start_tls(stream, settings, client).await?;
+                    // Nothing negotiated in plain text may carry over.
+                    state.structured = false;
+                    state.meta_for = None;
+                    Step::Continue
+                }
+            },
+            // FORCEDTLS: nothing but STARTTLS and ABORT before TLS. EXPORT_NAME
+            // has no error reply, so the spec has the session end instead.
+            OPT_EXPORT_NAME if tls_required && !tls_active => {
+                return Err(ConnError::Refused(
+                    "NBD_OPT_EXPORT_NAME before STARTTLS; this server requires TLS".to_string(),
+                ));
+            }
+            option if tls_required && !tls_active => {
+                let msg = b"this server requires TLS: send NBD_OPT_STARTTLS first";
+                reply(stream, option, REP_ERR_TLS_REQD, msg).await?;
                 Step::Continue
             }
+            OPT_EXPORT_NAME => export_name(stream, backend, client, &state, &data).await?,
+            OPT_LIST => list(stream, backend, client, &data).await?,
             OPT_INFO | OPT_GO => {
                 info_or_go(stream, backend, client, &state, header.option, &data).await?
             }
@@ -145,6 +176,48 @@ where
             Step::Close => return Ok(None),
             Step::Transmit(n) => return Ok(Some(n)),
         }
+    }
+}
+
+/// Acknowledges STARTTLS and runs the TLS handshake on the connection.
+async fn start_tls<S>(
+    stream: &mut BufReader<Transport<S>>,
+    settings: &TlsSettings,
+    client: &mut ClientInfo,
+) -> Result<(), ConnError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // A client must wait for the ACK before it says anything more. Bytes
+    // already buffered were sent in plain text before that; feeding them to
+    // the TLS session would let whoever injected them speak inside it.
+    if !stream.buffer().is_empty() {
+        return Err(ConnError::Protocol(format!(
+            "{} bytes sent behind NBD_OPT_STARTTLS before its reply",
+            stream.buffer().len()
+        )));
+    }
+    reply(stream, OPT_STARTTLS, REP_ACK, &[]).await?;
+    let peer = peer_name(client);
+    match stream.get_mut().start_tls(settings.acceptor()).await {
+        Ok(cert_cn) => {
+            info!(%peer, cert_cn = cert_cn.as_deref().unwrap_or("-"), "nbd TLS established");
+            client.tls = true;
+            client.cert_cn = cert_cn;
+            Ok(())
+        }
+        Err(e) => {
+            warn!(%peer, error = %e, "nbd TLS handshake failed");
+            Err(ConnError::Tls(e))
+        }
+    }
+}
+
+/// How a client is named in logs.
+pub(crate) fn peer_name(client: &ClientInfo) -> String {
+    match client.peer {
+        Some(addr) => addr.to_string(),
+        None => "unix".to_string(),
     }
 }
 

@@ -16,17 +16,26 @@
 //! Limits are in [`proto`] (`REQUEST_BYTES_MAX`, `REQUESTS_IN_FLIGHT_MAX`,
 //! ...). A WRITE larger than `REQUEST_BYTES_MAX` gets an error reply and the
 //! connection is closed without reading its payload; every other bad
-//! request gets an error reply and the connection goes on.
+//! request gets an error reply and the connection goes on. Connections are
+//! capped per client address and in total, and the handshake has a time
+//! limit; [`Server`]'s builder methods change the defaults.
+//!
+//! TLS (NBD_OPT_STARTTLS, optionally required, optionally with client
+//! certificates) is turned on with [`Server::with_tls`]; see [`tls`].
 
+mod admission;
 pub mod backend;
 mod handshake;
+mod payload;
 pub mod proto;
 mod server;
+pub mod tls;
 mod transmission;
 pub mod wire;
 
 pub use backend::*;
 pub use server::{serve, serve_unix, Listener, Server};
+pub use tls::TlsSettings;
 /// Re-exported so callers need not depend on tokio-util themselves.
 pub use tokio_util::sync::CancellationToken;
 
@@ -42,6 +51,13 @@ pub(crate) enum ConnError {
     /// no error reply, so the session ends.
     #[error("export refused: {0}")]
     Refused(String),
+    /// The TLS handshake after NBD_OPT_STARTTLS failed (bad or missing
+    /// client certificate, no common cipher, ...); already logged.
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    /// The client did not finish option haggling in time.
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
 }
 
 impl From<wire::WireError> for ConnError {

@@ -16,6 +16,11 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
 /// once. Without this, 64 requests of 32 MiB would pin 2 GiB per client.
 /// Must be at least REQUEST_BYTES_MAX or a maximal request could never start.
 pub const REQUEST_BYTES_IN_FLIGHT_MAX: u32 = 128 * 1024 * 1024;
+/// Payload bytes a connection keeps between requests for reuse (see
+/// `payload.rs`). qemu keeps at most 16 requests in flight per connection,
+/// so this holds its working set at 1 MiB each; bigger or more buffers are
+/// freed after use.
+pub const POOLED_PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 /// Requests up to this size run inline on the async runtime; bigger ones (and
 /// every FLUSH or FUA request) go to the blocking pool so a slow backend call
 /// cannot stall the runtime's worker threads for long.
@@ -33,6 +38,20 @@ pub const EXTENTS_PER_REPLY_MAX: usize = 1 << 20;
 /// How long `serve` waits after shutdown for open connections to finish
 /// their in-flight requests before aborting them.
 pub const SHUTDOWN_DRAIN_SECS_MAX: u64 = 10;
+/// Connections one TCP client address may hold at once. nbdcopy opens 4,
+/// qemu 1 per disk (more with multi-conn); 32 leaves room for several
+/// clients behind one address, and stops one host from taking every slot.
+/// Unix-socket clients have no address and are exempt (they are local and
+/// gated by the socket file's permissions); they count toward the total.
+pub const CONNECTIONS_PER_ADDRESS_MAX: usize = 32;
+/// Connections the server holds at once, over all listeners. Each one is a
+/// file descriptor, a task and buffers; past this, new ones are closed
+/// right after accept and existing ones go on.
+pub const CONNECTIONS_MAX: usize = 1024;
+/// Time from accept to the end of option haggling, the TLS handshake
+/// included. A client that connects and never finishes would otherwise
+/// hold a connection slot forever.
+pub const HANDSHAKE_SECS_MAX: u64 = 30;
 
 /// Block sizes advertised in NBD_INFO_BLOCK_SIZE: any alignment works (the
 /// backend is byte-addressed), 4 KiB is efficient.
@@ -71,6 +90,7 @@ pub const REP_META_CONTEXT: u32 = 4;
 pub const REP_ERR_UNSUP: u32 = (1 << 31) + 1;
 pub const REP_ERR_POLICY: u32 = (1 << 31) + 2;
 pub const REP_ERR_INVALID: u32 = (1 << 31) + 3;
+pub const REP_ERR_TLS_REQD: u32 = (1 << 31) + 5;
 pub const REP_ERR_UNKNOWN: u32 = (1 << 31) + 6;
 pub const REP_ERR_SHUTDOWN: u32 = (1 << 31) + 7;
 pub const REP_ERR_TOO_BIG: u32 = (1 << 31) + 9;

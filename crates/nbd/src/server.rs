@@ -5,18 +5,24 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, Limits};
 use crate::backend::{Backend, ClientInfo};
-use crate::proto::SHUTDOWN_DRAIN_SECS_MAX;
+use crate::proto::{
+    CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX, HANDSHAKE_SECS_MAX, SHUTDOWN_DRAIN_SECS_MAX,
+};
+use crate::tls::{TlsSettings, Transport};
 use crate::{handshake, transmission, ConnError};
 
 /// Something that hands out client connections: TCP and unix sockets here,
-/// anything else (a TLS acceptor, a test harness) by implementing it.
+/// anything else (a test harness, a socket-activation wrapper) by
+/// implementing it. TLS is not a listener's business: it starts inside the
+/// NBD handshake (NBD_OPT_STARTTLS), see [`Server::with_tls`].
 pub trait Listener: Send {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Must be cancel-safe: `serve` drops it when shutdown starts.
@@ -33,7 +39,7 @@ impl Listener for TcpListener {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        Ok((stream, ClientInfo { peer: Some(peer) }))
+        Ok((stream, ClientInfo::tcp(peer)))
     }
 }
 
@@ -41,15 +47,22 @@ impl Listener for UnixListener {
     type Stream = UnixStream;
     async fn accept(&mut self) -> io::Result<(UnixStream, ClientInfo)> {
         let (stream, _) = UnixListener::accept(self).await?;
-        Ok((stream, ClientInfo { peer: None }))
+        Ok((stream, ClientInfo::unix()))
     }
 }
 
-/// An NBD server over a backend. Cheap to clone; clones share the backend.
+/// An NBD server over a backend. Cheap to clone; clones share the backend
+/// and the connection counts, so the connection limits hold over every
+/// listener served by one server and its clones. Builder methods change
+/// the value they are called on (and clones made from it afterwards).
 #[derive(Clone)]
 pub struct Server {
     backend: Arc<dyn Backend>,
     drain: Duration,
+    handshake_timeout: Duration,
+    limits: Limits,
+    admission: Admission,
+    tls: Option<TlsSettings>,
 }
 
 impl Server {
@@ -57,7 +70,48 @@ impl Server {
         Server {
             backend,
             drain: Duration::from_secs(SHUTDOWN_DRAIN_SECS_MAX),
+            handshake_timeout: Duration::from_secs(HANDSHAKE_SECS_MAX),
+            limits: Limits {
+                per_address_max: CONNECTIONS_PER_ADDRESS_MAX,
+                total_max: CONNECTIONS_MAX,
+            },
+            admission: Admission::default(),
+            tls: None,
         }
+    }
+
+    /// Connections one TCP client address may hold at once (default
+    /// CONNECTIONS_PER_ADDRESS_MAX). Unix-socket clients are exempt. Past
+    /// it, a new connection from that address is closed right after
+    /// accept; its other connections go on.
+    pub fn with_connections_per_address_max(mut self, connections: usize) -> Self {
+        self.limits.per_address_max = connections;
+        self
+    }
+
+    /// Connections served at once over all listeners, unix sockets
+    /// included (default CONNECTIONS_MAX). Past it, new connections are
+    /// closed right after accept.
+    pub fn with_connections_max(mut self, connections: usize) -> Self {
+        self.limits.total_max = connections;
+        self
+    }
+
+    /// How long a client may take from connecting to the end of option
+    /// haggling, TLS handshake included (default HANDSHAKE_SECS_MAX). A
+    /// client still negotiating then is disconnected.
+    pub fn with_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Offers TLS through NBD_OPT_STARTTLS on every connection this server
+    /// (and its clones made afterwards) serves, TCP and unix alike; a
+    /// listener that should stay plain needs a clone made before this call.
+    /// Without it, STARTTLS is answered with NBD_REP_ERR_POLICY.
+    pub fn with_tls(mut self, settings: TlsSettings) -> Self {
+        self.tls = Some(settings);
+        self
     }
 
     /// How long `serve` waits for open connections after shutdown
@@ -80,13 +134,23 @@ impl Server {
                 // Reap finished connections so the set does not grow forever.
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, client)) => {
-                        let server = self.clone();
-                        let shutdown = shutdown.clone();
-                        connections.spawn(async move {
-                            server.serve_connection(stream, client, shutdown).await;
-                        });
-                    }
+                    Ok((stream, client)) => match self.admission.admit(&client, self.limits) {
+                        Ok(slot) => {
+                            let server = self.clone();
+                            let shutdown = shutdown.clone();
+                            connections.spawn(async move {
+                                server.serve_connection(stream, client, shutdown).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(refusal) => {
+                            // NBD has nothing to say before its greeting, so
+                            // the refusal is the close itself; the log says why.
+                            let peer = handshake::peer_name(&client);
+                            warn!(%peer, reason = %refusal, "nbd connection refused");
+                            drop(stream);
+                        }
+                    },
                     Err(e) => {
                         // Usually out of file descriptors: back off rather
                         // than spin, and keep serving existing clients.
@@ -121,17 +185,18 @@ impl Server {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let peer = match client.peer {
-            Some(addr) => addr.to_string(),
-            None => "unix".to_string(),
-        };
+        let peer = handshake::peer_name(&client);
         info!(%peer, "nbd connection opened");
         match self.run_connection(stream, &client, &shutdown).await {
             Ok(()) => info!(%peer, "nbd connection closed"),
             Err(ConnError::Io(e)) if is_hangup(&e) => {
                 info!(%peer, "nbd connection closed by client")
             }
-            Err(e @ ConnError::Refused(_)) => info!(%peer, reason = %e, "nbd connection closed"),
+            Err(
+                e @ (ConnError::Refused(_) | ConnError::Tls(_) | ConnError::HandshakeTimeout(_)),
+            ) => {
+                info!(%peer, reason = %e, "nbd connection closed")
+            }
             Err(e) => warn!(%peer, error = %e, "nbd connection closed on error"),
         }
     }
@@ -147,13 +212,39 @@ impl Server {
     {
         // One read buffer for the whole connection, so bytes a client sends
         // right behind its GO are not lost between the two phases.
-        let mut stream = BufReader::new(stream);
-        let Some(negotiated) =
-            handshake::negotiate(&mut stream, &self.backend, client, shutdown).await?
-        else {
+        let mut stream = BufReader::new(Transport::Plain(stream));
+        let mut client = client.clone();
+        let handshake = async {
+            let negotiated =
+                handshake::negotiate(&mut stream, &self.backend, &mut client, self.tls.as_ref())
+                    .await?;
+            if negotiated.is_none() {
+                // Ends TLS cleanly (close_notify) when it is up; the client
+                // may already be gone, which is fine.
+                let _ = stream.shutdown().await;
+            }
+            Ok::<_, ConnError>(negotiated)
+        };
+        // A client may idle anywhere in the handshake (before its flags, in
+        // the middle of an option, inside the TLS handshake): both the time
+        // limit and shutdown cover all of it.
+        let negotiated = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(self.handshake_timeout, handshake) => {
+                r.map_err(|_| ConnError::HandshakeTimeout(self.handshake_timeout))??
+            }
+        };
+        let Some(negotiated) = negotiated else {
             return Ok(());
         };
-        info!(export = %negotiated.name, peer = ?client.peer, "nbd export opened");
+        info!(
+            export = %negotiated.name,
+            peer = ?client.peer,
+            tls = client.tls,
+            cert_cn = client.cert_cn.as_deref().unwrap_or("-"),
+            "nbd export opened"
+        );
         let (reader, writer) = tokio::io::split(stream);
         transmission::transmit(reader, writer, negotiated, shutdown).await
     }

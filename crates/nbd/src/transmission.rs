@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::backend::{Export, IoError, StatusExtent};
 use crate::handshake::Negotiated;
+use crate::payload::{Payload, Pool};
 use crate::proto::*;
 use crate::wire::{self, Request};
 use crate::ConnError;
@@ -179,21 +180,26 @@ pub(crate) fn check_request(
 /// What a successful backend call produced.
 enum Outcome {
     Done,
-    Data(Vec<u8>),
+    /// The request's payload now holds the data read.
+    Data,
     Extents(Vec<StatusExtent>),
 }
 
-/// Calls the backend. A panicking backend becomes EIO for this request
+/// Calls the backend with the request's payload: the data of a WRITE, the
+/// buffer a READ fills. A panicking backend becomes EIO for this request
 /// instead of a reply that never comes.
-fn execute(export: &dyn Export, cmd: Command, payload: Vec<u8>) -> Result<Outcome, IoError> {
+fn execute(export: &dyn Export, cmd: Command, payload: &mut [u8]) -> Result<Outcome, IoError> {
+    // Checked outside catch_unwind: a wrong size is this crate's bug, not
+    // the backend's, and must not pass as an EIO.
+    let payload_len = match cmd {
+        Command::Read { length, .. } | Command::Write { length, .. } => length as usize,
+        _ => 0,
+    };
+    assert_eq!(payload.len(), payload_len, "payload size for {cmd:?}");
     let run = || match cmd {
-        Command::Read { offset, length } => {
-            let mut buf = vec![0u8; length as usize];
-            export.read(offset, &mut buf)?;
-            Ok(Outcome::Data(buf))
-        }
+        Command::Read { offset, .. } => export.read(offset, payload).map(|_| Outcome::Data),
         Command::Write { offset, fua, .. } => {
-            export.write(offset, &payload, fua).map(|_| Outcome::Done)
+            export.write(offset, payload, fua).map(|_| Outcome::Done)
         }
         Command::Flush => export.flush().map(|_| Outcome::Done),
         Command::Trim {
@@ -223,10 +229,11 @@ fn execute(export: &dyn Export, cmd: Command, payload: Vec<u8>) -> Result<Outcom
 }
 
 /// One reply on its way to the writer. It carries the request's permits so
-/// the in-flight limits count a request until its reply is on the wire.
+/// the in-flight limits count a request until its reply is on the wire, and
+/// its data goes back to the connection's pool only then.
 struct Reply {
     head: Vec<u8>,
-    data: Vec<u8>,
+    data: Payload,
     _permits: Permits,
 }
 
@@ -243,7 +250,7 @@ fn error_reply(ctx: &Ctx, cookie: u64, errno: u32, message: &str, permits: Permi
     };
     Reply {
         head,
-        data: Vec::new(),
+        data: Payload::empty(),
         _permits: permits,
     }
 }
@@ -253,9 +260,10 @@ fn encode_outcome(
     cookie: u64,
     cmd: Command,
     result: Result<Outcome, IoError>,
+    payload: Payload,
     permits: Permits,
 ) -> Reply {
-    let ok = |head: Vec<u8>, data: Vec<u8>, permits| Reply {
+    let ok = |head: Vec<u8>, data: Payload, permits| Reply {
         head,
         data,
         _permits: permits,
@@ -275,10 +283,11 @@ fn encode_outcome(
         // command but READ, as long as it has no payload.
         Ok(Outcome::Done) => ok(
             wire::encode_simple_reply(0, cookie).to_vec(),
-            Vec::new(),
+            Payload::empty(),
             permits,
         ),
-        Ok(Outcome::Data(data)) => {
+        Ok(Outcome::Data) => {
+            let data = payload;
             let Command::Read { offset, .. } = cmd else {
                 return error_reply(
                     ctx,
@@ -324,7 +333,7 @@ fn encode_outcome(
             }
             ok(
                 wire::encode_block_status_chunk(cookie, id, &descriptors),
-                Vec::new(),
+                Payload::empty(),
                 permits,
             )
         }
@@ -336,21 +345,27 @@ fn spawn_request(
     ctx: Arc<Ctx>,
     cookie: u64,
     cmd: Command,
-    payload: Vec<u8>,
+    mut payload: Payload,
     permits: Permits,
     tx: mpsc::UnboundedSender<Reply>,
 ) {
     tokio::spawn(async move {
-        let result = if cmd.needs_blocking_pool() {
+        let (result, payload) = if cmd.needs_blocking_pool() {
             let export = ctx.export.clone();
-            tokio::task::spawn_blocking(move || execute(&*export, cmd, payload))
-                .await
-                .unwrap_or_else(|e| Err(IoError::Io(format!("backend task failed: {e}"))))
+            tokio::task::spawn_blocking(move || {
+                let result = execute(&*export, cmd, &mut payload);
+                (result, payload)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                let failed = Err(IoError::Io(format!("backend task failed: {e}")));
+                (failed, Payload::empty())
+            })
         } else {
-            execute(&*ctx.export, cmd, payload)
+            (execute(&*ctx.export, cmd, &mut payload), payload)
         };
         // The writer may be gone (client hung up); the reply is then dropped.
-        let _ = tx.send(encode_outcome(&ctx, cookie, cmd, result, permits));
+        let _ = tx.send(encode_outcome(&ctx, cookie, cmd, result, payload, permits));
     });
 }
 
@@ -392,6 +407,8 @@ where
         // finishes once every running request has sent its reply.
         let tx = tx;
         let requests = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX));
+        // Per connection, so reused bytes never cross between clients.
+        let pool = Pool::new();
         let bytes = Arc::new(Semaphore::new(REQUEST_BYTES_IN_FLIGHT_MAX as usize));
         loop {
             let request_permit = tokio::select! {
@@ -433,7 +450,7 @@ where
                 _bytes: bytes_permit,
             };
 
-            let mut payload = Vec::new();
+            let mut payload = Payload::empty();
             if req.command == CMD_WRITE {
                 if req.length > REQUEST_BYTES_MAX {
                     // Reading (and discarding) up to 4 GiB a client chose to
@@ -448,7 +465,7 @@ where
                 }
                 // Read even if the write will be refused: the payload is on
                 // the wire and must be consumed to find the next request.
-                payload = vec![0u8; req.length as usize];
+                payload = pool.take(req.length as usize);
                 let read = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return Ok(End::Shutdown),
@@ -467,6 +484,10 @@ where
 
             match check_request(&req, ctx.size, ctx.read_only, ctx.meta_context) {
                 Ok(cmd) => {
+                    if let Command::Read { length, .. } = cmd {
+                        // Taken here, counted by the bytes permit above.
+                        payload = pool.take(length as usize);
+                    }
                     spawn_request(ctx.clone(), req.cookie, cmd, payload, permits, tx.clone())
                 }
                 Err(r) => {

@@ -32,11 +32,7 @@ fn run_session(input: Vec<u8>) -> Vec<u8> {
         let server = Server::new(Arc::new(standard_backend()));
         let task = tokio::spawn(async move {
             server
-                .serve_connection(
-                    server_side,
-                    ClientInfo { peer: None },
-                    CancellationToken::new(),
-                )
+                .serve_connection(server_side, ClientInfo::unix(), CancellationToken::new())
                 .await
         });
         let (mut rx, mut tx) = tokio::io::split(client);
@@ -304,7 +300,7 @@ proptest! {
             let (client, server_side) = tokio::io::duplex(1 << 20);
             let server = Server::new(Arc::new(backend));
             let task = tokio::spawn(async move {
-                server.serve_connection(server_side, ClientInfo { peer: None }, CancellationToken::new()).await
+                server.serve_connection(server_side, ClientInfo::unix(), CancellationToken::new()).await
             });
             let mut c = RawClient::start(client, 3).await;
             c.go("disk", true, true).await;

@@ -33,7 +33,7 @@ async fn connect_with(backend: MemBackend, client_flags: u32) -> Conn {
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         server
-            .serve_connection(server_side, ClientInfo { peer: None }, token)
+            .serve_connection(server_side, ClientInfo::unix(), token)
             .await
     });
     Conn {

@@ -2,6 +2,8 @@
 //! byte stream. Each test file uses a different subset.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
