@@ -1,6 +1,6 @@
 //! Attaching LUNs to this host as block devices, the registry that says
 //! which device is which LUN, and finding the LUN (and the offset in it)
-//! behind a file system (decision 009).
+//! behind a file system (decision 010).
 //!
 //! With the kernel's NBD client (`/dev/nbd0` exists and `nbd-client` is
 //! installed) a LUN becomes `/dev/nbdN`. Without it, `nbdfuse` shows the

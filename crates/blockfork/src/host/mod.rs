@@ -4,7 +4,7 @@
 //! bytes (MISSION.md D, the seed's FIG. 4-6): the file's extents become
 //! LBA ranges of the LUN, an empty destination file gets written extents of
 //! its own, the two layouts are mapped onto each other, and the server
-//! clones the ranges by sharing blocks. Decision 009 has the reasons.
+//! clones the ranges by sharing blocks. Decision 010 has the reasons.
 
 mod access;
 mod attach;
@@ -501,7 +501,7 @@ fn file_clone_held(
 }
 
 /// How ext4 can do without the zeros: its zero-out of whole extents,
-/// which uses the device's write-zeroes (decision 009).
+/// which uses the device's write-zeroes (decision 010).
 fn ext4_hint(path: &Path) -> String {
     const EXT4_SUPER_MAGIC: i64 = 0xEF53;
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
