@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs blockfork's whole test suite. Installs the system tools the tests
-# drive (qemu-utils, libnbd-bin, fio, nbdkit) with apt-get when they are missing and
+# drive (qemu-utils, libnbd-bin, fio, nbdkit, xfsprogs) with apt-get when they are missing and
 # we are root. Environment knobs: MODEL_SEEDS / MODEL_STEPS (engine model
 # test), CRASH_ROUNDS (kill -9 test).
 set -euo pipefail
@@ -15,6 +15,9 @@ command -v nbdkit >/dev/null 2>&1 || missing+=(nbdkit)
 command -v bc >/dev/null 2>&1 || missing+=(bc)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The host file-clone tests make ext4 and XFS file systems on attached LUNs.
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ]; then
         echo "== installing ${missing[*]}"

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[path = "host/mod.rs"]
+mod host;
+
 /// Longest wait to connect to the server.
 const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Longest wait for one API call; deleting a large LUN is the slowest.
@@ -136,6 +139,9 @@ pub enum Command {
         #[command(subcommand)]
         command: IgroupCommand,
     },
+    /// On a host that mounts LUNs: attach LUNs as block devices, and clone
+    /// files of their file systems without copying bytes.
+    Host(host::HostArgs),
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -459,6 +465,7 @@ pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
                 command: JobCommand::List,
             } => jobs(&client, out),
             Command::Igroup { command } => igroup(&client, out, command),
+            Command::Host(args) => host::run(&client, out, args),
         }
     });
     match result {

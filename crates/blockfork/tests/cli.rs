@@ -314,7 +314,7 @@ fn usage_and_connection_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("http:// URL"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("http:// or https:// URL"));
 
     // The environment names the server too.
     let out = Command::new(BIN)
