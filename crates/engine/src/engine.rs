@@ -134,11 +134,7 @@ impl Engine {
         let capacity_blocks = match (&existing, capacity_bytes) {
             (Some(p), _) => p.capacity_blocks,
             (None, Some(c)) => {
-                if c < BLOCK_SIZE || c % BLOCK_SIZE != 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "pool capacity must be a positive multiple of {BLOCK_SIZE} bytes, got {c}"
-                    )));
-                }
+                validate_pool_capacity(c)?;
                 c / BLOCK_SIZE
             }
             (None, None) => {
@@ -148,7 +144,8 @@ impl Engine {
                 )))
             }
         };
-        let data = FileData::open(&dir.join("data"), capacity_blocks * BLOCK_SIZE)?;
+        let data = FileData::open(&dir.join("data"), capacity_blocks * BLOCK_SIZE)
+            .map_err(|e| data_file_growth_error(e, capacity_blocks * BLOCK_SIZE))?;
         Engine::open_inner(
             Box::new(data),
             Box::new(store),
@@ -177,7 +174,9 @@ impl Engine {
         lock: Option<std::fs::File>,
     ) -> Result<Arc<Engine>> {
         let (state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
-        data.ensure_len(state.alloc.capacity_blocks() * BLOCK_SIZE)?;
+        let bytes = state.alloc.capacity_blocks() * BLOCK_SIZE;
+        data.ensure_len(bytes)
+            .map_err(|e| data_file_growth_error(e, bytes))?;
         let engine = Arc::new(Engine {
             state: Mutex::new(state),
             data,
@@ -1046,11 +1045,7 @@ impl Engine {
 
     /// Grows the pool's capacity (never shrinks it).
     pub fn grow_pool(&self, capacity_bytes: u64) -> Result<PoolStatus> {
-        if !capacity_bytes.is_multiple_of(BLOCK_SIZE) {
-            return Err(Error::InvalidArgument(format!(
-                "pool capacity must be a multiple of {BLOCK_SIZE} bytes"
-            )));
-        }
+        validate_pool_capacity(capacity_bytes)?;
         {
             let s = self.state.lock();
             s.check_open()?;
@@ -1058,11 +1053,16 @@ impl Engine {
                 return Err(Error::InvalidArgument("a pool cannot shrink".into()));
             }
         }
-        self.data.ensure_len(capacity_bytes)?;
+        self.data
+            .ensure_len(capacity_bytes)
+            .map_err(|e| data_file_growth_error(e, capacity_bytes))?;
         {
             let mut s = self.state.lock();
-            s.alloc.grow(capacity_bytes / BLOCK_SIZE);
-            s.dirty.pool = true;
+            // A concurrent grow may have gone further meanwhile.
+            if capacity_bytes / BLOCK_SIZE > s.alloc.capacity_blocks() {
+                s.alloc.grow(capacity_bytes / BLOCK_SIZE);
+                s.dirty.pool = true;
+            }
         }
         self.flush()?;
         self.pool_status()
@@ -1489,6 +1489,20 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         let s = self.state.lock();
         check_state(&s)
+    }
+}
+
+/// A data file that cannot grow to `bytes` is a capacity the file system
+/// cannot hold, which the caller can fix, not an I/O failure of the pool.
+fn data_file_growth_error(e: std::io::Error, bytes: u64) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::FileTooLarge => Error::InvalidArgument(format!(
+            "the file system under the pool cannot hold a {bytes}-byte data file ({e}); give a smaller capacity"
+        )),
+        std::io::ErrorKind::StorageFull => Error::NoSpace(format!(
+            "the file system under the pool has no room to grow the data file to {bytes} bytes ({e})"
+        )),
+        _ => Error::Io(e),
     }
 }
 
