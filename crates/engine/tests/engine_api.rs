@@ -168,6 +168,44 @@ fn growing_past_the_file_system_is_refused_cleanly() {
     e.check_invariants().unwrap();
 }
 
+/// An unaligned trim or write-zeroes rewrites both edge blocks; when the
+/// pool has room for one of them only, the request must fail whole, not
+/// zero one edge and then report ENOSPC (found by tests/fuzz_io.rs).
+#[test]
+fn a_zeroing_refused_for_space_changes_neither_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 16 * BLOCK_SIZE);
+    e.create_lun("a", MIB).unwrap();
+    let t = e.resolve("a").unwrap();
+    e.write(t, 0, &[5u8; 8192], false).unwrap();
+    // The snapshot shares both blocks: rewriting either needs a new block.
+    e.create_snapshot("a", "s").unwrap();
+    let free = e.pool_status().unwrap().free_bytes;
+    e.write(
+        t,
+        64 * BLOCK_SIZE,
+        &vec![1u8; (free - BLOCK_SIZE) as usize],
+        false,
+    )
+    .unwrap();
+    assert_eq!(e.pool_status().unwrap().free_bytes, BLOCK_SIZE);
+    let before = fingerprint(&e);
+    for no_hole in [false, true] {
+        let err = e.write_zeroes(t, 100, 8000, no_hole, false).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        let err = e.trim(t, 100, 8000, false).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+    }
+    assert_eq!(fingerprint(&e), before);
+    assert_eq!(&read_all(&e, "a")[..8192], &[5u8; 8192][..]);
+    // One edge alone fits.
+    e.trim(t, 100, 1000, false).unwrap();
+    let data = read_all(&e, "a");
+    assert!(data[100..1100].iter().all(|&x| x == 0));
+    assert!(data[1100..8192].iter().all(|&x| x == 5));
+    e.check_invariants().unwrap();
+}
+
 #[test]
 fn full_pool_gives_enospc_loses_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
