@@ -378,7 +378,9 @@ pub struct CreateGroupSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrowPool {
-    /// New capacity in bytes: a multiple of 4096, not less than now.
+    /// New capacity in bytes: a multiple of 4096, not less than now, at
+    /// most 1 PiB (2^50) and no more than the file system under the pool
+    /// holds in one file.
     #[serde(
         default,
         deserialize_with = "capacity_field",

@@ -1163,6 +1163,26 @@ fn malformed_requests_are_4xx_and_change_nothing() {
             br#"{"split_rate": 10}"#,
             "unknown field `split_rate`",
         ),
+        // Capacities no data file can have were a 500 (an I/O error from
+        // growing the file); found by scripts/fuzz-api.sh.
+        (
+            "PATCH",
+            "/pool",
+            br#"{"capacity": 9223372036854775808}"#,
+            "1 PiB maximum",
+        ),
+        (
+            "PATCH",
+            "/pool",
+            br#"{"capacity": 18446744073709547520}"#,
+            "1 PiB maximum",
+        ),
+        (
+            "PATCH",
+            "/pool",
+            br#"{"capacity": 1125899906846720}"#,
+            "1 PiB maximum",
+        ),
     ];
     for (method, path, body, fragment) in bodies {
         let reply = server.raw(method, path, json_type, body);
