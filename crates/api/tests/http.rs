@@ -1371,6 +1371,33 @@ fn openapi_lists_every_route() {
     operation_ids.sort();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
+    // The answers of the layers around the handlers are documented too, so
+    // that a schema-driven client meets no undocumented status.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let mut wanted = vec!["401"];
+            if op.get("requestBody").is_some() {
+                wanted.extend(["400", "413", "415"]);
+            }
+            if op.get("parameters").is_some() {
+                wanted.push("400");
+            }
+            if op["operationId"] != "openapi" {
+                wanted.extend(["500", "503"]);
+            }
+            for status in wanted {
+                let response = responses
+                    .get(status)
+                    .unwrap_or_else(|| panic!("{method} {path} does not document {status}"));
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
     for schema in [
         "ErrorBody",
