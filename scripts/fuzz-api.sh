@@ -98,7 +98,12 @@ cli lun map vol0/db esx-cluster
 curl -sf -H "Authorization: Bearer $token" "$url/api/v1/openapi.json" >"$tmp/openapi.json"
 
 export BLOCKFORK_API=$url/api/v1 BLOCKFORK_API_TOKEN=$token
-export SCHEMATHESIS_HOOKS=scripts/fuzz_hooks.py
+export SCHEMATHESIS_HOOKS=$PWD/scripts/fuzz_hooks.py
+# schemathesis keeps failures for `st replay` under .schemathesis/ in its
+# working directory: target/fuzz-api, not the source tree.
+work=target/fuzz-api
+mkdir -p "$work"
+st=$PWD/$venv/bin/st
 # Every check but two: positive_data_acceptance, because the document
 # gives names and sizes as plain strings and integers (the server's rules
 # on them are in the descriptions), and allow_header_conformance, because
@@ -111,9 +116,10 @@ checks+=,negative_data_rejection,missing_required_header,unsupported_method
 checks+=,use_after_free,ensure_resource_availability,ignored_auth
 checks+=,refused_request_changes_nothing
 run_st() {
-    if ! timeout "$timeout_s" "$venv/bin/st" run "$tmp/openapi.json" --url "$url" \
-        --workers 1 --phases examples,coverage,fuzzing --max-examples "$examples" \
-        --seed "$seed" --generation-database none --request-timeout 30 --no-color "$@"; then
+    if ! (cd "$work" && timeout "$timeout_s" "$st" run "$tmp/openapi.json" \
+        --url "$url" --workers 1 --phases examples,coverage,fuzzing \
+        --max-examples "$examples" --seed "$seed" --generation-database none \
+        --request-timeout 30 --no-color "$@"); then
         echo "API fuzz failed (rerun with FUZZ_API_SEED=$seed); the server's log:" >&2
         tail -n 50 "$tmp/serve.log" >&2
         exit 1
