@@ -1088,6 +1088,20 @@ fn malformed_requests_are_4xx_and_change_nothing() {
             br#"{"source": "vol0@s", "name": "c", "count": 10001}"#,
             "`count` must be 1 to 10000",
         ),
+        // With `count`, NAME was never checked: "" made a clone named "-1"
+        // (found by scripts/fuzz-api.sh).
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "", "count": 1}"#,
+            "LUN name must be 1 to 255 bytes",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "vol0/", "count": 2}"#,
+            "empty",
+        ),
         (
             "POST",
             "/clones",
