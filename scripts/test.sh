@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs blockfork's whole test suite. Installs the system tools the tests
-# drive (qemu-utils, libnbd-bin, fio, nbdkit, xfsprogs) with apt-get when they are missing and
-# we are root. Environment knobs: MODEL_SEEDS / MODEL_STEPS (engine model
-# test), CRASH_ROUNDS (kill -9 test).
+# drive (qemu-utils, libnbd-bin, fio, nbdkit, e2fsprogs, xfsprogs, python3-venv)
+# with apt-get when they are missing and we are root. Environment knobs:
+# MODEL_SEEDS / MODEL_STEPS (engine model test), FUZZ_CASES / FUZZ_STEPS
+# (engine fuzz test), CRASH_ROUNDS (kill -9 test), FUZZ_API_EXAMPLES /
+# FUZZ_API_SEED (API fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,9 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The host file-clone tests make ext4 and XFS file systems on attached LUNs.
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
+# scripts/fuzz-api.sh installs schemathesis into a virtualenv under target/.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ]; then
         echo "== installing ${missing[*]}"
@@ -38,7 +43,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 # Many model-test seeds per CI run; the defaults in the test are for quick local runs.
 export MODEL_SEEDS="${MODEL_SEEDS:-1000}"
+export FUZZ_CASES="${FUZZ_CASES:-1000}"
 cargo test --workspace --all-targets
+
+echo "== REST API fuzz (schemathesis against the OpenAPI document)"
+scripts/fuzz-api.sh
 
 echo "== benchmark harnesses, quick mode (keeps them from rotting)"
 cargo run --release -q -p bench -- engine --quick --dir target/bench-ci >/dev/null

@@ -44,6 +44,9 @@ pub async fn create(
     let names = match body.count {
         None => vec![body.name],
         Some(count) if (1..=CLONES_PER_REQUEST_MAX).contains(&count) => {
+            // NAME itself must be a LUN name: an empty or malformed one would
+            // still make valid names ("" gives "-1", "a/" gives "a/-1").
+            engine::validate_lun_name(&body.name)?;
             (1..=count).map(|i| format!("{}-{i}", body.name)).collect()
         }
         Some(count) => {

@@ -27,7 +27,8 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, A
     request_body = GrowPool,
     responses(
         (status = 200, description = "The pool", body = PoolStatus),
-        (status = 400, description = "Not a multiple of 4096, smaller than now, nothing to change, or malformed body", body = ErrorBody),
+        (status = 400, description = "Not a multiple of 4096, smaller than now, over the 1 PiB maximum or more than the file system under the pool holds, nothing to change, or malformed body", body = ErrorBody),
+        (status = 507, description = "The file system under the pool has no room to grow the data file", body = ErrorBody),
     )
 )]
 pub async fn grow(

@@ -284,11 +284,22 @@ pub const MB: u64 = 1_000_000;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLun {
-    #[schema(example = "vol0/db")]
+    /// A path of segments made of `[A-Za-z0-9._-]`, none of them `.` or
+    /// `..`; at most 255 bytes.
+    #[schema(
+        example = "vol0/db",
+        pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        max_length = 255
+    )]
     pub name: String,
-    /// Size in bytes: a positive multiple of 4096.
+    /// Size in bytes: a positive multiple of 4096, at most 64 TiB.
     #[serde(deserialize_with = "size_field")]
-    #[schema(example = 10737418240u64)]
+    #[schema(
+        example = 10737418240u64,
+        minimum = 4096,
+        maximum = 70368744177664u64,
+        multiple_of = 4096
+    )]
     pub size: u64,
 }
 
@@ -296,8 +307,9 @@ pub struct CreateLun {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeLun {
-    /// New size in bytes: a positive multiple of 4096.
+    /// New size in bytes: a positive multiple of 4096, at most 64 TiB.
     #[serde(deserialize_with = "size_field")]
+    #[schema(minimum = 4096, maximum = 70368744177664u64, multiple_of = 4096)]
     pub size: u64,
     /// Must be true to make the LUN smaller, which discards its tail.
     #[serde(default)]
@@ -309,10 +321,14 @@ pub struct ResizeLun {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
     /// The LUN to snapshot.
-    #[schema(example = "vol0/db")]
+    #[schema(
+        example = "vol0/db",
+        pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        max_length = 255
+    )]
     pub lun: String,
     /// The snapshot's name, one segment of `[A-Za-z0-9._-]`.
-    #[schema(example = "nightly")]
+    #[schema(example = "nightly", pattern = r"^[A-Za-z0-9._-]+$", max_length = 255)]
     pub name: String,
 }
 
@@ -321,6 +337,7 @@ pub struct CreateSnapshot {
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshotBatch {
     /// At most 1024.
+    #[schema(max_items = 1024)]
     pub snapshots: Vec<CreateSnapshot>,
 }
 
@@ -368,9 +385,10 @@ pub enum CreatedSnapshots {
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupSnapshot {
     /// The group's name; each member gets a snapshot of this name.
-    #[schema(example = "nightly")]
+    #[schema(example = "nightly", pattern = r"^[A-Za-z0-9._-]+$", max_length = 255)]
     pub name: String,
     /// Member LUNs, at least one and at most 1024.
+    #[schema(min_items = 1, max_items = 1024)]
     pub luns: Vec<String>,
 }
 
@@ -378,12 +396,15 @@ pub struct CreateGroupSnapshot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrowPool {
-    /// New capacity in bytes: a multiple of 4096, not less than now.
+    /// New capacity in bytes: a multiple of 4096, not less than now, at
+    /// most 1 PiB (2^50) and no more than the file system under the pool
+    /// holds in one file.
     #[serde(
         default,
         deserialize_with = "capacity_field",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schema(minimum = 4096, maximum = 1125899906842624u64, multiple_of = 4096)]
     pub capacity: Option<u64>,
     /// `open` or `closed`: whether LUNs without maps are visible to every
     /// NBD client.
@@ -430,7 +451,12 @@ impl From<engine::IgroupInfo> for IgroupInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateIgroup {
-    #[schema(example = "esx-cluster")]
+    /// One segment of `[A-Za-z0-9._-]`.
+    #[schema(
+        example = "esx-cluster",
+        pattern = r"^[A-Za-z0-9._-]+$",
+        max_length = 255
+    )]
     pub name: String,
     /// CIDRs or bare addresses (a bare address is a /32 or /128).
     #[serde(default)]
@@ -475,8 +501,11 @@ pub struct CloneRange {
     #[schema(example = "vol0/db@nightly")]
     pub source: String,
     /// Bytes; multiples of 4096.
+    #[schema(multiple_of = 4096)]
     pub source_offset: u64,
+    #[schema(multiple_of = 4096)]
     pub target_offset: u64,
+    #[schema(minimum = 4096, multiple_of = 4096)]
     pub length: u64,
 }
 
@@ -486,10 +515,15 @@ pub struct CloneRange {
 #[serde(deny_unknown_fields)]
 pub struct CloneRanges {
     /// The LUN written.
-    #[schema(example = "vol0/restore")]
+    #[schema(
+        example = "vol0/restore",
+        pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        max_length = 255
+    )]
     pub target: String,
     /// 1 to 100000 ranges; target ranges may not overlap each other nor a
     /// range read from the target's own current content.
+    #[schema(min_items = 1, max_items = 100000)]
     pub ranges: Vec<CloneRange>,
 }
 
@@ -523,11 +557,18 @@ impl From<engine::RangeCloneReport> for CloneRangeReport {
 #[serde(deny_unknown_fields)]
 pub struct CreateClones {
     /// The snapshot to clone, as `LUN@SNAPSHOT`.
-    #[schema(example = "vol0/db@nightly")]
+    #[schema(
+        example = "vol0/db@nightly",
+        pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*@[A-Za-z0-9._-]+$"
+    )]
     pub source: String,
     /// The clone's LUN name; with `count`, the clones are `NAME-1` to
     /// `NAME-N`.
-    #[schema(example = "vol0/test")]
+    #[schema(
+        example = "vol0/test",
+        pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        max_length = 255
+    )]
     pub name: String,
     /// How many clones to make, 1 to 10000; absent for one clone named
     /// exactly `name`.
@@ -544,7 +585,11 @@ pub struct CreateClones {
 #[serde(deny_unknown_fields)]
 pub struct SplitTarget {
     /// The clone's LUN name.
-    #[schema(example = "vol0/test")]
+    #[schema(
+        example = "vol0/test",
+        pattern = r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$",
+        max_length = 255
+    )]
     pub lun: String,
 }
 

@@ -1088,6 +1088,20 @@ fn malformed_requests_are_4xx_and_change_nothing() {
             br#"{"source": "vol0@s", "name": "c", "count": 10001}"#,
             "`count` must be 1 to 10000",
         ),
+        // With `count`, NAME was never checked: "" made a clone named "-1"
+        // (found by scripts/fuzz-api.sh).
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "", "count": 1}"#,
+            "LUN name must be 1 to 255 bytes",
+        ),
+        (
+            "POST",
+            "/clones",
+            br#"{"source": "vol0@s", "name": "vol0/", "count": 2}"#,
+            "empty",
+        ),
         (
             "POST",
             "/clones",
@@ -1162,6 +1176,26 @@ fn malformed_requests_are_4xx_and_change_nothing() {
             "/settings",
             br#"{"split_rate": 10}"#,
             "unknown field `split_rate`",
+        ),
+        // Capacities no data file can have were a 500 (an I/O error from
+        // growing the file); found by scripts/fuzz-api.sh.
+        (
+            "PATCH",
+            "/pool",
+            br#"{"capacity": 9223372036854775808}"#,
+            "1 PiB maximum",
+        ),
+        (
+            "PATCH",
+            "/pool",
+            br#"{"capacity": 18446744073709547520}"#,
+            "1 PiB maximum",
+        ),
+        (
+            "PATCH",
+            "/pool",
+            br#"{"capacity": 1125899906846720}"#,
+            "1 PiB maximum",
         ),
     ];
     for (method, path, body, fragment) in bodies {
@@ -1351,6 +1385,33 @@ fn openapi_lists_every_route() {
     operation_ids.sort();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
+    // The answers of the layers around the handlers are documented too, so
+    // that a schema-driven client meets no undocumented status.
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            let mut wanted = vec!["401"];
+            if op.get("requestBody").is_some() {
+                wanted.extend(["400", "413", "415"]);
+            }
+            if op.get("parameters").is_some() {
+                wanted.push("400");
+            }
+            if op["operationId"] != "openapi" {
+                wanted.extend(["500", "503"]);
+            }
+            for status in wanted {
+                let response = responses
+                    .get(status)
+                    .unwrap_or_else(|| panic!("{method} {path} does not document {status}"));
+                assert_eq!(
+                    response["content"]["application/json"]["schema"]["$ref"],
+                    "#/components/schemas/ErrorBody",
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
     let schemas = doc.body["components"]["schemas"].as_object().unwrap();
     for schema in [
         "ErrorBody",

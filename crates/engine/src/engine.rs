@@ -134,11 +134,7 @@ impl Engine {
         let capacity_blocks = match (&existing, capacity_bytes) {
             (Some(p), _) => p.capacity_blocks,
             (None, Some(c)) => {
-                if c < BLOCK_SIZE || c % BLOCK_SIZE != 0 {
-                    return Err(Error::InvalidArgument(format!(
-                        "pool capacity must be a positive multiple of {BLOCK_SIZE} bytes, got {c}"
-                    )));
-                }
+                validate_pool_capacity(c)?;
                 c / BLOCK_SIZE
             }
             (None, None) => {
@@ -148,7 +144,8 @@ impl Engine {
                 )))
             }
         };
-        let data = FileData::open(&dir.join("data"), capacity_blocks * BLOCK_SIZE)?;
+        let data = FileData::open(&dir.join("data"), capacity_blocks * BLOCK_SIZE)
+            .map_err(|e| data_file_growth_error(e, capacity_blocks * BLOCK_SIZE))?;
         Engine::open_inner(
             Box::new(data),
             Box::new(store),
@@ -177,7 +174,9 @@ impl Engine {
         lock: Option<std::fs::File>,
     ) -> Result<Arc<Engine>> {
         let (state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
-        data.ensure_len(state.alloc.capacity_blocks() * BLOCK_SIZE)?;
+        let bytes = state.alloc.capacity_blocks() * BLOCK_SIZE;
+        data.ensure_len(bytes)
+            .map_err(|e| data_file_growth_error(e, bytes))?;
         let engine = Arc::new(Engine {
             state: Mutex::new(state),
             data,
@@ -1046,11 +1045,7 @@ impl Engine {
 
     /// Grows the pool's capacity (never shrinks it).
     pub fn grow_pool(&self, capacity_bytes: u64) -> Result<PoolStatus> {
-        if !capacity_bytes.is_multiple_of(BLOCK_SIZE) {
-            return Err(Error::InvalidArgument(format!(
-                "pool capacity must be a multiple of {BLOCK_SIZE} bytes"
-            )));
-        }
+        validate_pool_capacity(capacity_bytes)?;
         {
             let s = self.state.lock();
             s.check_open()?;
@@ -1058,11 +1053,16 @@ impl Engine {
                 return Err(Error::InvalidArgument("a pool cannot shrink".into()));
             }
         }
-        self.data.ensure_len(capacity_bytes)?;
+        self.data
+            .ensure_len(capacity_bytes)
+            .map_err(|e| data_file_growth_error(e, capacity_bytes))?;
         {
             let mut s = self.state.lock();
-            s.alloc.grow(capacity_bytes / BLOCK_SIZE);
-            s.dirty.pool = true;
+            // A concurrent grow may have gone further meanwhile.
+            if capacity_bytes / BLOCK_SIZE > s.alloc.capacity_blocks() {
+                s.alloc.grow(capacity_bytes / BLOCK_SIZE);
+                s.dirty.pool = true;
+            }
         }
         self.flush()?;
         self.pool_status()
@@ -1221,50 +1221,66 @@ impl Engine {
     }
 
     /// Writes whole blocks. Callers hold the stripes and the fence.
+    fn write_blocks(&self, id: LunId, lba: u64, data: &[u8]) -> Result<()> {
+        self.write_pieces(id, &[(lba, data)])
+    }
+
+    /// Writes whole blocks at several places (in LBA order, not
+    /// overlapping) with one allocation, so that a full pool refuses them
+    /// all and changes nothing. Callers hold the stripes and the fence.
     ///
     /// Blocks of zeros are recorded as zeros in the map instead of written:
     /// they take no space and no data I/O (a file system allocating a file
     /// by writing zeros, a guest zeroing a disk).
-    fn write_blocks(&self, id: LunId, lba: u64, data: &[u8]) -> Result<()> {
-        let count = data.len() as u64 / BLOCK_SIZE;
-        debug_assert_eq!(data.len() as u64, count * BLOCK_SIZE);
-        // Runs of blocks: (start, len, zero).
-        let mut runs: Vec<(u64, u64, bool)> = Vec::new();
-        for (i, block) in data.chunks_exact(BLOCK_SIZE as usize).enumerate() {
-            let zero = is_zero(block);
-            match runs.last_mut() {
-                Some((_, n, z)) if *z == zero => *n += 1,
-                _ => runs.push((lba + i as u64, 1, zero)),
+    fn write_pieces(&self, id: LunId, all: &[(u64, &[u8])]) -> Result<()> {
+        // Split every piece into runs of data blocks and runs of zero blocks.
+        let bs = BLOCK_SIZE as usize;
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(all.len());
+        let mut zero_runs: Vec<(u64, u64)> = Vec::new();
+        for &(lba, data) in all {
+            let mut i = 0;
+            let blocks = data.len() / bs;
+            while i < blocks {
+                let zero = is_zero(&data[i * bs..(i + 1) * bs]);
+                let mut j = i + 1;
+                while j < blocks && is_zero(&data[j * bs..(j + 1) * bs]) == zero {
+                    j += 1;
+                }
+                if zero {
+                    zero_runs.push((lba + i as u64, (j - i) as u64));
+                } else {
+                    pieces.push((lba + i as u64, &data[i * bs..j * bs]));
+                }
+                i = j;
             }
         }
         // Plan: blocks nobody else sees are overwritten in place; the rest
         // go to new space (redirect-on-write).
-        let mut plan: Vec<(u64, u64, u64, bool)> = Vec::new(); // lba, len, pba, new
+        let mut plan: Vec<(u64, u64, u64, bool, usize)> = Vec::new(); // lba, len, pba, new, piece
         let mut fresh_runs = Vec::new();
         {
             let mut s = self.state.lock();
             s.check_open()?;
             let l = s.lun(id)?;
             let mut need = 0;
-            let mut redirect: Vec<(u64, u64)> = Vec::new();
-            for &(run_start, run_len, zero) in &runs {
-                if zero {
-                    continue;
-                }
-                let end = run_start + run_len;
-                let mut pos = run_start;
+            let mut redirect: Vec<(u64, u64, usize)> = Vec::new();
+            for (i, &(lba, data)) in pieces.iter().enumerate() {
+                let count = data.len() as u64 / BLOCK_SIZE;
+                debug_assert_eq!(data.len() as u64, count * BLOCK_SIZE);
+                let end = lba + count;
+                let mut pos = lba;
                 while pos < end {
                     let (len, hit) = l.head.lookup(pos, end);
                     match hit {
                         Some((Val::Data(pba), birth))
                             if !l.head_is_seen(birth) && !s.refs.any_shared(pba, len) =>
                         {
-                            plan.push((pos, len, pba, false));
+                            plan.push((pos, len, pba, false, i));
                         }
                         _ => {
                             match redirect.last_mut() {
-                                Some((s0, n)) if *s0 + *n == pos => *n += len,
-                                _ => redirect.push((pos, len)),
+                                Some((s0, n, p)) if *p == i && *s0 + *n == pos => *n += len,
+                                _ => redirect.push((pos, len, i)),
                             }
                             need += len;
                         }
@@ -1284,11 +1300,11 @@ impl Engine {
                 let mut runs_iter = runs.iter().copied();
                 let mut run = runs_iter.next();
                 let mut used_in_run = 0;
-                for (mut at, mut n) in redirect {
+                for (mut at, mut n, i) in redirect {
                     while n > 0 {
                         let r = run.expect("allocated exactly what is needed");
                         let take = (r.len - used_in_run).min(n);
-                        plan.push((at, take, r.start + used_in_run, true));
+                        plan.push((at, take, r.start + used_in_run, true, i));
                         used_in_run += take;
                         at += take;
                         n -= take;
@@ -1302,7 +1318,8 @@ impl Engine {
             }
         }
         let mut result = Ok(());
-        for &(at, n, pba, _) in &plan {
+        for &(at, n, pba, _, i) in &plan {
+            let (lba, data) = pieces[i];
             let from = ((at - lba) * BLOCK_SIZE) as usize;
             let bytes = &data[from..from + (n * BLOCK_SIZE) as usize];
             if let Err(e) = self.data.write_at(bytes, pba * BLOCK_SIZE) {
@@ -1327,15 +1344,13 @@ impl Engine {
             return Err(e);
         }
         if s.luns.contains_key(&id) {
-            for (at, n, pba, new) in plan {
+            for (at, n, pba, new, _) in plan {
                 if new {
                     s.set_head(id, at, n, Some(Val::Data(pba)));
                 }
             }
-            for (at, n, zero) in runs {
-                if zero {
-                    s.set_head(id, at, n, Some(Val::Zero));
-                }
+            for (at, n) in zero_runs {
+                s.set_head(id, at, n, Some(Val::Zero));
             }
         } else {
             for r in fresh_runs {
@@ -1374,49 +1389,57 @@ impl Engine {
         fua: bool,
     ) -> Result<()> {
         let id = self.writable(target)?;
-        {
-            let s = self.state.lock();
+        // Zeroing is metadata only, so its size limit is the volume's.
+        let check = |s: &State| -> Result<()> {
             s.check_open()?;
-            // Zeroing is metadata only, so its size limit is the volume's.
-            let size = target_blocks(&s, target)? * BLOCK_SIZE;
+            let size = target_blocks(s, target)? * BLOCK_SIZE;
             if offset.checked_add(len).is_none_or(|end| end > size) {
                 return Err(Error::OutOfRange(format!(
                     "range {offset}+{len} lies outside the {size}-byte volume"
                 )));
             }
-        }
+            Ok(())
+        };
+        check(&self.state.lock())?;
         if len == 0 {
             return if fua { self.flush() } else { Ok(()) };
         }
+        let first = offset / BLOCK_SIZE;
+        let end = (offset + len).div_ceil(BLOCK_SIZE);
         let first_full = offset.div_ceil(BLOCK_SIZE);
         let end_full = (offset + len) / BLOCK_SIZE;
-        // Unaligned edges: write zeros there.
-        let zeros = vec![0u8; BLOCK_SIZE as usize];
-        if first_full > end_full {
-            // Inside one block.
-            return self.write(target, offset, &zeros[..len as usize], fua);
+        // Edges, middle and map change under one hold of the stripes and
+        // the fence, and the edges in one allocation: a full pool refuses
+        // the whole request rather than zeroing one edge of it.
+        let _stripes = self.lock_stripes(id, first, end - first);
+        let fence = self.fence_of_id(id)?;
+        let _fenced = fence.read();
+        // The size may have changed while we waited for the fence.
+        check(&self.state.lock())?;
+        // Partial blocks at the edges: read, zero the part in range, write.
+        let bs = BLOCK_SIZE as usize;
+        let mut edges = vec![0u8; 2 * bs];
+        let (left, right) = edges.split_at_mut(bs);
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(2);
+        if offset < first_full * BLOCK_SIZE || first_full > end_full {
+            self.read(target, first * BLOCK_SIZE, left)?;
+            let from = (offset - first * BLOCK_SIZE) as usize;
+            let to = ((offset + len).min((first + 1) * BLOCK_SIZE) - first * BLOCK_SIZE) as usize;
+            left[from..to].fill(0);
+            pieces.push((first, left));
         }
-        if offset < first_full * BLOCK_SIZE {
-            let n = first_full * BLOCK_SIZE - offset;
-            self.write(target, offset, &zeros[..n as usize], false)?;
+        if end_full * BLOCK_SIZE < offset + len && end_full >= first_full {
+            self.read(target, end_full * BLOCK_SIZE, right)?;
+            right[..(offset + len - end_full * BLOCK_SIZE) as usize].fill(0);
+            pieces.push((end_full, right));
         }
-        if end_full * BLOCK_SIZE < offset + len {
-            let n = offset + len - end_full * BLOCK_SIZE;
-            self.write(target, end_full * BLOCK_SIZE, &zeros[..n as usize], false)?;
+        if !pieces.is_empty() {
+            self.write_pieces(id, &pieces)?;
         }
         if end_full > first_full {
             let count = end_full - first_full;
-            let _stripes = self.lock_stripes(id, first_full, count);
-            let fence = self.fence_of_id(id)?;
-            let _fenced = fence.read();
             let mut s = self.state.lock();
             s.check_open()?;
-            let size_blocks = s.lun(id)?.size_blocks;
-            if end_full > size_blocks {
-                return Err(Error::OutOfRange(
-                    "the LUN shrank during the request".into(),
-                ));
-            }
             // A clone must hide its parent's data, so it records zeros.
             let val = if keep_allocated || s.lun(id)?.parent.is_some() {
                 Some(Val::Zero)
@@ -1425,6 +1448,8 @@ impl Engine {
             };
             s.set_head(id, first_full, count, val);
         }
+        drop(_fenced);
+        drop(_stripes);
         self.throttle_dirty()?;
         if fua {
             self.flush()?;
@@ -1512,6 +1537,20 @@ impl Engine {
     pub fn check_invariants(&self) -> Result<(), String> {
         let s = self.state.lock();
         check_state(&s)
+    }
+}
+
+/// A data file that cannot grow to `bytes` is a capacity the file system
+/// cannot hold, which the caller can fix, not an I/O failure of the pool.
+fn data_file_growth_error(e: std::io::Error, bytes: u64) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::FileTooLarge => Error::InvalidArgument(format!(
+            "the file system under the pool cannot hold a {bytes}-byte data file ({e}); give a smaller capacity"
+        )),
+        std::io::ErrorKind::StorageFull => Error::NoSpace(format!(
+            "the file system under the pool has no room to grow the data file to {bytes} bytes ({e})"
+        )),
+        _ => Error::Io(e),
     }
 }
 

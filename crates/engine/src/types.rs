@@ -7,6 +7,9 @@ use std::fmt;
 pub const BLOCK_SIZE: u64 = 4096;
 /// Largest LUN: 64 TiB.
 pub const LUN_SIZE_MAX_BYTES: u64 = 64 << 40;
+/// Largest pool: 1 PiB. The data file is one sparse file, and a bigger one
+/// than its file system holds fails to grow (ext4 stops at 16 TiB).
+pub const POOL_CAPACITY_MAX_BYTES: u64 = 1 << 50;
 /// Largest single I/O call; the NBD layer limits requests to 32 MiB.
 pub const IO_BYTES_MAX: u64 = 64 << 20;
 /// Longest LUN or snapshot name, in bytes.
@@ -92,6 +95,21 @@ impl Error {
             name: name.into(),
         }
     }
+}
+
+/// A pool's capacity: whole blocks, at least one, at most 1 PiB.
+pub fn validate_pool_capacity(capacity_bytes: u64) -> Result<()> {
+    if capacity_bytes < BLOCK_SIZE || !capacity_bytes.is_multiple_of(BLOCK_SIZE) {
+        return Err(Error::InvalidArgument(format!(
+            "pool capacity must be a positive multiple of {BLOCK_SIZE} bytes, got {capacity_bytes}"
+        )));
+    }
+    if capacity_bytes > POOL_CAPACITY_MAX_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "pool capacity {capacity_bytes} bytes exceeds the 1 PiB maximum"
+        )));
+    }
+    Ok(())
 }
 
 /// A LUN name is a path of segments made of `[A-Za-z0-9._-]`.

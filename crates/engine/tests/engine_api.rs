@@ -2,7 +2,9 @@
 //! bad input is refused and changes nothing, ENOSPC behaves, restarts keep
 //! what was flushed, concurrent sub-block writes do not lose updates.
 
-use engine::{Allocation, Engine, EngineConfig, Error, Target, BLOCK_SIZE};
+use engine::{
+    Allocation, Engine, EngineConfig, Error, Target, BLOCK_SIZE, POOL_CAPACITY_MAX_BYTES,
+};
 use std::sync::Arc;
 
 const MIB: u64 = 1 << 20;
@@ -110,6 +112,14 @@ fn bad_inputs_are_refused_and_change_nothing() {
         ("status past end", e.block_status(t, 0, 5 * MIB).map(drop)),
         ("unknown export", e.resolve("vol0/db@nope").map(drop)),
         ("pool shrink", e.grow_pool(MIB).map(drop)),
+        (
+            "pool over the maximum",
+            e.grow_pool(POOL_CAPACITY_MAX_BYTES + BLOCK_SIZE).map(drop),
+        ),
+        (
+            "pool capacity near 2^64",
+            e.grow_pool(u64::MAX - 4095).map(drop),
+        ),
     ];
     for (what, result) in bad {
         let err = result.expect_err(what);
@@ -134,6 +144,65 @@ fn bad_inputs_are_refused_and_change_nothing() {
         "a refused request changed the pool"
     );
     assert_eq!(&read_all(&e, "vol0/db")[..8192], &[7u8; 8192][..]);
+    e.check_invariants().unwrap();
+}
+
+/// Growing the pool past what the file system under it holds (ext4: 16
+/// TiB per file) is the caller's mistake, not an I/O failure of the pool
+/// (which the API would answer with a 500); found by tests/fuzz_io.rs.
+#[test]
+fn growing_past_the_file_system_is_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 16 * MIB);
+    e.create_lun("a", MIB).unwrap();
+    let before = fingerprint(&e);
+    match e.grow_pool(POOL_CAPACITY_MAX_BYTES) {
+        // A file system with room for a 1 PiB sparse file (xfs, tmpfs).
+        Ok(status) => assert_eq!(status.capacity_bytes, POOL_CAPACITY_MAX_BYTES),
+        Err(Error::InvalidArgument(msg)) => {
+            assert!(msg.contains("cannot hold"), "{msg}");
+            assert_eq!(fingerprint(&e), before);
+        }
+        Err(other) => panic!("growing past the file system: {other:?}"),
+    }
+    e.check_invariants().unwrap();
+}
+
+/// An unaligned trim or write-zeroes rewrites both edge blocks; when the
+/// pool has room for one of them only, the request must fail whole, not
+/// zero one edge and then report ENOSPC (found by tests/fuzz_io.rs).
+#[test]
+fn a_zeroing_refused_for_space_changes_neither_edge() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 16 * BLOCK_SIZE);
+    e.create_lun("a", MIB).unwrap();
+    let t = e.resolve("a").unwrap();
+    e.write(t, 0, &[5u8; 8192], false).unwrap();
+    // The snapshot shares both blocks: rewriting either needs a new block.
+    e.create_snapshot("a", "s").unwrap();
+    let free = e.pool_status().unwrap().free_bytes;
+    e.write(
+        t,
+        64 * BLOCK_SIZE,
+        &vec![1u8; (free - BLOCK_SIZE) as usize],
+        false,
+    )
+    .unwrap();
+    assert_eq!(e.pool_status().unwrap().free_bytes, BLOCK_SIZE);
+    let before = fingerprint(&e);
+    for no_hole in [false, true] {
+        let err = e.write_zeroes(t, 100, 8000, no_hole, false).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+        let err = e.trim(t, 100, 8000, false).unwrap_err();
+        assert!(matches!(err, Error::NoSpace(_)), "{err}");
+    }
+    assert_eq!(fingerprint(&e), before);
+    assert_eq!(&read_all(&e, "a")[..8192], &[5u8; 8192][..]);
+    // One edge alone fits.
+    e.trim(t, 100, 1000, false).unwrap();
+    let data = read_all(&e, "a");
+    assert!(data[100..1100].iter().all(|&x| x == 0));
+    assert!(data[1100..8192].iter().all(|&x| x == 5));
     e.check_invariants().unwrap();
 }
 
