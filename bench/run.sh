@@ -118,6 +118,7 @@ start() { # name port command... (the command stays in the foreground)
     wait_port "$port" "$name"
 }
 declare -A port_of=()
+chain_file() { printf '%s%0*d.qcow2' "$1" "${#2}" "$3"; } # prefix layers i: layers.py's names
 start_qemu_nbd() { # name file [-r]
     local port; port=$(free_port); port_of[$1]=$port
     start "$1" "$port" qemu-nbd -f qcow2 -x "$1" -b 127.0.0.1 -p "$port" --persistent --shared=16 ${3:-} "$2"
@@ -222,20 +223,13 @@ for img in plain base; do
     stop "fill-$img"
 done
 start_qemu_nbd qcow2 plain.qcow2
-# qcow2 chains over base.qcow2: layer i = the same overwrites as blockfork's
-# layer i, written offline with the backing closed (see bench/peers/layers.py).
-"$py" "$layers_py" qemu-cmds "$size" "$layers" "$per_layer" "$cluster"
-prev=base.qcow2
-for i in $(seq "$layers"); do
-    qemu-img create -q -u -f qcow2 -b "$prev" -F qcow2 "chain$i.qcow2" "$size"
-    qemu-io -t unsafe "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"chain$i.qcow2\"},\"backing\":null}" \
-        <"layer$i.cmd" >/dev/null || die "qemu-io on chain$i.qcow2 failed"
-    prev=chain$i.qcow2
-done
-start_qemu_nbd chain1 chain1.qcow2 -r
-start_qemu_nbd chain100 "chain$layers.qcow2" -r
-[[ $(qemu-img info --backing-chain "chain$layers.qcow2" | grep -c '^image:') == $((layers + 1)) ]] ||
-    die "chain$layers.qcow2 is not $layers layers over base.qcow2"
+# A qcow2 chain over base.qcow2, chain001.qcow2 .. chain100.qcow2: layer i =
+# the same overwrites as blockfork's layer i, written offline with the backing
+# closed; bench/peers/layers.py checks the chain's headers.
+"$py" "$layers_py" qemu-chain chain base.qcow2 "$size" "$layers" "$per_layer" "$cluster" ||
+    die "building the qcow2 chain failed"
+start_qemu_nbd chain1 "$(chain_file chain "$layers" 1)" -r
+start_qemu_nbd chain100 "$(chain_file chain "$layers" "$layers")" -r
 cp base.qcow2 snaplat.qcow2
 if [[ $mode == full ]]; then
     qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay-r.qcow2
