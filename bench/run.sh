@@ -259,9 +259,10 @@ new_lun cbase
 bf snapshot create cbase s >/dev/null
 
 # A server that cannot serve a target is left out, and the report says why
-# instead of giving a number: qemu-nbd 10.0.2 dies (SIGSEGV, its 1 MiB
-# coroutine stack overflows) on the first read that goes through more than
-# 872 layers of a qcow2 chain, found by hand; a later qemu may not.
+# instead of giving a number: qemu-nbd 10.0.2 (and qemu-io) die of SIGSEGV
+# on the first read that goes through more than 872 layers of a qcow2 chain
+# (found by hand; the fault is at a stack guard page, most likely the 1 MiB
+# coroutine stack overflowing: each layer recurses once); a later qemu may not.
 : >"$out/na.tsv"
 probe() { # sys: a 1 s random read; fails, with the reason in na.tsv, if the server died
     local p=${pid_of[$1]} rc=0 sig
