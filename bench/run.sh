@@ -7,7 +7,7 @@
 #                            only the goal workloads (< 90 s on 2 cores)
 #   bench/run.sh             full: 1 GiB, 3 s per fio job, 3 repetitions, every
 #                            workload on every system, snapshot depth up to
-#                            1,000 (~17 min on 2 cores); also writes its
+#                            1,000 (~15 min on 2 cores); also writes its
 #                            output to bench/RESULTS.md
 #   --only copy|depth|data   one part, with only its setup: copy-management
 #                            latencies; read latency at snapshot and clone
