@@ -181,7 +181,8 @@ api=http://127.0.0.1:$bf_api
 start blockfork "$bf_nbd" "$bin" serve --data "$data/bf" --capacity 20G --open \
     --nbd "127.0.0.1:$bf_nbd" --api "127.0.0.1:$bf_api" --log warn
 wait_port "$bf_api" blockfork
-bf() { "$bin" --server "$api" --data "$data/bf" "$@"; }
+bf_cli=("$bin" --server "$api" --data "$data/bf")
+bf() { "${bf_cli[@]}" "$@"; }
 export BLOCKFORK_TOKEN
 BLOCKFORK_TOKEN=$(cat "$data/bf/api-token")
 auth=(-H "authorization: Bearer $BLOCKFORK_TOKEN")
@@ -339,14 +340,8 @@ fi
 # level alike), through the CLI as a user would.
 if ((clones)) && has depth; then
     log "setup: clone chain of $clone_levels levels"
-    from=cbase@s
-    for i in $(seq "$clone_levels"); do
-        clone_create "$from" "c$i"
-        "$py" "$layers_py" nbd-layer 127.0.0.1 "$bf_nbd" "c$i" "$size" "$i" "$per_layer" ||
-            die "writing layer $i of clone c$i failed"
-        bf snapshot create "c$i" s >/dev/null
-        from=c$i@s
-    done
+    "$py" "$layers_py" clone-chain 127.0.0.1 "$bf_nbd" "$size" "$clone_levels" "$per_layer" cbase@s \
+        -- "${bf_cli[@]}" || die "building the clone chain failed"
 fi
 # Drop what this run cannot measure: clones if they failed, servers that died.
 kept=()

@@ -21,9 +21,12 @@ Layer i overwrites PER_LAYER random 4 KiB blocks chosen by seed i, with byte i
       for i in 1..LAYERS: snapshot LUN as s<i> through the REST API, then
       write layer i over NBD (pipelined) on one connection, then FLUSH.
 
-  layers.py nbd-layer HOST PORT EXPORT SIZE_BYTES LAYER PER_LAYER
-      write layer LAYER to EXPORT over NBD, then FLUSH (snapshots and clones
-      are the caller's).
+  layers.py clone-chain HOST PORT SIZE_BYTES LEVELS PER_LAYER SOURCE -- CLI...
+      for i in 1..LEVELS: `CLI lun clone create FROM c<i>` (FROM: SOURCE,
+      then c<i-1>@s), write layer i to c<i> over NBD, FLUSH, then
+      `CLI snapshot create c<i> s`. Through the CLI as a user would; one
+      process for the chain, as a Python start per level costs more than
+      the level itself.
 """
 import json
 import os
@@ -172,10 +175,20 @@ def nbd_layers(host, port, export, api, lun, size, layers, per_layer):
     nbd_close(s)
 
 
-def nbd_one_layer(host, port, export, size, layer, per_layer):
-    s = nbd_connect(host, int(port), export)
-    nbd_write_layer(s, size, layer, per_layer)
-    nbd_close(s)
+def clone_chain(host, port, size, levels, per_layer, source, cli):
+    def run(*args):
+        r = subprocess.run(cli + list(args), capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"{' '.join(args)} failed: {r.stderr.strip()}")
+
+    parent = source
+    for i in range(1, levels + 1):
+        run("lun", "clone", "create", parent, f"c{i}")
+        s = nbd_connect(host, int(port), f"c{i}")
+        nbd_write_layer(s, size, i, per_layer)
+        nbd_close(s)
+        run("snapshot", "create", f"c{i}", "s")
+        parent = f"c{i}@s"
 
 
 if __name__ == "__main__":
@@ -184,7 +197,7 @@ if __name__ == "__main__":
         qemu_chain(a[1], a[2], int(a[3]), int(a[4]), int(a[5]), int(a[6]))
     elif a[:1] == ["nbd"] and len(a) == 9:
         nbd_layers(a[1], a[2], a[3], a[4], a[5], int(a[6]), int(a[7]), int(a[8]))
-    elif a[:1] == ["nbd-layer"] and len(a) == 7:
-        nbd_one_layer(a[1], a[2], a[3], int(a[4]), int(a[5]), int(a[6]))
+    elif a[:1] == ["clone-chain"] and len(a) > 8 and a[7] == "--":
+        clone_chain(a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6], a[8:])
     else:
         sys.exit(__doc__)
