@@ -97,6 +97,7 @@ mkdir -p "$root/target"
 exec 9>"$root/target/bench-peers.lock"
 flock -n 9 || { echo "bench/run.sh: another run holds target/bench-peers.lock" >&2; exit 1; }
 rm -rf "$work"; mkdir -p "$data" "$out/fio" "$out/logs"
+: >"$out/fio.tsv" # report.py reads it even if no fio job ran (--only copy)
 if [[ -x /usr/bin/python3 ]]; then py=/usr/bin/python3; else py=python3; fi
 layers_py=$root/bench/peers/layers.py
 t_start=$SECONDS
