@@ -190,8 +190,17 @@ fn visible(s: &State, lun: &str, who: &ClientIdentity) -> bool {
 }
 
 impl Engine {
-    fn access_changed(&self) {
+    /// Runs one access change under the state lock; when it succeeds,
+    /// bumps the access generation and commits it.
+    fn change_access<T>(&self, change: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let out = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            change(&mut s)?
+        };
         self.access_gen.fetch_add(1, Ordering::AcqRel);
+        self.flush()?;
+        Ok(out)
     }
 
     /// Bumped by every change to igroups, maps or the access mode, so that
@@ -206,14 +215,11 @@ impl Engine {
     }
 
     pub fn set_access_open(&self, open: bool) -> Result<()> {
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             s.open_access = open;
             s.dirty.pool = true;
-        }
-        self.access_changed();
-        self.flush()
+            Ok(())
+        })
     }
 
     /// Whether the export named `export` (`LUN` or `LUN@SNAPSHOT`; the
@@ -236,9 +242,7 @@ impl Engine {
     pub fn create_igroup(&self, name: &str, members: Vec<Member>) -> Result<IgroupInfo> {
         validate_igroup_name(name)?;
         check_member_count(members.len())?;
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             if s.igroups.contains_key(name) {
                 return Err(Error::AlreadyExists {
                     kind: "igroup",
@@ -258,9 +262,8 @@ impl Engine {
             }
             s.igroups.insert(name.to_string(), g);
             s.dirty.igroups.insert(name.to_string());
-        }
-        self.access_changed();
-        self.flush()?;
+            Ok(())
+        })?;
         self.igroup_info(name)
     }
 
@@ -285,9 +288,7 @@ impl Engine {
 
     /// Adds a member (adding one already there is refused).
     pub fn igroup_add(&self, name: &str, member: Member) -> Result<IgroupInfo> {
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             let g = s
                 .igroups
                 .get_mut(name)
@@ -301,16 +302,13 @@ impl Engine {
             check_member_count(g.members.len() + 1)?;
             g.members.push(member);
             s.dirty.igroups.insert(name.to_string());
-        }
-        self.access_changed();
-        self.flush()?;
+            Ok(())
+        })?;
         self.igroup_info(name)
     }
 
     pub fn igroup_remove(&self, name: &str, member: Member) -> Result<IgroupInfo> {
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             let g = s
                 .igroups
                 .get_mut(name)
@@ -323,22 +321,19 @@ impl Engine {
             };
             g.members.remove(i);
             s.dirty.igroups.insert(name.to_string());
-        }
-        self.access_changed();
-        self.flush()?;
+            Ok(())
+        })?;
         self.igroup_info(name)
     }
 
     /// Deletes an igroup; refused while LUNs are mapped to it.
     pub fn delete_igroup(&self, name: &str) -> Result<()> {
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             let g = s
                 .igroups
                 .get(name)
                 .ok_or_else(|| Error::not_found("igroup", name))?;
-            let info = igroup_info(&s, name, g);
+            let info = igroup_info(s, name, g);
             if !info.luns.is_empty() {
                 return Err(Error::HasDependents(format!(
                     "igroup \"{name}\" is mapped to LUN(s) {}; unmap them first",
@@ -347,16 +342,13 @@ impl Engine {
             }
             s.igroups.remove(name);
             s.dirty.igroups.insert(name.to_string());
-        }
-        self.access_changed();
-        self.flush()
+            Ok(())
+        })
     }
 
     /// Maps a LUN to an igroup: its members see the LUN and its snapshots.
     pub fn map_lun(&self, lun: &str, igroup: &str) -> Result<()> {
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             let id = s.lun_id(lun)?;
             if !s.igroups.contains_key(igroup) {
                 return Err(Error::not_found("igroup", igroup));
@@ -369,24 +361,20 @@ impl Engine {
                 });
             }
             s.dirty.luns.insert(id);
-        }
-        self.access_changed();
-        self.flush()
+            Ok(())
+        })
     }
 
     pub fn unmap_lun(&self, lun: &str, igroup: &str) -> Result<()> {
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
+        self.change_access(|s| {
             let id = s.lun_id(lun)?;
             let l = s.lun_mut(id)?;
             if !l.maps.remove(igroup) {
                 return Err(Error::not_found("LUN map", format!("{lun} to {igroup}")));
             }
             s.dirty.luns.insert(id);
-        }
-        self.access_changed();
-        self.flush()
+            Ok(())
+        })
     }
 }
 

@@ -1074,16 +1074,7 @@ impl Engine {
     pub fn resolve(&self, export: &str) -> Result<Target> {
         let s = self.state.lock();
         s.check_open()?;
-        match export.split_once('@') {
-            None => Ok(Target::Lun(s.lun_id(export)?)),
-            Some((lun, snap)) => {
-                let id = s.lun_id(lun)?;
-                let epoch = s.luns[&id]
-                    .snapshot_by_name(snap)
-                    .ok_or_else(|| Error::not_found("snapshot", export))?;
-                Ok(Target::Snapshot(id, Epoch(epoch)))
-            }
-        }
+        resolve_in(&s, export)
     }
 
     /// The size in bytes of what `target` names now.
@@ -1567,6 +1558,20 @@ fn is_zero(block: &[u8]) -> bool {
 fn stripe_of(lun: LunId, lba: u64) -> usize {
     let h = lun.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ lba.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     (h >> 32) as usize % STRIPES
+}
+
+/// `LUN` or `LUN@SNAPSHOT` (visible snapshots only) under the state lock.
+pub(crate) fn resolve_in(s: &State, name: &str) -> Result<Target> {
+    match name.split_once('@') {
+        None => Ok(Target::Lun(s.lun_id(name)?)),
+        Some((lun, snap)) => {
+            let id = s.lun_id(lun)?;
+            let epoch = s.luns[&id]
+                .snapshot_by_name(snap)
+                .ok_or_else(|| Error::not_found("snapshot", name))?;
+            Ok(Target::Snapshot(id, Epoch(epoch)))
+        }
+    }
 }
 
 pub(crate) fn target_blocks(s: &State, target: Target) -> Result<u64> {

@@ -3,7 +3,7 @@
 //! rapid file cloning). No data moves; the cost is one map update and one
 //! reference-count update per source extent, whatever its length.
 
-use crate::engine::{resolve_blocks, Segments, Src};
+use crate::engine::{resolve_blocks, resolve_in, Segments, Src};
 use crate::map::Val;
 use crate::space::Run;
 use crate::state::State;
@@ -225,19 +225,6 @@ fn check_overlaps(
         }
     }
     Ok(())
-}
-
-fn resolve_in(s: &State, name: &str) -> Result<Target> {
-    match name.split_once('@') {
-        None => Ok(Target::Lun(s.lun_id(name)?)),
-        Some((lun, snap)) => {
-            let id = s.lun_id(lun)?;
-            let epoch = s.luns[&id]
-                .snapshot_by_name(snap)
-                .ok_or_else(|| Error::not_found("snapshot", name))?;
-            Ok(Target::Snapshot(id, Epoch(epoch)))
-        }
-    }
 }
 
 /// Maps one entry's resolved segments into the target's head. Holes become
