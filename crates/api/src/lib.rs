@@ -398,6 +398,27 @@ async fn openapi_json(State(state): State<AppState>) -> Response {
 async fn admit_and_log(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let uri = request.uri().clone();
+    // Routes without a request body never read one; a body a client sent
+    // anyway would stay unread in the socket, and closing a socket with
+    // unread data makes the kernel reset it, which can cut the response
+    // short on the client's side. Read it here and drop it.
+    let request = if matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::DELETE | axum::http::Method::HEAD
+    ) {
+        let (parts, body) = request.into_parts();
+        if axum::body::to_bytes(body, BODY_BYTES_MAX).await.is_err() {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body exceeds the {BODY_BYTES_MAX}-byte limit"),
+            )
+            .into_response();
+        }
+        Request::from_parts(parts, axum::body::Body::empty())
+    } else {
+        request
+    };
     let started = Instant::now();
     let _permit = state
         .in_flight

@@ -87,7 +87,10 @@ impl Server {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let text = response.body_mut().read_to_string().unwrap();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .unwrap_or_else(|e| panic!("{method} {path}: {status}: reading the body: {e}"));
         let body = if text.is_empty() {
             Value::Null
         } else {
