@@ -9,7 +9,9 @@ use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
 use crate::io::{DataFile, FileData, FjallStore, MetaStore};
 use crate::map::{HeadMap, HistoryMap, Val};
 use crate::space::{Allocator, RefCounts, Run};
-use crate::state::{Dirty, GcJob, Group, Lun, LunMap, Snapshot, SplitJob, SplitState, State};
+use crate::state::{
+    Dirty, GcJob, Group, Lun, LunMap, Snapshot, SplitJob, SplitState, State, Through,
+};
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::collections::{BTreeMap, HashMap};
@@ -38,6 +40,10 @@ pub struct EngineConfig {
     /// For a new pool: whether unmapped LUNs are visible to every client
     /// (an open pool) or to none (closed). Existing pools keep their mode.
     pub open_access: bool,
+    /// Reads through clone chains of at least this many levels use an owner
+    /// index (one search, not one per level; decision 014). `usize::MAX`
+    /// turns indexes off.
+    pub chain_index_min_levels: usize,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +56,7 @@ impl Default for EngineConfig {
             split_rate_bytes: 128_000_000,
             background: true,
             open_access: false,
+            chain_index_min_levels: crate::chain::CHAIN_INDEX_MIN_LEVELS,
         }
     }
 }
@@ -173,7 +180,8 @@ impl Engine {
         config: EngineConfig,
         lock: Option<std::fs::File>,
     ) -> Result<Arc<Engine>> {
-        let (state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
+        let (mut state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
+        state.chain_index_min_levels = config.chain_index_min_levels;
         let bytes = state.alloc.capacity_blocks() * BLOCK_SIZE;
         data.ensure_len(bytes)
             .map_err(|e| data_file_growth_error(e, bytes))?;
@@ -514,6 +522,7 @@ impl Engine {
                 )));
             }
             let mut l = s.luns.remove(&id).expect("found above");
+            s.chain_gen += 1;
             s.names.remove(name);
             s.jobs.remove(&id);
             if s.splits.remove(&id).is_some() {
@@ -780,6 +789,7 @@ impl Engine {
             let mut s = self.state.lock();
             s.check_open()?;
             let id = s.lun_id(lun)?;
+            s.chain_gen += 1;
             let l = &s.luns[&id];
             let at = l
                 .snapshot_by_name(snapshot)
@@ -1612,7 +1622,7 @@ pub(crate) fn resolve_blocks(
         let through = match s.through(l) {
             Some(t) if pos < t.limit_blocks => {
                 let through = end.min(t.limit_blocks);
-                resolve_blocks(s, t.lun, Some(t.epoch), pos, through, out);
+                resolve_through(s, l, t, pos, through, out);
                 through
             }
             _ => pos,
@@ -1640,13 +1650,47 @@ pub(crate) fn resolve_blocks(
             None => match s.through(l) {
                 Some(t) if pos < t.limit_blocks => {
                     let through = (pos + n).min(t.limit_blocks);
-                    resolve_blocks(s, t.lun, Some(t.epoch), pos, through, out);
+                    resolve_through(s, l, t, pos, through, out);
                     if through < pos + n {
                         push_seg(out, pos + n - through, Src::Hole);
                     }
                 }
                 _ => push_seg(out, n, Src::Hole),
             },
+        }
+        pos += n;
+    }
+}
+
+/// Resolves `[pos, end)` (below `t.limit_blocks`) as clone `l` reads it
+/// through its parent `t` (`s.through(l)`): through the chain's owner index where it has one
+/// (one search whatever the depth), else level by level.
+fn resolve_through(s: &State, l: &Lun, t: Through, pos: u64, end: u64, out: &mut Segments) {
+    let gens = (s.shape_gen, s.chain_gen);
+    let cached = l.chain_cache.borrow();
+    let ix = match &*cached {
+        Some((g, ix)) if *g == gens => ix.as_deref(),
+        _ => {
+            drop(cached);
+            let ix = s.chain_index(t);
+            *l.chain_cache.borrow_mut() = Some((gens, ix));
+            return resolve_through(s, l, t, pos, end, out);
+        }
+    };
+    let Some(ix) = ix else {
+        return resolve_blocks(s, t.lun, Some(t.epoch), pos, end, out);
+    };
+    let mut pos = pos;
+    while pos < end {
+        let (n, level) = ix.lookup(pos, end);
+        // Runs of upper levels lie below their limits; the bottom's limit
+        // cuts what falls to it.
+        let upto = (pos + n).min(level.limit_blocks.max(pos));
+        if pos < upto {
+            resolve_blocks(s, level.lun, Some(level.epoch), pos, upto, out);
+        }
+        if upto < pos + n {
+            push_seg(out, pos + n - upto, Src::Hole);
         }
         pos += n;
     }
@@ -1668,6 +1712,7 @@ fn push_seg(out: &mut Segments, n: u64, src: Src) {
 }
 
 pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
+    s.chain_gen += 1;
     let l = s.luns.get_mut(&id).expect("snapshot's LUN");
     l.snapshots.remove(&epoch);
     l.deleting.push(epoch);
@@ -1721,6 +1766,7 @@ pub(crate) fn new_lun(
         parent_limit_blocks: if parent.is_some() { size_blocks } else { 0 },
         created_epoch: 0,
         through_cache: std::cell::Cell::new(None),
+        chain_cache: std::cell::RefCell::new(None),
         snapshots: BTreeMap::new(),
         deleting: Vec::new(),
         gc_needed: false,
@@ -1982,6 +2028,9 @@ fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, boo
     let alloc = Allocator::from_used(pool.capacity_blocks, &union_runs(&used));
     let state = State {
         shape_gen: 0,
+        chain_gen: 0,
+        chains: Default::default(),
+        chain_index_min_levels: crate::chain::CHAIN_INDEX_MIN_LEVELS,
         epoch: pool.epoch,
         next_lun_id: pool.next_lun_id,
         created: pool.created,

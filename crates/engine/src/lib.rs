@@ -5,6 +5,7 @@
 //! `docs/decisions/` for the choices made here.
 
 mod access;
+mod chain;
 mod codec;
 mod engine;
 pub mod io;

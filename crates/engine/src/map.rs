@@ -95,7 +95,6 @@ impl HeadMap {
         self.extents.get(&lba).copied()
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.extents.len()
     }

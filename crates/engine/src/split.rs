@@ -417,6 +417,7 @@ impl Engine {
             let name = l.name.clone();
             // Clones of this clone may have cached a read path through it.
             s.shape_gen += 1;
+            s.chain_gen += 1;
             s.dirty.luns.insert(id);
             if let Some(job) = s.splits.remove(&id) {
                 s.finished_splits

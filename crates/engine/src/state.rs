@@ -65,6 +65,9 @@ pub struct Lun {
     pub history: HistoryMap,
     /// Cached `(shape_gen, target)` of `through()`.
     pub through_cache: std::cell::Cell<Option<(u64, Option<Through>)>>,
+    /// Cached `((shape_gen, chain_gen), index)` of the chain index this
+    /// LUN's reads fall through to.
+    pub chain_cache: std::cell::RefCell<Option<crate::chain::CachedIndex>>,
     /// Igroups this LUN is mapped to.
     pub maps: BTreeSet<String>,
     /// Writes hold it shared; snapshot, restore, resize and delete hold it
@@ -75,7 +78,7 @@ pub struct Lun {
 /// Where reads that fall through a clone's own maps go: the nearest
 /// ancestor snapshot that maps anything, and the fewest blocks any link on
 /// the way lets through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Through {
     pub lun: LunId,
     pub epoch: u64,
@@ -203,6 +206,13 @@ pub struct State {
     /// Bumped whenever a LUN's maps turn empty or non-empty: it invalidates
     /// every clone's cached read-through target (`Lun::through`).
     pub shape_gen: u64,
+    /// Bumped whenever what a clone chain reads through may change: a
+    /// parent link dropped, a LUN or snapshot removed, a head restored. It
+    /// invalidates every chain index (`chain.rs`).
+    pub chain_gen: u64,
+    pub chains: std::cell::RefCell<crate::chain::ChainCache>,
+    /// Chains of at least this many levels get an owner index.
+    pub chain_index_min_levels: usize,
     pub epoch: u64,
     pub next_lun_id: u64,
     pub created: u64,

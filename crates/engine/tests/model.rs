@@ -78,11 +78,18 @@ struct World {
     range_clones: u64,
 }
 
-fn config() -> EngineConfig {
+/// Two seeds in three read clone chains of two levels or more through owner
+/// indexes (decision 014), the third level by level.
+fn config(seed: u64) -> EngineConfig {
     EngineConfig {
         background: false,
         dirty_keys_max: 1 << 30,
         reclaim_ranges_per_batch: 3,
+        chain_index_min_levels: if seed.is_multiple_of(3) {
+            usize::MAX
+        } else {
+            2
+        },
         ..Default::default()
     }
 }
@@ -108,7 +115,7 @@ impl World {
             Box::new(data.clone()),
             Box::new(store.clone()),
             CAPACITY_BLOCKS,
-            config(),
+            config(seed),
         )
         .expect("open a new pool");
         World {
@@ -848,7 +855,7 @@ impl World {
             Box::new(self.data.clone()),
             Box::new(self.store.clone()),
             CAPACITY_BLOCKS,
-            config(),
+            config(self.seed),
         )
         .unwrap_or_else(|e| panic!("seed {}: reopen: {e}", self.seed));
         self.unknown.clear();
@@ -888,7 +895,7 @@ impl World {
             Box::new(self.data.clone()),
             Box::new(self.store.clone()),
             CAPACITY_BLOCKS,
-            config(),
+            config(self.seed),
         )
         .unwrap_or_else(|e| panic!("seed {}: reopen after crash: {e}", self.seed));
         self.engine

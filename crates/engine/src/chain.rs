@@ -1,0 +1,252 @@
+//! Owner indexes for deep clone chains (decision 014).
+//!
+//! A read that a clone does not map falls through to its parent snapshot,
+//! and from there to the parent's parent, one map search per level that has
+//! anything of its own. At depth 50 that is 100 searches for a block only the
+//! base holds. What a snapshot sees never changes while a clone reads
+//! through it, so the answer to "which level of this chain owns block b" is
+//! fixed too: a chain index records it once, as sorted runs of blocks owned
+//! by each upper level (everything else belongs to the bottom level), and a
+//! read then costs one binary search plus the owning level's own lookup,
+//! whatever the depth.
+//!
+//! Indexes are built lazily on the first read through a chain of at least
+//! `State::chain_index_min_levels` levels, shared by every clone reading
+//! through the same snapshot, and dropped together whenever `chain_gen`
+//! moves: a parent link is dropped (split completion), a LUN or a snapshot
+//! is removed, a head is restored. Nothing else changes what a snapshot
+//! sees; a running split only adds copies of what a level already read
+//! through, so a stale "owned below" answer still reads the same bytes.
+
+use crate::state::{State, Through};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Upper-level map entries one index may be built from; longer chains keep
+/// reading level by level (bounds the time a build holds the state lock).
+pub const CHAIN_INDEX_SOURCE_MAX: usize = 1 << 20;
+/// Runs all cached indexes may hold before the cache starts over.
+pub const CHAIN_CACHE_RUNS_MAX: usize = 4 << 20;
+/// Default shortest chain worth indexing: at two levels the walk already
+/// costs what the index does.
+pub const CHAIN_INDEX_MIN_LEVELS: usize = 3;
+
+pub struct ChainIndex {
+    /// The chain's levels, nearest first, each with the cumulative limit
+    /// (blocks at or past it never reach that level); the last is the
+    /// bottom, which owns whatever no run names.
+    pub levels: Vec<Through>,
+    /// Disjoint runs sorted by start, owned by upper levels: starts apart
+    /// from the rest so that the search touches 8 bytes a run.
+    starts: Vec<u64>,
+    /// `(len, level)` of each run, level below `levels.len() - 1`.
+    runs: Vec<(u64, u32)>,
+}
+
+impl ChainIndex {
+    fn new(levels: Vec<Through>, mut runs: Vec<(u64, u64, u32)>) -> ChainIndex {
+        runs.sort_unstable_by_key(|r| r.0);
+        ChainIndex {
+            levels,
+            starts: runs.iter().map(|r| r.0).collect(),
+            runs: runs.iter().map(|r| (r.1, r.2)).collect(),
+        }
+    }
+
+    /// The level owning `pos`, and for how many blocks (up to `end`) that
+    /// holds.
+    pub fn lookup(&self, pos: u64, end: u64) -> (u64, &Through) {
+        let i = self.starts.partition_point(|&s| s <= pos);
+        if i > 0 {
+            let (s, (len, level)) = (self.starts[i - 1], self.runs[i - 1]);
+            if pos < s + len {
+                return ((s + len).min(end) - pos, &self.levels[level as usize]);
+            }
+        }
+        let next = self.starts.get(i).map_or(end, |&s| s.min(end));
+        (
+            next - pos,
+            self.levels.last().expect("a chain has a bottom"),
+        )
+    }
+}
+
+/// A LUN's cached chain index: valid while `(shape_gen, chain_gen)` match.
+pub type CachedIndex = ((u64, u64), Option<Arc<ChainIndex>>);
+
+#[derive(Default)]
+pub struct ChainCache {
+    gen: u64,
+    runs: usize,
+    /// `None`: looked at, not worth an index (short, or too large).
+    by_top: HashMap<Through, Option<Arc<ChainIndex>>>,
+}
+
+impl State {
+    /// The owner index for reads falling through to `top`, built on first
+    /// use; `None` where the chain is short or too large to index.
+    pub fn chain_index(&self, top: Through) -> Option<Arc<ChainIndex>> {
+        let mut cache = self.chains.borrow_mut();
+        if cache.gen != self.chain_gen {
+            *cache = ChainCache {
+                gen: self.chain_gen,
+                ..Default::default()
+            };
+        }
+        if let Some(hit) = cache.by_top.get(&top) {
+            return hit.clone();
+        }
+        let built = self.build_chain_index(top).map(Arc::new);
+        let runs = built.as_ref().map_or(0, |ix| ix.starts.len());
+        if cache.runs + runs > CHAIN_CACHE_RUNS_MAX {
+            cache.by_top.clear();
+            cache.runs = 0;
+        }
+        cache.runs += runs;
+        cache.by_top.insert(top, built.clone());
+        built
+    }
+
+    fn build_chain_index(&self, top: Through) -> Option<ChainIndex> {
+        // The levels, nearest first, as the level-by-level walk visits them.
+        let mut levels = vec![top];
+        let mut source = 0usize;
+        loop {
+            let last = *levels.last().expect("non-empty");
+            let Some(l) = self.luns.get(&last.lun) else {
+                break;
+            };
+            let Some(next) = self.through(l) else {
+                break;
+            };
+            source += l.head.len() + l.history.len();
+            if source > CHAIN_INDEX_SOURCE_MAX {
+                return None;
+            }
+            levels.push(Through {
+                limit_blocks: next.limit_blocks.min(last.limit_blocks),
+                ..next
+            });
+        }
+        if levels.len() < self.chain_index_min_levels.max(2) {
+            return None;
+        }
+        // Top down: each upper level owns what it maps at its epoch and no
+        // nearer level mapped.
+        let mut runs: Vec<(u64, u64, u32)> = Vec::new();
+        let mut taken: Vec<(u64, u64)> = Vec::new();
+        for (k, t) in levels[..levels.len() - 1].iter().enumerate() {
+            let l = &self.luns[&t.lun];
+            let mut cover: Vec<(u64, u64)> = Vec::new();
+            for (lba, ext) in l.head.iter() {
+                if ext.birth <= t.epoch {
+                    cover.push((lba, ext.len));
+                }
+            }
+            for (lba, r) in l.history.iter() {
+                let i = r.versions.partition_point(|v| v.death <= t.epoch);
+                if r.versions.get(i).is_some_and(|v| v.birth <= t.epoch) {
+                    cover.push((lba, r.len));
+                }
+            }
+            let cover = merge(cover, t.limit_blocks);
+            for (s, len) in subtract(&cover, &taken) {
+                runs.push((s, len, k as u32));
+            }
+            taken = union(&taken, &cover);
+        }
+        Some(ChainIndex::new(levels, runs))
+    }
+}
+
+/// Sorts runs, clips them below `limit` and merges the touching ones.
+fn merge(mut runs: Vec<(u64, u64)>, limit: u64) -> Vec<(u64, u64)> {
+    runs.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(runs.len());
+    for (s, len) in runs {
+        if s >= limit {
+            break;
+        }
+        let len = len.min(limit - s);
+        match out.last_mut() {
+            Some((ls, ll)) if *ls + *ll >= s => *ll = (*ll).max(s + len - *ls),
+            _ => out.push((s, len)),
+        }
+    }
+    out
+}
+
+/// Parts of sorted disjoint `a` outside sorted disjoint `b`.
+fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut j = 0;
+    for &(s, len) in a {
+        let (mut pos, end) = (s, s + len);
+        while j < b.len() && b[j].0 + b[j].1 <= pos {
+            j += 1;
+        }
+        let mut k = j;
+        while pos < end {
+            match b.get(k) {
+                Some(&(bs, bl)) if bs < end => {
+                    if bs > pos {
+                        out.push((pos, bs - pos));
+                    }
+                    pos = pos.max(bs + bl);
+                    k += 1;
+                }
+                _ => {
+                    out.push((pos, end - pos));
+                    pos = end;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Union of two sorted disjoint run lists.
+fn union(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all = Vec::with_capacity(a.len() + b.len());
+    all.extend_from_slice(a);
+    all.extend_from_slice(b);
+    merge(all, u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_and_union() {
+        let a = [(0, 10), (20, 10), (40, 5)];
+        let b = [(5, 2), (8, 14), (29, 20)];
+        assert_eq!(subtract(&a, &b), vec![(0, 5), (7, 1), (22, 7)]);
+        assert_eq!(subtract(&a, &[]), a.to_vec());
+        assert_eq!(subtract(&[], &b), vec![]);
+        assert_eq!(union(&a, &b), vec![(0, 49)]);
+        assert_eq!(
+            merge(vec![(5, 5), (0, 3), (3, 1), (20, 10)], 25),
+            vec![(0, 4), (5, 5), (20, 5)]
+        );
+    }
+
+    #[test]
+    fn lookup_walks_runs() {
+        let t = |lun| Through {
+            lun: crate::types::LunId(lun),
+            epoch: 1,
+            limit_blocks: 100,
+        };
+        let ix = ChainIndex::new(
+            vec![t(1), t(2), t(3)],
+            vec![(30, 1, 0), (10, 5, 0), (15, 5, 1)],
+        );
+        assert_eq!(ix.lookup(0, 100), (10, &t(3)));
+        assert_eq!(ix.lookup(12, 100), (3, &t(1)));
+        assert_eq!(ix.lookup(12, 13), (1, &t(1)));
+        assert_eq!(ix.lookup(15, 100), (5, &t(2)));
+        assert_eq!(ix.lookup(20, 25), (5, &t(3)));
+        assert_eq!(ix.lookup(31, 100), (69, &t(3)));
+    }
+}
