@@ -13,6 +13,8 @@
 #                            latencies; read latency at snapshot and clone
 #                            depth (full: ~4 min); or the data path. Never
 #                            writes bench/RESULTS.md.
+#   --no-pin                 do not pin the depth comparison's servers and
+#                            fio to one CPU (see "pin" below)
 #   options: --size-mib N  --runtime S  --reps N  --no-build  --keep
 #
 # Systems, all on 127.0.0.1 and free ports, all stopped on exit:
@@ -31,7 +33,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 cmdline="bench/run.sh${*:+ $*}"
 
-mode=full size_mib="" runtime="" reps="" build=1 keep=0 only=""
+mode=full size_mib="" runtime="" reps="" build=1 keep=0 only="" pin_cpus=1 fio_cpus=""
 while (($#)); do
     case $1 in
         --quick) mode=quick ;;
@@ -40,6 +42,7 @@ while (($#)); do
         --reps) reps=${2:?}; shift ;;
         --only) only=${2:?}; shift ;;
         --no-build) build=0 ;;
+        --no-pin) pin_cpus=0 ;;
         --keep) keep=1 ;;
         -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
@@ -183,7 +186,19 @@ start blockfork "$bf_nbd" "$bin" serve --data "$data/bf" --capacity 20G --open \
     --nbd "127.0.0.1:$bf_nbd" --api "127.0.0.1:$bf_api" --log warn
 wait_port "$bf_api" blockfork
 bf_cli=("$bin" --server "$api" --data "$data/bf")
-bf() { "${bf_cli[@]}" "$@"; }
+# Every CLI call has 120 s: a call that gets no answer (seen once, in a
+# `lun delete` right after a QD32 write job, never reproduced) leaves the
+# server's threads' stacks in out/logs/stuck-*.txt for the next step.
+bf() {
+    local rc=0 f
+    timeout 120 "${bf_cli[@]}" "$@" || rc=$?
+    if ((rc == 124)); then
+        f=$out/logs/stuck-$SECONDS.txt
+        { echo "no answer in 120 s: blockfork $*"; gdb -p "${pid_of[blockfork]}" -batch -ex "thread apply all bt" 2>&1; } >"$f"
+        die "blockfork $* got no answer in 120 s; the server's threads are in $f"
+    fi
+    return $rc
+}
 export BLOCKFORK_TOKEN
 BLOCKFORK_TOKEN=$(cat "$data/bf/api-token")
 auth=(-H "authorization: Bearer $BLOCKFORK_TOKEN")
@@ -228,13 +243,14 @@ run_fio() { # sys wl rep target-args...
     t0=$EPOCHREALTIME
     # shellcheck disable=SC2086
     fio --name="$wl" --time_based --runtime="$fio_runtime" --size="$size" "$@" ${wl_args[$wl]} \
+        --lat_percentiles=1 ${fio_cpus:+--cpus_allowed=$fio_cpus} \
         --output-format=json --output="$json" >/dev/null 2>"$out/logs/fio.err" ||
         die "fio $sys $wl failed: $(head -c 400 "$out/logs/fio.err")"
     t1=$EPOCHREALTIME
     jq -r --arg s "$sys" --arg w "$wl" --arg r "$rep" --arg t0 "$t0" --arg t1 "$t1" '.jobs[0] |
         if .error != 0 or (.read.total_ios + .write.total_ios) == 0 then error("fio job error \(.error)") else . end |
         [$s, $w, $r, (.read.iops + .write.iops), ((.read.bw_bytes + .write.bw_bytes) / 1048576),
-         (if .read.total_ios > 0 then .read.clat_ns.percentile["50.000000"] / 1000 else 0 end), $t0, $t1] | @tsv' \
+         (if .read.total_ios > 0 then .read.lat_ns.percentile["50.000000"] / 1000 else 0 end), $t0, $t1] | @tsv' \
         "$json" >>"$out/fio.tsv" || die "fio $sys $wl: bad result in $json"
 }
 
@@ -397,9 +413,23 @@ warm() { # sys target-args...
 # The systems in a different order in each repetition: $1 = repetition, then the list.
 rotated() { local r=$1; shift; local n=$#; local a=("$@"); for ((i = 0; i < n; i++)); do echo "${a[(i + r - 1) % n]}"; done; }
 
+# The depth comparison pins every server and fio to one CPU (the last): at
+# QD1 a read's latency is mostly wake-ups, which cost 3-4 times more when
+# client and server sleep on different CPUs than when they hand over on one,
+# and which of the two happens depends on what else runs. On one CPU the
+# latency is the client's and the server's work per read, which is what
+# depth changes. Every system is pinned alike; --no-pin turns it off.
+# Latencies are fio's total latency (submission to completion).
 if has depth; then
     log "read latency at snapshot and clone depth: ${depth_systems[*]}"
     fio_runtime=$depth_runtime
+    if ((pin_cpus)); then
+        fio_cpus=$(($(nproc) - 1))
+        for name in blockfork "${!pid_of[@]}"; do
+            [[ $name == chain* || $name == blockfork ]] || continue
+            taskset -a -p -c "$fio_cpus" "${pid_of[$name]}" >/dev/null || die "pinning $name failed"
+        done
+    fi
     for rep in $(seq "$reps"); do
         for sys in $(rotated "$rep" "${depth_systems[@]}"); do
             # shellcheck disable=SC2046
@@ -412,6 +442,10 @@ if has depth; then
             fi
         done
     done
+    if [[ -n $fio_cpus ]]; then
+        taskset -a -p -c "0-$(($(nproc) - 1))" "${pid_of[blockfork]}" >/dev/null || die "unpinning blockfork failed"
+        fio_cpus=""
+    fi
 fi
 
 # ---------------------------------------------------------------- data path
@@ -515,7 +549,7 @@ report() {
     echo
     "$py" "$root/bench/peers/report.py" "$out" mode="$mode" clones="$clones" clone_why="$clone_why" \
         size_mib="$size_mib" layers="$layers" per_layer="$per_layer" deep_layers="$deep_layers" \
-        deep_per_layer="$deep_per_layer" clone_levels="$clone_levels" cluster="$cluster"
+        deep_per_layer="$deep_per_layer" clone_levels="$clone_levels" cluster="$cluster" pinned="$pin_cpus"
     echo
     echo "Run took $((SECONDS - t_start)) s, of which $build_s s of cargo build and $quiet_waited s of waiting for other processes to quiet down."
 }

@@ -169,8 +169,8 @@ if lat:
           "their process start; REST is curl's time_total for one POST to /api/v1/snapshots or "
           "/api/v1/clones, closer to the engine). Snapshots are of a pre-filled LUN / qcow2 image "
           f"({size_mib} MiB); qemu-img snapshot -c takes an internal snapshot of an offline image."
-          + (" Clone read: fio 4 KiB random read, QD1, median of the repetitions of the p50 completion "
-             "latency, from the data path runs." if mode == "full" and workloads else ""))
+          + (" Clone read: fio 4 KiB random read, QD1, median of the repetitions of the p50 latency "
+             "(fio's total latency), from the data path runs." if mode == "full" and workloads else ""))
     print()
     print("| measure | blockfork | peer | blockfork's advantage (> 1: blockfork faster) | goal |")
     print("| --- | ---: | ---: | ---: | --- |")
@@ -233,8 +233,12 @@ if snap_depths or clone_depths:
                 f"ratios are to the same depth-1 LUN and chain")
     print("## Snapshot and clone depth")
     print()
-    print("fio 4 KiB random read at QD1, median of the repetitions of the p50 completion latency "
-          "(at QD32: IOPS), each system after one untimed sequential read pass. Snapshot depth N: "
+    pinned = (" Every server and fio pinned to one CPU for this part (at QD1 a read's latency is "
+              "otherwise mostly wake-ups across CPUs, which vary with whatever else runs)."
+              if arg.get("pinned", "0") == "1" else "")
+    print("fio 4 KiB random read at QD1, median of the repetitions of the p50 latency (fio's total "
+          "latency, submission to completion; at QD32: IOPS), each system after one untimed "
+          f"sequential read pass.{pinned} Snapshot depth N: "
           f"a pre-filled LUN after N rounds of (snapshot, overwrite {per_layer} random 4 KiB blocks, "
           f"the same for every system){deep}; LUN@s1 is its oldest snapshot. Clone depth N: level N "
           "of a chain in which level i is a clone of level i − 1's snapshot (level 0: a pre-filled "
