@@ -13,8 +13,8 @@
 //! Indexes are built lazily on the first read through a chain of at least
 //! `State::chain_index_min_levels` levels, shared by every clone reading
 //! through the same snapshot, and dropped together whenever `chain_gen`
-//! moves: a parent link is dropped (split completion), a LUN or a snapshot
-//! is removed, a head is restored. Nothing else changes what a snapshot
+//! moves: a parent link is dropped (split completion), a hidden snapshot is
+//! finally removed, a head is restored. Nothing else changes what a snapshot
 //! sees; a running split only adds copies of what a level already read
 //! through, so a stale "owned below" answer still reads the same bytes.
 

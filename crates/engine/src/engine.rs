@@ -522,7 +522,6 @@ impl Engine {
                 )));
             }
             let mut l = s.luns.remove(&id).expect("found above");
-            s.chain_gen += 1;
             s.names.remove(name);
             s.jobs.remove(&id);
             if s.splits.remove(&id).is_some() {
@@ -1712,9 +1711,13 @@ fn push_seg(out: &mut Segments, n: u64, src: Src) {
 }
 
 pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
-    s.chain_gen += 1;
     let l = s.luns.get_mut(&id).expect("snapshot's LUN");
-    l.snapshots.remove(&epoch);
+    if l.snapshots.remove(&epoch).is_some_and(|sn| sn.hidden) {
+        // Clones read through it until the last went: drop chain indexes
+        // that may name it (memory only; nobody reads through it now).
+        s.chain_gen += 1;
+    }
+    let l = s.luns.get_mut(&id).expect("snapshot's LUN");
     l.deleting.push(epoch);
     l.gc_needed = true;
     s.dirty.snapshots.insert((id, epoch));
