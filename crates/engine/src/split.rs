@@ -319,15 +319,12 @@ impl Engine {
         }
         // Copy: the parent's blocks are pinned (the parent link pins the
         // snapshot), so they cannot be freed under us.
-        let mut buf = Vec::new();
         let mut copy_result = Ok(());
         for &(i, off, len, dst) in &placed {
-            buf.resize((len * BLOCK_SIZE) as usize, 0);
             let src = fills[i].src + off;
             if let Err(e) = self
                 .data
-                .read_at(&mut buf, src * BLOCK_SIZE)
-                .and_then(|()| self.data.write_at(&buf, dst * BLOCK_SIZE))
+                .copy(src * BLOCK_SIZE, dst * BLOCK_SIZE, len * BLOCK_SIZE)
             {
                 copy_result = Err(e);
                 break;
