@@ -411,7 +411,34 @@ warm() { # sys target-args...
         --output="$out/logs/warm.log" >/dev/null || die "warm-up read of $sys failed"
 }
 # The systems in a different order in each repetition: $1 = repetition, then the list.
-rotated() { local r=$1; shift; local n=$#; local a=("$@"); for ((i = 0; i < n; i++)); do echo "${a[(i + r - 1) % n]}"; done; }
+# Rotating alone keeps each system behind the same neighbour in every
+# repetition (in the 04:16 and 05:30 runs the fresh LUN always followed the
+# raw file's O_DIRECT writes, and its QD32 reads fell from 91k to 59k IOPS):
+# even repetitions also run the list backwards.
+rotated() {
+    local r=$1; shift
+    local n=$# a=("$@") i
+    for ((i = 0; i < n; i++)); do
+        if ((r % 2)); then echo "${a[(i + r - 1) % n]}"; else echo "${a[(2 * n - 1 - i - (r - 1)) % n]}"; fi
+    done
+}
+# After a system's jobs: its writes reach the disk, and the disk goes quiet
+# (no sectors written for 1 s, at most 15 s), before the next system starts.
+# The host may still be writing behind the VM's back; that is not visible.
+disk_dev=$(df --output=source "$root/target" | tail -1)
+disk_dev=${disk_dev#/dev/}
+settle() {
+    [[ $mode == quick ]] && return 0
+    sync
+    local t0=$SECONDS before after
+    before=$(awk -v d="$disk_dev" '$3 == d { print $10 }' /proc/diskstats)
+    while ((SECONDS - t0 < 15)); do
+        sleep 1
+        after=$(awk -v d="$disk_dev" '$3 == d { print $10 }' /proc/diskstats)
+        [[ -z $after || $after == "$before" ]] && return 0
+        before=$after
+    done
+}
 
 # The depth comparison pins every server and fio to one CPU (the last): at
 # QD1 a read's latency is mostly wake-ups, which cost 3-4 times more when
@@ -526,6 +553,7 @@ if has data; then
                 run_fio "$sys" "$wl" "$rep" $(cat "$out/target")
                 after "$sys" "$wl"
             done
+            settle
         done
     done
 fi

@@ -106,8 +106,10 @@ if workloads:
     print("Fresh pre-filled LUN / image / file of the same size. Each system runs the workloads "
           "back to back in this order, after one untimed sequential read pass: reads and the mix on "
           "a warm page cache, then each pure write job with the system's files synced and dropped "
-          "from the page cache (posix_fadvise DONTNEED); the order of the systems rotates between "
-          "repetitions. Median of the repetitions; "
+          "from the page cache (posix_fadvise DONTNEED); after each system, a sync and a wait "
+          "for the disk to go quiet. The order of the systems rotates between repetitions and "
+          "runs backwards in even ones, so no system always follows the same one. Median of the "
+          "repetitions; "
           "best peer = the better of qemu-nbd + qcow2 and nbdkit file; nbdkit memory is the "
           "NBD protocol ceiling and fio on the raw file (libaio, O_DIRECT, same queue depth) "
           "the disk's limit, both for scale.")

@@ -46,9 +46,10 @@ pub struct ChainIndex {
 impl ChainIndex {
     fn new(levels: Vec<Through>, mut runs: Vec<(u64, u64, u32)>) -> ChainIndex {
         runs.sort_unstable_by_key(|r| r.0);
+        let starts: Vec<u64> = runs.iter().map(|r| r.0).collect();
         ChainIndex {
             levels,
-            starts: runs.iter().map(|r| r.0).collect(),
+            starts,
             runs: runs.iter().map(|r| (r.1, r.2)).collect(),
         }
     }
@@ -229,6 +230,36 @@ mod tests {
             merge(vec![(5, 5), (0, 3), (3, 1), (20, 10)], 25),
             vec![(0, 4), (5, 5), (20, 5)]
         );
+    }
+
+    #[test]
+    fn lookup_agrees_with_a_linear_search() {
+        let t = |lun| Through {
+            lun: crate::types::LunId(lun),
+            epoch: 1,
+            limit_blocks: 1 << 20,
+        };
+        for n in [0usize, 1, 63, 64, 65, 200, 1000] {
+            let runs: Vec<(u64, u64, u32)> = (0..n as u64)
+                .map(|i| (i * 10 + 3, 1 + i % 5, (i % 2) as u32))
+                .collect();
+            let ix = ChainIndex::new(vec![t(1), t(2), t(3)], runs.clone());
+            for pos in 0..n as u64 * 10 + 20 {
+                let want = match runs.iter().find(|r| r.0 <= pos && pos < r.0 + r.1) {
+                    Some(r) => (r.0 + r.1 - pos, r.2 as u64 + 1),
+                    None => (
+                        runs.iter()
+                            .map(|r| r.0)
+                            .find(|&s| s > pos)
+                            .unwrap_or(1 << 30)
+                            - pos,
+                        3,
+                    ),
+                };
+                let (len, level) = ix.lookup(pos, 1 << 30);
+                assert_eq!((len, level.lun.0), want, "{n} runs, pos {pos}");
+            }
+        }
     }
 
     #[test]
