@@ -632,40 +632,60 @@ fn clone_bench(o: &Opts, rows: &mut Vec<Row>, rng: &mut StdRng, sync_p50: Durati
         });
     }
 
-    // Foreground 4 KiB random reads on another LUN, with and without a split
-    // at the default rate limit.
+    // Foreground 4 KiB random reads and in-place writes on other LUNs, for
+    // a fixed time each, with and without a split at the default rate limit
+    // (the split's O_DIRECT writes hold the data file's inode lock while
+    // they allocate: writes may wait for one).
     e.set_split_rate(engine::EngineConfig::default().split_rate_bytes);
-    let fg = "base-1";
-    let p99 = |e: &Engine, rng: &mut StdRng| -> Duration {
-        let t = e.resolve(fg).unwrap();
-        let mut b = vec![0u8; 4096];
-        let mut samples = Vec::with_capacity(50_000);
-        for _ in 0..50_000 {
-            let off = rng.gen_range(0..blocks) * BLOCK_SIZE;
+    let fg_w = "fg-writes";
+    let fg_w_bytes = if o.quick { 64 * MIB } else { 256 * MIB };
+    e.create_lun(fg_w, fg_w_bytes).unwrap();
+    write_sequential(&e, fg_w, fg_w_bytes);
+    let window = Duration::from_millis(if o.quick { 300 } else { 2000 });
+    let p99 = |e: &Engine, rng: &mut StdRng, write: bool| -> Duration {
+        let (t, range) = if write {
+            (e.resolve(fg_w).unwrap(), fg_w_bytes / BLOCK_SIZE)
+        } else {
+            (e.resolve("base-1").unwrap(), blocks)
+        };
+        let mut b = vec![0x77u8; 4096];
+        let mut samples = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < window {
+            let off = rng.gen_range(0..range) * BLOCK_SIZE;
             let t0 = Instant::now();
-            e.read(t, off, &mut b).unwrap();
+            if write {
+                e.write(t, off, &b, false).unwrap();
+            } else {
+                e.read(t, off, &mut b).unwrap();
+            }
             samples.push(t0.elapsed());
-            // Pace the reader a little, like a client would.
-            std::hint::spin_loop();
         }
         percentile(&mut samples, 0.99)
     };
-    let quiet = p99(&e, rng);
+    let quiet = [p99(&e, rng, false), p99(&e, rng, true)];
     e.create_clones("big@s", &["big-clone2".to_string()], true)
         .unwrap();
-    let busy = p99(&e, rng);
+    let busy = [p99(&e, rng, false), p99(&e, rng, true)];
     let still = e.split_status("big-clone2").unwrap();
-    rows.push(Row {
-        what: "4 KiB read p99 on another LUN during a split (default 128 MB/s limit)".into(),
-        ours: us(busy),
-        baseline: format!("no split {}", us(quiet)),
-        ratio: format!("{:.2}×", busy.as_secs_f64() / quiet.as_secs_f64()),
-        goal: format!(
-            "< 1.2× (split was {} at {:.0} %)",
-            still.state,
-            still.progress * 100.0
-        ),
-    });
+    for (k, what) in ["read", "in-place write"].iter().enumerate() {
+        rows.push(Row {
+            what: format!(
+                "4 KiB {what} p99 on another LUN during a split (default 128 MB/s limit, {} s)",
+                window.as_secs_f64()
+            ),
+            ours: us(busy[k]),
+            baseline: format!("no split {}", us(quiet[k])),
+            ratio: format!("{:.2}×", busy[k].as_secs_f64() / quiet[k].as_secs_f64()),
+            // Issue 4's goal is for reads; writes are for information.
+            goal: format!(
+                "{} (split was {} at {:.0} % at the end)",
+                if k == 0 { "< 1.2×" } else { "(information)" },
+                still.state,
+                still.progress * 100.0
+            ),
+        });
+    }
     e.stop_split("big-clone2").ok();
     e.close().unwrap();
 }
