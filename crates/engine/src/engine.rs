@@ -788,11 +788,13 @@ impl Engine {
             let mut s = self.state.lock();
             s.check_open()?;
             let id = s.lun_id(lun)?;
-            s.chain_gen += 1;
             let l = &s.luns[&id];
             let at = l
                 .snapshot_by_name(snapshot)
                 .ok_or_else(|| Error::not_found("snapshot", format!("{lun}@{snapshot}")))?;
+            // Defensive: a restore changes a head, not what a snapshot sees.
+            s.chain_gen += 1;
+            let l = &s.luns[&id];
             let snap_blocks = l.snapshots[&at].size_blocks;
             let end = l.size_blocks.max(snap_blocks);
             // Where the head differs from what the snapshot sees: the head
@@ -1662,8 +1664,8 @@ pub(crate) fn resolve_blocks(
 }
 
 /// Resolves `[pos, end)` (below `t.limit_blocks`) as clone `l` reads it
-/// through its parent `t` (`s.through(l)`): through the chain's owner index where it has one
-/// (one search whatever the depth), else level by level.
+/// through its parent `t` (`s.through(l)`): through the chain's owner index
+/// where it has one (one search whatever the depth), else level by level.
 fn resolve_through(s: &State, l: &Lun, t: Through, pos: u64, end: u64, out: &mut Segments) {
     let gens = (s.shape_gen, s.chain_gen);
     let cached = l.chain_cache.borrow();
