@@ -25,8 +25,12 @@ use std::sync::Arc;
 /// Upper-level map entries one index may be built from; longer chains keep
 /// reading level by level (bounds the time a build holds the state lock).
 pub const CHAIN_INDEX_SOURCE_MAX: usize = 1 << 20;
-/// Runs all cached indexes may hold before the cache starts over.
-pub const CHAIN_CACHE_RUNS_MAX: usize = 4 << 20;
+/// Bytes all cached indexes may hold before the cache starts over.
+pub const CHAIN_CACHE_BYTES_MAX: usize = 64 << 20;
+/// Chains reaching at most this many blocks also get a bitmap of the
+/// blocks upper levels own (at most 4 MiB): most reads miss every upper
+/// level, and one bit answers them without a search.
+pub const CHAIN_BITMAP_BLOCKS_MAX: u64 = 1 << 25;
 /// Default shortest chain worth indexing: at two levels the walk already
 /// costs what the index does.
 pub const CHAIN_INDEX_MIN_LEVELS: usize = 3;
@@ -41,22 +45,80 @@ pub struct ChainIndex {
     starts: Vec<u64>,
     /// `(len, level)` of each run, level below `levels.len() - 1`.
     runs: Vec<(u64, u32)>,
+    /// Bit b set: block b is in a run. Covers `[0, bitmap_blocks)`, which is
+    /// every block the chain reaches, or nothing.
+    owned: Vec<u64>,
+    bitmap_blocks: u64,
 }
 
 impl ChainIndex {
     fn new(levels: Vec<Through>, mut runs: Vec<(u64, u64, u32)>) -> ChainIndex {
         runs.sort_unstable_by_key(|r| r.0);
         let starts: Vec<u64> = runs.iter().map(|r| r.0).collect();
+        let reach = levels.first().map_or(0, |t| t.limit_blocks);
+        let bitmap_blocks = if reach <= CHAIN_BITMAP_BLOCKS_MAX {
+            reach
+        } else {
+            0
+        };
+        let mut owned = vec![0u64; bitmap_blocks.div_ceil(64) as usize];
+        if bitmap_blocks > 0 {
+            for &(start, len, _) in &runs {
+                let (mut b, end) = (start, (start + len).min(bitmap_blocks));
+                while b < end {
+                    // Up to the end of this word, or of the run.
+                    let n = (64 - b % 64).min(end - b);
+                    let mask = if n == 64 {
+                        u64::MAX
+                    } else {
+                        ((1u64 << n) - 1) << (b % 64)
+                    };
+                    owned[(b / 64) as usize] |= mask;
+                    b += n;
+                }
+            }
+        }
         ChainIndex {
             levels,
             starts,
             runs: runs.iter().map(|r| (r.1, r.2)).collect(),
+            owned,
+            bitmap_blocks,
         }
+    }
+
+    /// Memory the index holds.
+    pub fn bytes(&self) -> usize {
+        self.starts.len() * 8 + self.runs.len() * 16 + self.owned.len() * 8
+    }
+
+    /// The first block in `[pos, end)` some upper level owns, or `end`
+    /// (with a bitmap only).
+    fn next_owned(&self, pos: u64, end: u64) -> u64 {
+        let stop = end.min(self.bitmap_blocks);
+        let mut p = pos;
+        while p < stop {
+            let w = self.owned[(p / 64) as usize] >> (p % 64);
+            if w != 0 {
+                return (p + w.trailing_zeros() as u64).min(end);
+            }
+            p = (p / 64 + 1) * 64;
+        }
+        end
     }
 
     /// The level owning `pos`, and for how many blocks (up to `end`) that
     /// holds.
     pub fn lookup(&self, pos: u64, end: u64) -> (u64, &Through) {
+        if self.bitmap_blocks > 0 {
+            // The bitmap covers every block the chain reaches: a clear bit
+            // (or a block past it) belongs to the bottom level.
+            let next = self.next_owned(pos, end);
+            if next > pos {
+                let bottom = self.levels.last().expect("a chain has a bottom");
+                return (next - pos, bottom);
+            }
+        }
         let i = self.starts.partition_point(|&s| s <= pos);
         if i > 0 {
             let (s, (len, level)) = (self.starts[i - 1], self.runs[i - 1]);
@@ -78,7 +140,7 @@ pub type CachedIndex = ((u64, u64), Option<Arc<ChainIndex>>);
 #[derive(Default)]
 pub struct ChainCache {
     gen: u64,
-    runs: usize,
+    bytes: usize,
     /// `None`: looked at, not worth an index (short, or too large).
     by_top: HashMap<Through, Option<Arc<ChainIndex>>>,
 }
@@ -98,12 +160,12 @@ impl State {
             return hit.clone();
         }
         let built = self.build_chain_index(top).map(Arc::new);
-        let runs = built.as_ref().map_or(0, |ix| ix.starts.len());
-        if cache.runs + runs > CHAIN_CACHE_RUNS_MAX {
+        let bytes = built.as_ref().map_or(0, |ix| ix.bytes());
+        if cache.bytes + bytes > CHAIN_CACHE_BYTES_MAX {
             cache.by_top.clear();
-            cache.runs = 0;
+            cache.bytes = 0;
         }
-        cache.runs += runs;
+        cache.bytes += bytes;
         cache.by_top.insert(top, built.clone());
         built
     }
@@ -243,7 +305,21 @@ mod tests {
             let runs: Vec<(u64, u64, u32)> = (0..n as u64)
                 .map(|i| (i * 10 + 3, 1 + i % 5, (i % 2) as u32))
                 .collect();
-            let ix = ChainIndex::new(vec![t(1), t(2), t(3)], runs.clone());
+            let mut ix = ChainIndex::new(vec![t(1), t(2), t(3)], runs.clone());
+            assert!(ix.bitmap_blocks > 0);
+            // Bits match the runs.
+            for b in 0..n as u64 * 10 + 20 {
+                let bit = ix.owned[(b / 64) as usize] >> (b % 64) & 1 == 1;
+                assert_eq!(
+                    bit,
+                    runs.iter().any(|r| r.0 <= b && b < r.0 + r.1),
+                    "block {b}"
+                );
+            }
+            if n % 2 == 1 {
+                // And the search alone answers the same.
+                ix.bitmap_blocks = 0;
+            }
             for pos in 0..n as u64 * 10 + 20 {
                 let want = match runs.iter().find(|r| r.0 <= pos && pos < r.0 + r.1) {
                     Some(r) => (r.0 + r.1 - pos, r.2 as u64 + 1),
