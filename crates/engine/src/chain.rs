@@ -8,7 +8,8 @@
 //! fixed too: a chain index records it once, as sorted runs of blocks owned
 //! by each upper level (everything else belongs to the bottom level), and a
 //! read then costs one binary search plus the owning level's own lookup,
-//! whatever the depth.
+//! whatever the depth; on chains of up to 2^25 blocks a bitmap of the
+//! upper levels' blocks sends most reads to the bottom with no search.
 //!
 //! Indexes are built lazily on the first read through a chain of at least
 //! `State::chain_index_min_levels` levels, shared by every clone reading
