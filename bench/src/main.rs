@@ -671,7 +671,7 @@ fn clone_bench(o: &Opts, rows: &mut Vec<Row>, rng: &mut StdRng, sync_p50: Durati
     for (k, what) in ["read", "in-place write"].iter().enumerate() {
         rows.push(Row {
             what: format!(
-                "4 KiB {what} p99 on another LUN during a split (default 128 MB/s limit, {} s)",
+                "4 KiB {what} p99 on another LUN during a split (default 128 MB/s limit, a quarter of it under I/O, {} s)",
                 window.as_secs_f64()
             ),
             ours: us(busy[k]),

@@ -20,7 +20,8 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiEr
 /// Change runtime settings; fields left out stay as they are.
 ///
 /// `split_rate_mbps` limits, pool-wide, how fast clone splits copy data
-/// (MB/s, 10^6 bytes per second; 0 for unlimited). It lasts until the
+/// (MB/s, 10^6 bytes per second; 0 for unlimited); while reads or writes
+/// arrive, splits copy at a quarter of it. It lasts until the
 /// server restarts, which takes `blockfork serve --split-rate` again.
 #[utoipa::path(
     patch, path = "/api/v1/settings", operation_id = "update_settings", tag = "settings",

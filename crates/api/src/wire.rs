@@ -258,7 +258,8 @@ impl From<engine::SplitInfo> for SplitInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Settings {
     /// Pool-wide clone split rate limit in MB/s (10^6 bytes per second),
-    /// rounded down; 0 means unlimited.
+    /// rounded down; 0 means unlimited. While reads or writes arrive,
+    /// splits copy at a quarter of it.
     #[schema(example = 128)]
     pub split_rate_mbps: u64,
     /// The same limit in bytes per second, exactly; 0 means unlimited.

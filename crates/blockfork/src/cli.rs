@@ -423,8 +423,9 @@ pub enum PoolCommand {
     /// Changes last until the server restarts.
     Set {
         /// Pool-wide clone split rate limit in MB/s (10^6 bytes per
-        /// second); 0 for unlimited. `blockfork serve --split-rate` sets it
-        /// at start.
+        /// second); 0 for unlimited. While reads or writes arrive, splits
+        /// copy at a quarter of it (unlimited stays unlimited). `blockfork
+        /// serve --split-rate` sets it at start.
         #[arg(long, value_name = "MBPS")]
         split_rate: Option<u64>,
         /// `open`: LUNs without maps are visible to every NBD client;

@@ -86,6 +86,9 @@ pub struct Engine {
     pub(crate) data_dirty: AtomicBool,
     /// Pool-wide clone split rate limit, bytes per second (0: none).
     pub(crate) split_rate_bytes: AtomicU64,
+    /// Reads and writes served so far: the split thread slows down while
+    /// this moves (see `SPLIT_YIELD_DIVISOR`).
+    foreground_ops: AtomicU64,
     /// The split that ran last (round robin).
     pub(crate) split_turn: Mutex<LunId>,
     pub(crate) access_gen: AtomicU64,
@@ -195,6 +198,7 @@ impl Engine {
             ctl_cv: Condvar::new(),
             data_dirty: AtomicBool::new(false),
             split_rate_bytes: AtomicU64::new(config.split_rate_bytes),
+            foreground_ops: AtomicU64::new(0),
             split_turn: Mutex::new(LunId(0)),
             access_gen: AtomicU64::new(0),
             config,
@@ -264,6 +268,7 @@ impl Engine {
             })
             .expect("spawn reclaim thread");
         let weak = Arc::downgrade(self);
+        let mut last_fg = 0;
         let splitter = std::thread::Builder::new()
             .name("blockfork-split".into())
             .spawn(move || loop {
@@ -273,18 +278,12 @@ impl Engine {
                 }
                 let started = std::time::Instant::now();
                 let step = engine.run_split_batch();
+                let fg = engine.foreground_ops.load(Ordering::Relaxed);
+                let busy = fg != last_fg;
+                last_fg = fg;
                 let rate = engine.split_rate();
                 drop(engine);
-                let pause = match step {
-                    // Sleep so that copying stays under the rate limit.
-                    crate::split::SplitStep::Copied(bytes) if rate > 0 => {
-                        Duration::from_secs_f64(bytes as f64 / rate as f64)
-                            .saturating_sub(started.elapsed())
-                    }
-                    crate::split::SplitStep::Copied(_) => Duration::ZERO,
-                    crate::split::SplitStep::Waiting => Duration::from_millis(100),
-                    crate::split::SplitStep::Idle => Duration::from_millis(50),
-                };
+                let pause = crate::split::split_pause(step, rate, busy, started.elapsed());
                 std::thread::sleep(pause);
             })
             .expect("spawn split thread");
@@ -1116,6 +1115,7 @@ impl Engine {
         if len == 0 {
             return Ok(());
         }
+        self.foreground_ops.fetch_add(1, Ordering::Relaxed);
         let _gate = self.gate.read();
         let mut segs = Segments::new();
         {
@@ -1182,6 +1182,7 @@ impl Engine {
         if len == 0 {
             return if fua { self.flush() } else { Ok(()) };
         }
+        self.foreground_ops.fetch_add(1, Ordering::Relaxed);
         {
             let s = self.state.lock();
             s.check_open()?;

@@ -20,13 +20,16 @@ use crate::space::Run;
 use crate::state::{SplitJob, SplitState, State};
 use crate::types::*;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Blocks one split batch copies at most (foreground writes to the same
 /// blocks wait for one batch at most).
 pub const SPLIT_BATCH_BLOCKS: u64 = 256;
 /// Clones one call may create.
 pub const CLONES_PER_CALL_MAX: usize = 10_000;
+/// While foreground reads or writes arrive, a rate-limited split copies at
+/// its limit divided by this (an unthrottled one keeps its pace).
+pub const SPLIT_YIELD_DIVISOR: u64 = 4;
 
 /// What one call of `run_split_batch` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,27 @@ pub enum SplitStep {
     Waiting,
     /// No split is running.
     Idle,
+}
+
+/// How long the split thread sleeps after a batch that took `took`, under
+/// the pool's rate limit `rate` (bytes per second, 0: none). A rate-limited
+/// split yields to foreground I/O: when reads or writes arrived since the
+/// last batch (`busy`), it paces itself at a quarter of the limit (the disk
+/// is shared; decision 007's addendum).
+pub fn split_pause(step: SplitStep, rate: u64, busy: bool, took: Duration) -> Duration {
+    let rate = match rate {
+        r if busy && r > 0 => (r / SPLIT_YIELD_DIVISOR).max(1),
+        r => r,
+    };
+    match step {
+        // Sleep so that copying stays under the rate limit.
+        SplitStep::Copied(bytes) if rate > 0 => {
+            Duration::from_secs_f64(bytes as f64 / rate as f64).saturating_sub(took)
+        }
+        SplitStep::Copied(_) => Duration::ZERO,
+        SplitStep::Waiting => Duration::from_millis(100),
+        SplitStep::Idle => Duration::from_millis(50),
+    }
 }
 
 /// A gap in one block range's epoch line: `[start, end)`, `end == None`
@@ -594,5 +618,30 @@ fn split_info(s: &State, id: LunId) -> SplitInfo {
                 message: None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_paces_at_its_limit_and_yields_to_foreground_io() {
+        let mb = SplitStep::Copied(1_000_000);
+        let ms = Duration::from_millis;
+        // 1 MB at 100 MB/s: 10 ms a batch, less the time the batch took.
+        assert_eq!(split_pause(mb, 100_000_000, false, ms(0)), ms(10));
+        assert_eq!(split_pause(mb, 100_000_000, false, ms(4)), ms(6));
+        assert_eq!(split_pause(mb, 100_000_000, false, ms(20)), ms(0));
+        // Foreground I/O arrived: a quarter of the limit.
+        assert_eq!(split_pause(mb, 100_000_000, true, ms(0)), ms(40));
+        assert_eq!(split_pause(mb, 100_000_000, true, ms(10)), ms(30));
+        // Unlimited stays unlimited, busy or not.
+        assert_eq!(split_pause(mb, 0, true, ms(0)), ms(0));
+        assert_eq!(split_pause(mb, 0, false, ms(0)), ms(0));
+        // A tiny limit does not divide to zero (which would mean unlimited).
+        assert!(split_pause(SplitStep::Copied(4096), 3, true, ms(0)) > ms(1000));
+        assert_eq!(split_pause(SplitStep::Waiting, 100, true, ms(0)), ms(100));
+        assert_eq!(split_pause(SplitStep::Idle, 0, false, ms(0)), ms(50));
     }
 }
