@@ -40,6 +40,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== cargo build --release (what the README's first command builds)"
+# The release binaries first: the README test runs `cargo run --release --
+# serve` literally, which then starts at once instead of building inside a
+# test's time limit; the benchmarks below use them too.
+cargo build --release
+
 echo "== cargo test"
 # Many model-test seeds per CI run; the defaults in the test are for quick local runs.
 export MODEL_SEEDS="${MODEL_SEEDS:-1000}"
