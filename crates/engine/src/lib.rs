@@ -5,13 +5,19 @@
 //! `docs/decisions/` for the choices made here.
 
 mod access;
+mod catalog;
 mod chain;
 mod codec;
+mod datapath;
 mod engine;
 pub mod io;
+mod load;
+mod lun;
 mod map;
+mod pool;
 mod range;
 pub mod sim;
+mod snapshot;
 mod space;
 mod split;
 mod state;

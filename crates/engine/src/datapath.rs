@@ -1,0 +1,493 @@
+//! The data path: resolving exports, reads, writes, zeroing and block status.
+
+use crate::engine::*;
+use crate::map::Val;
+use crate::state::State;
+use crate::types::*;
+use parking_lot::{MutexGuard, RwLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+impl Engine {
+    // ------------------------------------------------------------------- I/O
+
+    /// Resolves an export name: `LUN` or `LUN@SNAPSHOT`.
+    pub fn resolve(&self, export: &str) -> Result<Target> {
+        let s = self.state.lock();
+        s.check_open()?;
+        resolve_in(&s, export)
+    }
+
+    /// The size in bytes of what `target` names now.
+    pub fn target_size(&self, target: Target) -> Result<u64> {
+        let s = self.state.lock();
+        s.check_open()?;
+        Ok(target_blocks(&s, target)? * BLOCK_SIZE)
+    }
+
+    pub(crate) fn check_range(s: &State, target: Target, offset: u64, len: u64) -> Result<()> {
+        let size = target_blocks(s, target)? * BLOCK_SIZE;
+        if len > IO_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "request of {len} bytes exceeds the {IO_BYTES_MAX}-byte limit"
+            )));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange(format!(
+                "range {offset}+{len} lies outside the {size}-byte volume"
+            ))),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read(&self, target: Target, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let len = buf.len() as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        self.foreground_ops.fetch_add(1, Ordering::Relaxed);
+        let _gate = self.gate.read();
+        let mut segs = Segments::new();
+        {
+            let s = self.state.lock();
+            s.check_open()?;
+            Self::check_range(&s, target, offset, len)?;
+            let first = offset / BLOCK_SIZE;
+            let end = (offset + len).div_ceil(BLOCK_SIZE);
+            let (lun, at) = match target {
+                Target::Lun(id) => (id, None),
+                Target::Snapshot(id, e) => (id, Some(e.0)),
+            };
+            resolve_blocks(&s, lun, at, first, end, &mut segs);
+        }
+        let mut lba = offset / BLOCK_SIZE;
+        for (n, src) in segs {
+            let seg_start = (lba * BLOCK_SIZE).max(offset);
+            let seg_end = ((lba + n) * BLOCK_SIZE).min(offset + len);
+            let out = &mut buf[(seg_start - offset) as usize..(seg_end - offset) as usize];
+            match src {
+                Src::Data(pba) => self
+                    .data
+                    .read_at(out, pba * BLOCK_SIZE + (seg_start - lba * BLOCK_SIZE))?,
+                Src::Zero | Src::Hole => out.fill(0),
+            }
+            lba += n;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lock_stripes(
+        &self,
+        lun: LunId,
+        first: u64,
+        count: u64,
+    ) -> Vec<MutexGuard<'_, ()>> {
+        let mut idx: Vec<usize> = if count >= STRIPES as u64 {
+            (0..STRIPES).collect()
+        } else {
+            (first..first + count).map(|b| stripe_of(lun, b)).collect()
+        };
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().map(|i| self.stripes[i].lock()).collect()
+    }
+
+    pub(crate) fn writable(&self, target: Target) -> Result<LunId> {
+        match target {
+            Target::Lun(id) => Ok(id),
+            Target::Snapshot(..) => Err(Error::ReadOnly("a snapshot".into())),
+        }
+    }
+
+    pub(crate) fn fence_of_id(&self, id: LunId) -> Result<Arc<RwLock<()>>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        Ok(s.lun(id)?.fence.clone())
+    }
+
+    /// Writes `data` at `offset`; with `fua`, durable before returning.
+    pub fn write(&self, target: Target, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        let id = self.writable(target)?;
+        let len = data.len() as u64;
+        if len == 0 {
+            return if fua { self.flush() } else { Ok(()) };
+        }
+        self.foreground_ops.fetch_add(1, Ordering::Relaxed);
+        {
+            let s = self.state.lock();
+            s.check_open()?;
+            Self::check_range(&s, target, offset, len)?;
+        }
+        let first = offset / BLOCK_SIZE;
+        let end = (offset + len).div_ceil(BLOCK_SIZE);
+        let _stripes = self.lock_stripes(id, first, end - first);
+        let fence = self.fence_of_id(id)?;
+        let _fenced = fence.read();
+        // The size may have changed while we waited for the fence.
+        Self::check_range(&self.state.lock(), target, offset, len)?;
+        let aligned = offset.is_multiple_of(BLOCK_SIZE) && len.is_multiple_of(BLOCK_SIZE);
+        if aligned {
+            self.write_blocks(id, first, data)?;
+        } else {
+            // Read-modify-write of the edge blocks, in one buffer so that the
+            // write allocates once and fails (ENOSPC) without changing anything.
+            let mut buf = vec![0u8; ((end - first) * BLOCK_SIZE) as usize];
+            let last = (end - 1) * BLOCK_SIZE;
+            if !offset.is_multiple_of(BLOCK_SIZE) || len < BLOCK_SIZE {
+                self.read(target, first * BLOCK_SIZE, &mut buf[..BLOCK_SIZE as usize])?;
+            }
+            if !(offset + len).is_multiple_of(BLOCK_SIZE) && end - 1 > first {
+                let at = (last - first * BLOCK_SIZE) as usize;
+                self.read(target, last, &mut buf[at..at + BLOCK_SIZE as usize])?;
+            }
+            let within = (offset - first * BLOCK_SIZE) as usize;
+            buf[within..within + data.len()].copy_from_slice(data);
+            self.write_blocks(id, first, &buf)?;
+        }
+        drop(_fenced);
+        drop(_stripes);
+        self.throttle_dirty()?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes whole blocks. Callers hold the stripes and the fence.
+    pub(crate) fn write_blocks(&self, id: LunId, lba: u64, data: &[u8]) -> Result<()> {
+        self.write_pieces(id, &[(lba, data)])
+    }
+
+    /// Writes whole blocks at several places (in LBA order, not
+    /// overlapping) with one allocation, so that a full pool refuses them
+    /// all and changes nothing. Callers hold the stripes and the fence.
+    ///
+    /// Blocks of zeros are recorded as zeros in the map instead of written:
+    /// they take no space and no data I/O (a file system allocating a file
+    /// by writing zeros, a guest zeroing a disk).
+    pub(crate) fn write_pieces(&self, id: LunId, all: &[(u64, &[u8])]) -> Result<()> {
+        // Split every piece into runs of data blocks and runs of zero blocks.
+        let bs = BLOCK_SIZE as usize;
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(all.len());
+        let mut zero_runs: Vec<(u64, u64)> = Vec::new();
+        for &(lba, data) in all {
+            let mut i = 0;
+            let blocks = data.len() / bs;
+            while i < blocks {
+                let zero = is_zero(&data[i * bs..(i + 1) * bs]);
+                let mut j = i + 1;
+                while j < blocks && is_zero(&data[j * bs..(j + 1) * bs]) == zero {
+                    j += 1;
+                }
+                if zero {
+                    zero_runs.push((lba + i as u64, (j - i) as u64));
+                } else {
+                    pieces.push((lba + i as u64, &data[i * bs..j * bs]));
+                }
+                i = j;
+            }
+        }
+        // Plan: blocks nobody else sees are overwritten in place; the rest
+        // go to new space (redirect-on-write).
+        let mut plan: Vec<(u64, u64, u64, bool, usize)> = Vec::new(); // lba, len, pba, new, piece
+        let mut fresh_runs = Vec::new();
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let l = s.lun(id)?;
+            let mut need = 0;
+            let mut redirect: Vec<(u64, u64, usize)> = Vec::new();
+            for (i, &(lba, data)) in pieces.iter().enumerate() {
+                let count = data.len() as u64 / BLOCK_SIZE;
+                debug_assert_eq!(data.len() as u64, count * BLOCK_SIZE);
+                let end = lba + count;
+                let mut pos = lba;
+                while pos < end {
+                    let (len, hit) = l.head.lookup(pos, end);
+                    match hit {
+                        Some((Val::Data(pba), birth))
+                            if !l.head_is_seen(birth) && !s.refs.any_shared(pba, len) =>
+                        {
+                            plan.push((pos, len, pba, false, i));
+                        }
+                        _ => {
+                            match redirect.last_mut() {
+                                Some((s0, n, p)) if *p == i && *s0 + *n == pos => *n += len,
+                                _ => redirect.push((pos, len, i)),
+                            }
+                            need += len;
+                        }
+                    }
+                    pos += len;
+                }
+            }
+            if need > 0 {
+                let runs = s.alloc.allocate(need).ok_or_else(|| {
+                    Error::NoSpace(format!(
+                        "{need} block(s) needed, {} free",
+                        s.alloc.free_blocks()
+                    ))
+                })?;
+                s.reserved_blocks += need;
+                // Lay the runs over the redirected ranges in order.
+                let mut runs_iter = runs.iter().copied();
+                let mut run = runs_iter.next();
+                let mut used_in_run = 0;
+                for (mut at, mut n, i) in redirect {
+                    while n > 0 {
+                        let r = run.expect("allocated exactly what is needed");
+                        let take = (r.len - used_in_run).min(n);
+                        plan.push((at, take, r.start + used_in_run, true, i));
+                        used_in_run += take;
+                        at += take;
+                        n -= take;
+                        if used_in_run == r.len {
+                            run = runs_iter.next();
+                            used_in_run = 0;
+                        }
+                    }
+                }
+                fresh_runs = runs;
+            }
+        }
+        let mut result = Ok(());
+        for &(at, n, pba, _, i) in &plan {
+            let (lba, data) = pieces[i];
+            let from = ((at - lba) * BLOCK_SIZE) as usize;
+            let bytes = &data[from..from + (n * BLOCK_SIZE) as usize];
+            if let Err(e) = self.data.write_at(bytes, pba * BLOCK_SIZE) {
+                result = Err(if e.raw_os_error() == Some(libc::ENOSPC) {
+                    Error::NoSpace(format!("the file system under the pool is full: {e}"))
+                } else {
+                    Error::from(e)
+                });
+                break;
+            }
+        }
+        // Even a failed write may have changed blocks written in place.
+        self.data_dirty.store(true, Ordering::Release);
+        let mut s = self.state.lock();
+        let reserved: u64 = fresh_runs.iter().map(|r| r.len).sum();
+        s.reserved_blocks -= reserved;
+        if let Err(e) = result {
+            // Nothing points at the new blocks: they are free at once.
+            for r in fresh_runs {
+                s.alloc.release(r);
+            }
+            return Err(e);
+        }
+        if s.luns.contains_key(&id) {
+            for (at, n, pba, new, _) in plan {
+                if new {
+                    s.set_head(id, at, n, Some(Val::Data(pba)));
+                }
+            }
+            for (at, n) in zero_runs {
+                s.set_head(id, at, n, Some(Val::Zero));
+            }
+        } else {
+            for r in fresh_runs {
+                s.alloc.release(r);
+            }
+            return Err(Error::not_found("LUN", format!("#{id}")));
+        }
+        Ok(())
+    }
+
+    /// Trim: the range reads back as zeros and its space is freed when
+    /// nothing else sees it. Partial blocks at the edges are zeroed.
+    pub fn trim(&self, target: Target, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.zero_range(target, offset, len, false, fua)
+    }
+
+    /// Write-zeroes without writing data: with `no_hole` the range stays
+    /// allocated as zeros in the map, else it is unmapped like a trim.
+    pub fn write_zeroes(
+        &self,
+        target: Target,
+        offset: u64,
+        len: u64,
+        no_hole: bool,
+        fua: bool,
+    ) -> Result<()> {
+        self.zero_range(target, offset, len, no_hole, fua)
+    }
+
+    pub(crate) fn zero_range(
+        &self,
+        target: Target,
+        offset: u64,
+        len: u64,
+        keep_allocated: bool,
+        fua: bool,
+    ) -> Result<()> {
+        let id = self.writable(target)?;
+        // Zeroing is metadata only, so its size limit is the volume's.
+        let check = |s: &State| -> Result<()> {
+            s.check_open()?;
+            let size = target_blocks(s, target)? * BLOCK_SIZE;
+            if offset.checked_add(len).is_none_or(|end| end > size) {
+                return Err(Error::OutOfRange(format!(
+                    "range {offset}+{len} lies outside the {size}-byte volume"
+                )));
+            }
+            Ok(())
+        };
+        check(&self.state.lock())?;
+        if len == 0 {
+            return if fua { self.flush() } else { Ok(()) };
+        }
+        let first = offset / BLOCK_SIZE;
+        let end = (offset + len).div_ceil(BLOCK_SIZE);
+        let first_full = offset.div_ceil(BLOCK_SIZE);
+        let end_full = (offset + len) / BLOCK_SIZE;
+        // Edges, middle and map change under one hold of the stripes and
+        // the fence, and the edges in one allocation: a full pool refuses
+        // the whole request rather than zeroing one edge of it.
+        let _stripes = self.lock_stripes(id, first, end - first);
+        let fence = self.fence_of_id(id)?;
+        let _fenced = fence.read();
+        // The size may have changed while we waited for the fence.
+        check(&self.state.lock())?;
+        // Partial blocks at the edges: read, zero the part in range, write.
+        let bs = BLOCK_SIZE as usize;
+        let mut edges = vec![0u8; 2 * bs];
+        let (left, right) = edges.split_at_mut(bs);
+        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(2);
+        if offset < first_full * BLOCK_SIZE || first_full > end_full {
+            self.read(target, first * BLOCK_SIZE, left)?;
+            let from = (offset - first * BLOCK_SIZE) as usize;
+            let to = ((offset + len).min((first + 1) * BLOCK_SIZE) - first * BLOCK_SIZE) as usize;
+            left[from..to].fill(0);
+            pieces.push((first, left));
+        }
+        if end_full * BLOCK_SIZE < offset + len && end_full >= first_full {
+            self.read(target, end_full * BLOCK_SIZE, right)?;
+            right[..(offset + len - end_full * BLOCK_SIZE) as usize].fill(0);
+            pieces.push((end_full, right));
+        }
+        if !pieces.is_empty() {
+            self.write_pieces(id, &pieces)?;
+        }
+        if end_full > first_full {
+            let count = end_full - first_full;
+            let mut s = self.state.lock();
+            s.check_open()?;
+            // A clone must hide its parent's data, so it records zeros.
+            let val = if keep_allocated || s.lun(id)?.parent.is_some() {
+                Some(Val::Zero)
+            } else {
+                None
+            };
+            s.set_head(id, first_full, count, val);
+        }
+        drop(_fenced);
+        drop(_stripes);
+        self.throttle_dirty()?;
+        if fua {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Which ranges of `[offset, offset+len)` hold data, recorded zeros, or
+    /// nothing. Lengths are in bytes; the answer covers the whole range.
+    pub fn block_status(
+        &self,
+        target: Target,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, Allocation)>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let size = target_blocks(&s, target)? * BLOCK_SIZE;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(Error::OutOfRange(format!(
+                "range {offset}+{len} lies outside the {size}-byte volume"
+            )));
+        }
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let (lun, at) = match target {
+            Target::Lun(id) => (id, None),
+            Target::Snapshot(id, e) => (id, Some(e.0)),
+        };
+        let first = offset / BLOCK_SIZE;
+        let end = (offset + len).div_ceil(BLOCK_SIZE);
+        let mut segs = Segments::new();
+        resolve_blocks(&s, lun, at, first, end, &mut segs);
+        let mut out: Vec<(u64, Allocation)> = Vec::new();
+        let mut lba = first;
+        for (n, src) in segs {
+            let a = (lba * BLOCK_SIZE).max(offset);
+            let b = ((lba + n) * BLOCK_SIZE).min(offset + len);
+            let kind = match src {
+                Src::Data(_) => Allocation::Data,
+                Src::Zero => Allocation::Zero,
+                Src::Hole => Allocation::Hole,
+            };
+            match out.last_mut() {
+                Some((l, k)) if *k == kind => *l += b - a,
+                _ => out.push((b - a, kind)),
+            }
+            lba += n;
+        }
+        Ok(out)
+    }
+
+    /// How big the maps are: what the metadata store holds for them.
+    pub fn metadata_stats(&self) -> MetadataStats {
+        let s = self.state.lock();
+        let head_extents: u64 = s.luns.values().map(|l| l.head.iter().count() as u64).sum();
+        let history_ranges: u64 = s.luns.values().map(|l| l.history.len() as u64).sum();
+        let history_versions: u64 = s
+            .luns
+            .values()
+            .flat_map(|l| l.history.iter().map(|(_, r)| r.versions.len() as u64))
+            .sum();
+        let shared_runs = s.refs.entries().count() as u64;
+        // Key 17 bytes; head value 24; history 8 + 24 per version; refs key 9 + value 12.
+        let encoded_bytes = head_extents * (17 + 24)
+            + history_ranges * (17 + 8)
+            + history_versions * 24
+            + shared_runs * (9 + 12);
+        MetadataStats {
+            head_extents,
+            history_ranges,
+            history_versions,
+            shared_runs,
+            encoded_bytes,
+        }
+    }
+}
+
+/// A data file that cannot grow to `bytes` is a capacity the file system
+/// cannot hold, which the caller can fix, not an I/O failure of the pool.
+pub(crate) fn data_file_growth_error(e: std::io::Error, bytes: u64) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::FileTooLarge => Error::InvalidArgument(format!(
+            "the file system under the pool cannot hold a {bytes}-byte data file ({e}); give a smaller capacity"
+        )),
+        std::io::ErrorKind::StorageFull => Error::NoSpace(format!(
+            "the file system under the pool has no room to grow the data file to {bytes} bytes ({e})"
+        )),
+        _ => Error::Io(e),
+    }
+}
+
+/// Whether a block is all zeros; stops at the first non-zero word, so data
+/// costs a few instructions and zeros a pass at memory speed.
+pub(crate) fn is_zero(block: &[u8]) -> bool {
+    let mut words = block.chunks_exact(16);
+    words
+        .by_ref()
+        .all(|w| u128::from_ne_bytes(w.try_into().expect("16 bytes")) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
+}
+
+pub(crate) fn stripe_of(lun: LunId, lba: u64) -> usize {
+    let h = lun.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ lba.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (h >> 32) as usize % STRIPES
+}

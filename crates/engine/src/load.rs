@@ -1,0 +1,395 @@
+//! Opening a pool's metadata: the directory lock, loading the state, and
+//! checking it against the invariants.
+
+use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
+use crate::engine::*;
+use crate::io::MetaStore;
+use crate::map::Val;
+use crate::space::{Allocator, RefCounts, Run};
+use crate::state::{Dirty, Group, Lun, LunMap, Snapshot, SplitJob, SplitState, State};
+use crate::types::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let path: PathBuf = dir.join("blockfork.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        return Err(Error::InvalidArgument(format!(
+            "data directory {} is in use by another blockfork process{}; stop it first",
+            dir.display(),
+            if holder.trim().is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {})", holder.trim())
+            }
+        )));
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+pub(crate) fn read_pool_record(store: &dyn MetaStore) -> Result<Option<PoolRecord>> {
+    let mut found = None;
+    store.for_each(&mut |k, v| {
+        if k == codec::key_pool().as_slice() {
+            found = Some(codec::from_json::<PoolRecord>(k, v)?);
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// Rebuilds the in-memory state from the store. Returns it and whether the
+/// pool is new.
+pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, bool)> {
+    let mut pool: Option<PoolRecord> = None;
+    let mut luns: LunMap<Lun> = LunMap::default();
+    let mut snapshots: Vec<(LunId, u64, SnapshotRecord)> = Vec::new();
+    let mut groups = BTreeMap::new();
+    let mut igroups = BTreeMap::new();
+    let mut refs = RefCounts::default();
+    let mut splits = BTreeMap::new();
+    store.for_each(&mut |k, v| {
+        let lun_of = |k: &[u8]| codec::parse_u64(k, 1).map(LunId);
+        match k.first().copied() {
+            Some(codec::TAG_POOL) => pool = Some(codec::from_json(k, v)?),
+            Some(codec::TAG_LUN) => {
+                let id = lun_of(k)?;
+                let r: LunRecord = codec::from_json(k, v)?;
+                let mut l = new_lun(
+                    id,
+                    r.name,
+                    r.size_blocks,
+                    r.created,
+                    r.parent.map(|(p, e)| (LunId(p), Epoch(e))),
+                );
+                l.parent_limit_blocks = r.parent_limit_blocks;
+                l.gc_needed = r.gc_needed;
+                l.created_epoch = r.created_epoch;
+                l.maps = r.maps.into_iter().collect();
+                luns.insert(id, l);
+            }
+            Some(codec::TAG_SNAPSHOT) => {
+                snapshots.push((lun_of(k)?, codec::parse_u64(k, 9)?, codec::from_json(k, v)?));
+            }
+            Some(codec::TAG_IGROUP) => {
+                let name = String::from_utf8(k[1..].to_vec())
+                    .map_err(|_| Error::Store("corrupt igroup key".into()))?;
+                let r: codec::IgroupRecord = codec::from_json(k, v)?;
+                igroups.insert(name, crate::access::Igroup::from_record(r)?);
+            }
+            Some(codec::TAG_GROUP) => {
+                let name = String::from_utf8(k[1..].to_vec())
+                    .map_err(|_| Error::Store("corrupt group key".into()))?;
+                let g: GroupRecord = codec::from_json(k, v)?;
+                groups.insert(
+                    name,
+                    Group {
+                        epoch: g.epoch,
+                        created: g.created,
+                        members: g.members.into_iter().map(|(i, n)| (LunId(i), n)).collect(),
+                    },
+                );
+            }
+            Some(codec::TAG_HEAD) => {
+                let id = lun_of(k)?;
+                let ext = codec::decode_head(k, v)?;
+                let l = luns
+                    .get_mut(&id)
+                    .ok_or_else(|| Error::Store(format!("head extent of unknown LUN #{id}")))?;
+                l.head.load(codec::parse_u64(k, 9)?, ext);
+            }
+            Some(codec::TAG_HISTORY) => {
+                let id = lun_of(k)?;
+                let r = codec::decode_history(k, v)?;
+                let l = luns
+                    .get_mut(&id)
+                    .ok_or_else(|| Error::Store(format!("history of unknown LUN #{id}")))?;
+                l.history.load(codec::parse_u64(k, 9)?, r);
+            }
+            Some(codec::TAG_REFS) => {
+                let (len, n) = codec::decode_refs(k, v)?;
+                refs.load(codec::parse_u64(k, 1)?, len, n);
+            }
+            Some(codec::TAG_SPLIT) => {
+                let r: codec::SplitRecord = codec::from_json(k, v)?;
+                let state = if r.state == "stopped" {
+                    SplitState::Stopped
+                } else {
+                    SplitState::Running
+                };
+                splits.insert(
+                    lun_of(k)?,
+                    SplitJob {
+                        cursor: r.cursor,
+                        state,
+                        started: r.started,
+                        copied_blocks: r.copied_blocks,
+                        rate: 0.0,
+                        window: None,
+                        last_batch: None,
+                        message: None,
+                    },
+                );
+            }
+            _ => {
+                return Err(Error::Store(format!(
+                    "unknown key {k:02x?} in the metadata store"
+                )))
+            }
+        }
+        Ok(())
+    })?;
+    let fresh = pool.is_none();
+    let pool = pool.unwrap_or(PoolRecord {
+        format: codec::FORMAT_VERSION,
+        capacity_blocks,
+        epoch: 1,
+        next_lun_id: 1,
+        created: now_secs(),
+        open: None,
+    });
+    if pool.format != codec::FORMAT_VERSION {
+        return Err(Error::Store(format!(
+            "pool format {} is not supported (expected {})",
+            pool.format,
+            codec::FORMAT_VERSION
+        )));
+    }
+    for (id, epoch, r) in snapshots {
+        let l = luns
+            .get_mut(&id)
+            .ok_or_else(|| Error::Store(format!("snapshot of unknown LUN #{id}")))?;
+        l.snapshots.insert(
+            epoch,
+            Snapshot {
+                name: r.name,
+                created: r.created,
+                size_blocks: r.size_blocks,
+                group: r.group,
+                hidden: r.hidden,
+            },
+        );
+    }
+    let names = luns.values().map(|l| (l.name.clone(), l.id)).collect();
+    let used = referenced_runs(&luns);
+    let alloc = Allocator::from_used(pool.capacity_blocks, &union_runs(&used));
+    let state = State {
+        shape_gen: 0,
+        chain_gen: 0,
+        chains: Default::default(),
+        chain_index_min_levels: crate::chain::CHAIN_INDEX_MIN_LEVELS,
+        epoch: pool.epoch,
+        next_lun_id: pool.next_lun_id,
+        created: pool.created,
+        luns,
+        names,
+        groups,
+        igroups,
+        open_access: pool.open.unwrap_or(true),
+        alloc,
+        refs,
+        pending_free: Vec::new(),
+        committing_free: Vec::new(),
+        reserved_blocks: 0,
+        dirty: Dirty::default(),
+        failed: None,
+        closed: false,
+        jobs: BTreeMap::new(),
+        splits,
+        finished_splits: Vec::new(),
+        next_job_id: 1,
+        finished_jobs: Vec::new(),
+    };
+    Ok((state, fresh))
+}
+
+/// Every data reference in every map, sorted by physical start.
+pub(crate) fn referenced_runs(luns: &LunMap<Lun>) -> Vec<Run> {
+    let mut runs = Vec::new();
+    for l in luns.values() {
+        for (_, e) in l.head.iter() {
+            if let Val::Data(p) = e.val {
+                runs.push(Run {
+                    start: p,
+                    len: e.len,
+                });
+            }
+        }
+        for (_, r) in l.history.iter() {
+            for v in &r.versions {
+                if let Val::Data(p) = v.val {
+                    runs.push(Run {
+                        start: p,
+                        len: r.len,
+                    });
+                }
+            }
+        }
+    }
+    runs.sort_by_key(|r| r.start);
+    runs
+}
+
+/// Merges sorted, possibly overlapping runs into disjoint ones.
+pub(crate) fn union_runs(sorted: &[Run]) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    for r in sorted {
+        match out.last_mut() {
+            Some(last) if last.start + last.len >= r.start => {
+                last.len = last.len.max(r.start + r.len - last.start);
+            }
+            _ => out.push(*r),
+        }
+    }
+    out
+}
+
+/// Per-block reference multiplicity as disjoint runs: (start, len, count).
+pub(crate) fn multiplicity(sorted: &[Run]) -> Vec<(u64, u64, u32)> {
+    // Sweep over start/end events.
+    let mut events: Vec<(u64, i32)> = Vec::with_capacity(sorted.len() * 2);
+    for r in sorted {
+        events.push((r.start, 1));
+        events.push((r.start + r.len, -1));
+    }
+    events.sort_unstable();
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut last = 0u64;
+    for (at, d) in events {
+        if at > last && depth > 0 {
+            match out.last_mut() {
+                Some((s, l, c)) if *s + *l == last && *c == depth as u32 => *l += at - last,
+                _ => out.push((last, at - last, depth as u32)),
+            }
+        }
+        depth += d;
+        last = at;
+    }
+    out
+}
+
+pub(crate) fn check_state(s: &State) -> Result<(), String> {
+    let refs = referenced_runs(&s.luns);
+    let multi = multiplicity(&refs);
+    // Reference counts equal references.
+    let mut expected_shared: Vec<(u64, u64, u32)> =
+        multi.iter().copied().filter(|&(_, _, c)| c >= 2).collect();
+    let mut stored: Vec<(u64, u64, u32)> = s.refs.entries().collect();
+    normalize(&mut expected_shared);
+    normalize(&mut stored);
+    if expected_shared != stored {
+        return Err(format!(
+            "reference counts {stored:?} differ from references {expected_shared:?}"
+        ));
+    }
+    // Free, referenced, pending and reserved blocks partition the pool.
+    let referenced: u64 = union_runs(&refs).iter().map(|r| r.len).sum();
+    let pending: u64 = s
+        .pending_free
+        .iter()
+        .chain(&s.committing_free)
+        .map(|r| r.len)
+        .sum();
+    let free = s.alloc.free_blocks();
+    let capacity = s.alloc.capacity_blocks();
+    if referenced + pending + s.reserved_blocks + free != capacity {
+        return Err(format!(
+            "space does not add up: referenced {referenced} + pending free {pending} + in flight {} + free {free} != capacity {capacity}",
+            s.reserved_blocks
+        ));
+    }
+    let mut all: Vec<Run> = s.alloc.free_runs();
+    all.extend(union_runs(&refs));
+    all.extend(s.pending_free.iter().chain(&s.committing_free).copied());
+    all.sort_by_key(|r| r.start);
+    for w in all.windows(2) {
+        if w[0].start + w[0].len > w[1].start {
+            return Err(format!(
+                "block {} is both free (or pending) and referenced",
+                w[1].start
+            ));
+        }
+    }
+    for l in s.luns.values() {
+        for (lba, e) in l.head.iter() {
+            if lba + e.len > l.size_blocks {
+                return Err(format!(
+                    "LUN {} maps block {} beyond its size",
+                    l.name,
+                    lba + e.len - 1
+                ));
+            }
+            if e.birth > s.epoch {
+                return Err(format!("LUN {} has a version from the future", l.name));
+            }
+        }
+        for (lba, r) in l.history.iter() {
+            for w in r.versions.windows(2) {
+                if w[0].death > w[1].birth {
+                    return Err(format!(
+                        "LUN {} block {lba}: history lifetimes overlap",
+                        l.name
+                    ));
+                }
+            }
+            if !l.gc_needed && !s.jobs.contains_key(&l.id) {
+                for v in &r.versions {
+                    if !l.is_seen(v.birth, v.death) {
+                        return Err(format!(
+                            "LUN {} block {lba}: history version [{}, {}) is seen by no snapshot",
+                            l.name, v.birth, v.death
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some((p, e)) = l.parent {
+            if !s
+                .luns
+                .get(&p)
+                .is_some_and(|pl| pl.snapshots.contains_key(&e.0))
+            {
+                return Err(format!(
+                    "clone {} reads through a snapshot that does not exist",
+                    l.name
+                ));
+            }
+        }
+        if let Some(&e) = l.snapshots.keys().next_back() {
+            if e >= s.epoch {
+                return Err(format!(
+                    "LUN {} has a snapshot at epoch {e}, not before the current epoch {}",
+                    l.name, s.epoch
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits runs into unit-free canonical form: merge adjacent equal counts.
+pub(crate) fn normalize(v: &mut Vec<(u64, u64, u32)>) {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64, u32)> = Vec::with_capacity(v.len());
+    for &(s, l, c) in v.iter() {
+        match out.last_mut() {
+            Some((ps, pl, pc)) if *ps + *pl == s && *pc == c => *pl += l,
+            _ => out.push((s, l, c)),
+        }
+    }
+    *v = out;
+}

@@ -1,0 +1,168 @@
+//! LUNs: create, list, resize and delete.
+
+use crate::codec;
+use crate::engine::*;
+use crate::map::Val;
+use crate::types::*;
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+impl Engine {
+    // ------------------------------------------------------------------ LUNs
+
+    pub fn create_lun(&self, name: &str, size_bytes: u64) -> Result<LunInfo> {
+        validate_lun_name(name)?;
+        validate_lun_size(size_bytes)?;
+        let id = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            if s.names.contains_key(name) {
+                return Err(Error::AlreadyExists {
+                    kind: "LUN",
+                    name: name.into(),
+                });
+            }
+            let id = LunId(s.next_lun_id);
+            s.next_lun_id += 1;
+            s.dirty.pool = true;
+            s.luns.insert(
+                id,
+                new_lun(
+                    id,
+                    name.to_string(),
+                    bytes_to_blocks(size_bytes),
+                    now_secs(),
+                    None,
+                ),
+            );
+            s.names.insert(name.to_string(), id);
+            s.dirty.luns.insert(id);
+            id
+        };
+        self.flush()?;
+        let s = self.state.lock();
+        Ok(lun_info(&s, s.lun(id)?))
+    }
+
+    pub fn list_luns(&self, prefix: &str) -> Result<Vec<LunInfo>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        Ok(s.names
+            .range(prefix.to_string()..)
+            .take_while(|(n, _)| n.starts_with(prefix))
+            .map(|(_, id)| lun_info(&s, &s.luns[id]))
+            .collect())
+    }
+
+    pub fn lun_info(&self, name: &str) -> Result<LunInfo> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let id = s.lun_id(name)?;
+        Ok(lun_info(&s, &s.luns[&id]))
+    }
+
+    /// Grows a LUN, or shrinks it when `allow_shrink` (discarding the tail;
+    /// snapshots keep their own size and content).
+    pub fn resize_lun(&self, name: &str, size_bytes: u64, allow_shrink: bool) -> Result<LunInfo> {
+        validate_lun_size(size_bytes)?;
+        let fence = self.fence_of(name)?;
+        let _fenced = fence.write();
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(name)?;
+            let new_blocks = bytes_to_blocks(size_bytes);
+            let old_blocks = s.luns[&id].size_blocks;
+            if new_blocks < old_blocks {
+                if !allow_shrink {
+                    return Err(Error::InvalidArgument(format!(
+                        "shrinking LUN \"{name}\" from {} to {size_bytes} bytes discards its tail; pass the shrink flag to confirm",
+                        old_blocks * BLOCK_SIZE
+                    )));
+                }
+                s.set_head(id, new_blocks, old_blocks - new_blocks, None);
+            } else if new_blocks > old_blocks {
+                // A clone regrown over blocks it once read through its parent
+                // must read zeros there now; its older snapshots still read
+                // the parent (the zeros are a newer version).
+                let l = s.lun(id)?;
+                if l.parent.is_some() && old_blocks < l.parent_limit_blocks {
+                    let end = new_blocks.min(l.parent_limit_blocks);
+                    s.set_head(id, old_blocks, end - old_blocks, Some(Val::Zero));
+                }
+            }
+            s.lun_mut(id)?.size_blocks = new_blocks;
+            s.dirty.luns.insert(id);
+        }
+        self.flush()?;
+        self.lun_info(name)
+    }
+
+    /// Deletes a LUN. Refused while it has snapshots, unless `recursive`,
+    /// and while a group snapshot includes it.
+    pub fn delete_lun(&self, name: &str, recursive: bool) -> Result<()> {
+        let fence = self.fence_of(name)?;
+        let _fenced = fence.write();
+        let released = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(name)?;
+            let l = &s.luns[&id];
+            if let Some((_, snap)) = l.snapshots.iter().find(|(_, sn)| sn.group.is_some()) {
+                return Err(Error::HasDependents(format!(
+                    "LUN \"{name}\" is part of group snapshot \"{}\"; delete the group snapshot first",
+                    snap.group.as_deref().unwrap_or_default()
+                )));
+            }
+            if !l.snapshots.is_empty() && !recursive {
+                return Err(Error::HasDependents(format!(
+                    "LUN \"{name}\" has {} snapshot(s); delete them first or delete recursively",
+                    l.snapshots.len()
+                )));
+            }
+            if let Some(child) = s
+                .luns
+                .values()
+                .find(|c| c.parent.is_some_and(|(p, _)| p == id))
+            {
+                return Err(Error::HasDependents(format!(
+                    "LUN \"{name}\" backs clone \"{}\"; split or delete the clone first",
+                    child.name
+                )));
+            }
+            let mut l = s.luns.remove(&id).expect("found above");
+            s.names.remove(name);
+            s.jobs.remove(&id);
+            if s.splits.remove(&id).is_some() {
+                s.dirty.splits.insert(id);
+            }
+            for piece in l.head.drain().into_iter().chain(l.history.drain()) {
+                s.release(&piece);
+            }
+            let mut orphans = Vec::new();
+            for lba in std::mem::take(&mut l.head.dirty) {
+                orphans.push((codec::key_u64_u64(codec::TAG_HEAD, id.0, lba), None));
+            }
+            for lba in std::mem::take(&mut l.history.dirty) {
+                orphans.push((codec::key_u64_u64(codec::TAG_HISTORY, id.0, lba), None));
+            }
+            for &epoch in l.snapshots.keys() {
+                orphans.push((codec::key_u64_u64(codec::TAG_SNAPSHOT, id.0, epoch), None));
+            }
+            s.dirty.orphans.extend(orphans);
+            s.dirty.luns.insert(id);
+            match l.parent {
+                Some(parent) => crate::split::release_pin(&mut s, parent),
+                None => Vec::new(),
+            }
+        };
+        self.finish_snapshot_removal(&released)
+    }
+
+    pub(crate) fn fence_of(&self, name: &str) -> Result<Arc<RwLock<()>>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let id = s.lun_id(name)?;
+        Ok(s.luns[&id].fence.clone())
+    }
+}

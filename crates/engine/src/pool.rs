@@ -1,0 +1,193 @@
+//! Background jobs, pool status and growth, and the invariant check.
+
+use crate::engine::*;
+use crate::map::Val;
+use crate::state::GcJob;
+use crate::types::*;
+
+impl Engine {
+    // ------------------------------------------------------------------ jobs
+
+    pub(crate) fn resume_jobs(&self) {
+        let mut s = self.state.lock();
+        let ids: Vec<LunId> = s
+            .luns
+            .values()
+            .filter(|l| l.gc_needed)
+            .map(|l| l.id)
+            .collect();
+        for id in ids {
+            let job_id = s.next_job_id;
+            s.next_job_id += 1;
+            let ranges_total = s.luns[&id].history.len() as u64;
+            s.jobs.insert(
+                id,
+                GcJob {
+                    id: job_id,
+                    lun: id,
+                    cursor: 0,
+                    ranges_done: 0,
+                    ranges_total,
+                    rescan: false,
+                    started: now_secs(),
+                    freed_blocks: 0,
+                },
+            );
+        }
+    }
+
+    /// Runs one batch of one job; false when there is nothing to do.
+    pub fn run_job_batch(&self) -> bool {
+        let mut s = self.state.lock();
+        if s.check_open().is_err() {
+            return false;
+        }
+        let Some((&id, job)) = s.jobs.iter().next() else {
+            return false;
+        };
+        let mut job = job.clone();
+        let batch = self.config.reclaim_ranges_per_batch.max(1);
+        let Some(l) = s.luns.get_mut(&id) else {
+            s.jobs.remove(&id);
+            return true;
+        };
+        if !l.gc_needed {
+            l.gc_needed = true;
+            s.dirty.luns.insert(id);
+        }
+        let l = s.luns.get_mut(&id).expect("checked");
+        let snapshots: Vec<u64> = l
+            .snapshots
+            .keys()
+            .copied()
+            .chain(l.deleting.iter().copied())
+            .collect();
+        let seen = |birth: u64, death: u64| snapshots.iter().any(|&e| birth <= e && e < death);
+        let before = l.maps_nothing();
+        let (dropped, next) = l
+            .history
+            .collect_garbage(job.cursor, batch, |v| seen(v.birth, v.death));
+        let reshaped = l.maps_nothing() != before;
+        job.ranges_done += batch.min(l.history.len().max(1)) as u64;
+        if reshaped {
+            s.shape_gen += 1;
+        }
+        for piece in &dropped {
+            s.release(piece);
+            if let Val::Data(_) = piece.val {
+                job.freed_blocks += piece.len;
+            }
+        }
+        s.dirty.map_keys += dropped.len();
+        match next {
+            Some(cursor) => {
+                job.cursor = cursor;
+                s.jobs.insert(id, job);
+            }
+            None if job.rescan => {
+                job.cursor = 0;
+                job.rescan = false;
+                s.jobs.insert(id, job);
+            }
+            None => {
+                s.jobs.remove(&id);
+                job.ranges_done = job.ranges_total;
+                s.finished_jobs.push(job);
+                let excess = s.finished_jobs.len().saturating_sub(64);
+                s.finished_jobs.drain(..excess);
+                let l = s.luns.get_mut(&id).expect("checked");
+                l.gc_needed = false;
+                s.dirty.luns.insert(id);
+            }
+        }
+        true
+    }
+
+    /// Runs jobs until none is left (tests; `serve` runs them in the background).
+    pub fn run_jobs(&self) {
+        while self.run_job_batch() {}
+    }
+
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        let s = self.state.lock();
+        let job_info = |j: &GcJob, state: &str| JobInfo {
+            id: j.id,
+            kind: "snapshot-reclaim".into(),
+            lun: s
+                .luns
+                .get(&j.lun)
+                .map(|l| l.name.clone())
+                .unwrap_or_default(),
+            state: state.into(),
+            progress: if j.ranges_total == 0 {
+                1.0
+            } else {
+                (j.ranges_done as f64 / j.ranges_total as f64).min(1.0)
+            },
+            freed_bytes: j.freed_blocks * BLOCK_SIZE,
+            started: j.started,
+        };
+        s.jobs
+            .values()
+            .map(|j| job_info(j, "running"))
+            .chain(s.finished_jobs.iter().map(|j| job_info(j, "done")))
+            .collect()
+    }
+
+    // ------------------------------------------------------------------ pool
+
+    pub fn pool_status(&self) -> Result<PoolStatus> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let capacity = s.alloc.capacity_blocks();
+        let free = s.alloc.free_blocks();
+        Ok(PoolStatus {
+            capacity_bytes: capacity * BLOCK_SIZE,
+            used_bytes: (capacity - free) * BLOCK_SIZE,
+            free_bytes: free * BLOCK_SIZE,
+            luns: s.luns.len() as u64,
+            snapshots: s.luns.values().map(|l| l.snapshots.len() as u64).sum(),
+            group_snapshots: s.groups.len() as u64,
+            epoch: s.epoch,
+            jobs_running: s.jobs.len() as u64,
+            created: s.created,
+            access: if s.open_access { "open" } else { "closed" }.to_string(),
+        })
+    }
+
+    /// Grows the pool's capacity (never shrinks it).
+    pub fn grow_pool(&self, capacity_bytes: u64) -> Result<PoolStatus> {
+        validate_pool_capacity(capacity_bytes)?;
+        {
+            let s = self.state.lock();
+            s.check_open()?;
+            if capacity_bytes / BLOCK_SIZE < s.alloc.capacity_blocks() {
+                return Err(Error::InvalidArgument("a pool cannot shrink".into()));
+            }
+        }
+        self.data
+            .ensure_len(capacity_bytes)
+            .map_err(|e| data_file_growth_error(e, capacity_bytes))?;
+        {
+            let mut s = self.state.lock();
+            // A concurrent grow may have gone further meanwhile.
+            if capacity_bytes / BLOCK_SIZE > s.alloc.capacity_blocks() {
+                s.alloc.grow(capacity_bytes / BLOCK_SIZE);
+                s.dirty.pool = true;
+            }
+        }
+        self.flush()?;
+        self.pool_status()
+    }
+
+    // ------------------------------------------------------------ invariants
+
+    /// Checks DESIGN.md's invariants on the in-memory state: every block is
+    /// free, referenced, or in flight, never two of these; reference counts
+    /// equal references; history lifetimes do not overlap; when no reclaim
+    /// is pending, every history version is seen by a snapshot.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let s = self.state.lock();
+        check_state(&s)
+    }
+}

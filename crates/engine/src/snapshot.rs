@@ -1,0 +1,360 @@
+//! Snapshots, restores and group (consistency) snapshots.
+
+use crate::engine::*;
+use crate::map::Val;
+use crate::space::Run;
+use crate::state::{GcJob, Group, Snapshot};
+use crate::types::*;
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+impl Engine {
+    // ------------------------------------------------------------- snapshots
+
+    /// Takes one snapshot per `(lun, snapshot)` pair, all at one point in
+    /// time (every LUN fenced together), in one durable commit. With
+    /// `group`, records a group snapshot of that name over them.
+    pub fn create_snapshots(
+        &self,
+        requests: &[(String, String)],
+        group: Option<&str>,
+    ) -> Result<Vec<SnapshotInfo>> {
+        if requests.is_empty() {
+            return Err(Error::InvalidArgument("no snapshot requested".into()));
+        }
+        for (lun, snap) in requests {
+            validate_lun_name(lun)?;
+            validate_snapshot_name(snap)?;
+        }
+        if let Some(g) = group {
+            validate_snapshot_name(g)?;
+        }
+        // Fence every LUN in id order (no deadlock with other fencers).
+        let fences: BTreeMap<LunId, Arc<RwLock<()>>> = {
+            let s = self.state.lock();
+            s.check_open()?;
+            let mut f = BTreeMap::new();
+            for (lun, _) in requests {
+                let id = s.lun_id(lun)?;
+                f.insert(id, s.luns[&id].fence.clone());
+            }
+            f
+        };
+        let _fenced: Vec<_> = fences.values().map(|f| f.write()).collect();
+        let taken = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            if let Some(g) = group {
+                if s.groups.contains_key(g) {
+                    return Err(Error::AlreadyExists {
+                        kind: "group snapshot",
+                        name: g.into(),
+                    });
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some((lun, _)) = requests.iter().find(|(lun, _)| !seen.insert(lun.clone())) {
+                    return Err(Error::InvalidArgument(format!(
+                        "LUN \"{lun}\" is listed twice in group snapshot \"{g}\""
+                    )));
+                }
+            }
+            // Validate everything before changing anything.
+            let mut planned: Vec<(LunId, String)> = Vec::new();
+            for (lun, snap) in requests {
+                let id = s.lun_id(lun)?;
+                let l = &s.luns[&id];
+                if l.snapshot_by_name(snap).is_some()
+                    || planned.iter().any(|(i, n)| *i == id && n == snap)
+                {
+                    return Err(Error::AlreadyExists {
+                        kind: "snapshot",
+                        name: format!("{lun}@{snap}"),
+                    });
+                }
+                if l.snapshots.len() + planned.iter().filter(|(i, _)| *i == id).count()
+                    >= SNAPSHOTS_PER_LUN_MAX
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "LUN \"{lun}\" already has {SNAPSHOTS_PER_LUN_MAX} snapshots, the most one LUN may hold"
+                    )));
+                }
+                planned.push((id, snap.clone()));
+            }
+            let created = now_secs();
+            let group_epoch = s.epoch;
+            let mut used = std::collections::HashSet::new();
+            let mut taken = Vec::new();
+            for (id, snap) in planned {
+                // A second snapshot of the same LUN in one call needs its own
+                // epoch; nothing is written in between, so it is the same point.
+                if !used.insert(id) {
+                    s.epoch += 1;
+                    used.clear();
+                    used.insert(id);
+                }
+                let epoch = s.epoch;
+                let l = s.lun_mut(id)?;
+                let size_blocks = l.size_blocks;
+                l.snapshots.insert(
+                    epoch,
+                    Snapshot {
+                        name: snap.clone(),
+                        created,
+                        size_blocks,
+                        group: group.map(str::to_string),
+                        hidden: false,
+                    },
+                );
+                s.dirty.snapshots.insert((id, epoch));
+                taken.push((id, epoch));
+            }
+            s.epoch += 1;
+            s.dirty.pool = true;
+            if let Some(g) = group {
+                let members = taken
+                    .iter()
+                    .map(|(id, _)| (*id, s.luns[id].name.clone()))
+                    .collect();
+                s.groups.insert(
+                    g.to_string(),
+                    Group {
+                        epoch: group_epoch,
+                        created,
+                        members,
+                    },
+                );
+                s.dirty.groups.insert(g.to_string());
+            }
+            taken
+        };
+        drop(_fenced);
+        self.flush()?;
+        let s = self.state.lock();
+        Ok(taken
+            .into_iter()
+            .filter_map(|(id, e)| snapshot_info(&s, id, e))
+            .collect())
+    }
+
+    pub fn create_snapshot(&self, lun: &str, snapshot: &str) -> Result<SnapshotInfo> {
+        let mut v = self.create_snapshots(&[(lun.to_string(), snapshot.to_string())], None)?;
+        Ok(v.remove(0))
+    }
+
+    /// Snapshots of one LUN, or of every LUN, oldest first.
+    pub fn list_snapshots(&self, lun: Option<&str>) -> Result<Vec<SnapshotInfo>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let ids: Vec<LunId> = match lun {
+            Some(name) => vec![s.lun_id(name)?],
+            None => s.names.values().copied().collect(),
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            let exclusive = exclusive_blocks(&s.luns[&id], &s.refs);
+            for (epoch, _) in s.luns[&id].visible_snapshots() {
+                let mut info = snapshot_info(&s, id, epoch).expect("listed");
+                info.exclusive_bytes = exclusive.get(&epoch).copied().unwrap_or(0) * BLOCK_SIZE;
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a snapshot. Its blocks that nobody else sees are reclaimed
+    /// by a background job (see `jobs`).
+    pub fn delete_snapshot(&self, lun: &str, snapshot: &str) -> Result<()> {
+        let (id, epoch) = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(lun)?;
+            let l = &s.luns[&id];
+            let epoch = l
+                .snapshot_by_name(snapshot)
+                .ok_or_else(|| Error::not_found("snapshot", format!("{lun}@{snapshot}")))?;
+            if let Some(g) = &l.snapshots[&epoch].group {
+                return Err(Error::HasDependents(format!(
+                    "snapshot \"{lun}@{snapshot}\" belongs to group snapshot \"{g}\"; delete the group snapshot instead"
+                )));
+            }
+            if s.luns
+                .values()
+                .any(|c| c.parent == Some((id, Epoch(epoch))))
+            {
+                // Clones read through it: hide it now (gone from listings,
+                // exports and its name free again), delete it when the last
+                // of them is split or deleted.
+                let sn = s
+                    .lun_mut(id)?
+                    .snapshots
+                    .get_mut(&epoch)
+                    .expect("found above");
+                sn.hidden = true;
+                s.dirty.snapshots.insert((id, epoch));
+                drop(s);
+                return self.flush();
+            }
+            remove_snapshot(&mut s, id, epoch);
+            (id, epoch)
+        };
+        self.finish_snapshot_removal(&[(id, epoch)])
+    }
+
+    /// After snapshot records were removed in memory: make it durable, then
+    /// let writes overwrite what only those snapshots saw, and reclaim it.
+    pub(crate) fn finish_snapshot_removal(&self, removed: &[(LunId, u64)]) -> Result<()> {
+        self.flush()?;
+        let mut s = self.state.lock();
+        for &(id, epoch) in removed {
+            let next_job_id = s.next_job_id;
+            let Some(l) = s.luns.get_mut(&id) else {
+                continue;
+            };
+            l.deleting.retain(|&e| e != epoch);
+            let ranges_total = l.history.len() as u64;
+            let job = s.jobs.entry(id).or_insert(GcJob {
+                id: next_job_id,
+                lun: id,
+                cursor: 0,
+                ranges_done: 0,
+                ranges_total,
+                rescan: false,
+                started: now_secs(),
+                freed_blocks: 0,
+            });
+            if job.id == next_job_id {
+                s.next_job_id += 1;
+            } else {
+                job.rescan = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the LUN's content the snapshot's, without copying data. Newer
+    /// snapshots stay as they are.
+    pub fn restore_snapshot(&self, lun: &str, snapshot: &str) -> Result<()> {
+        let fence = self.fence_of(lun)?;
+        let _fenced = fence.write();
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(lun)?;
+            let l = &s.luns[&id];
+            let at = l
+                .snapshot_by_name(snapshot)
+                .ok_or_else(|| Error::not_found("snapshot", format!("{lun}@{snapshot}")))?;
+            // Defensive: a restore changes a head, not what a snapshot sees.
+            s.chain_gen += 1;
+            let l = &s.luns[&id];
+            let snap_blocks = l.snapshots[&at].size_blocks;
+            let end = l.size_blocks.max(snap_blocks);
+            // Where the head differs from what the snapshot sees: the head
+            // version is newer than the snapshot, or absent.
+            let mut changes: Vec<(u64, u64, Option<Val>)> = Vec::new();
+            let mut pos = 0;
+            while pos < end {
+                if pos >= snap_blocks {
+                    changes.push((pos, end - pos, None));
+                    break;
+                }
+                let (len, hit) = l.head.lookup(pos, snap_blocks);
+                match hit {
+                    Some((_, birth)) if birth <= at => {}
+                    _ => {
+                        let mut p = pos;
+                        while p < pos + len {
+                            let (hl, old) = l.history.lookup(p, at, pos + len);
+                            changes.push((p, hl, old.map(|(v, _)| v)));
+                            p += hl;
+                        }
+                    }
+                }
+                pos += len;
+            }
+            for &(lba, len, val) in &changes {
+                if let Some(Val::Data(pba)) = val {
+                    s.refs.incref(Run { start: pba, len });
+                }
+                s.set_head(id, lba, len, val);
+            }
+            let l = s.lun_mut(id)?;
+            l.size_blocks = snap_blocks;
+            s.dirty.luns.insert(id);
+        }
+        self.flush()
+    }
+
+    // ------------------------------------------------------- group snapshots
+
+    pub fn create_group_snapshot(&self, name: &str, luns: &[String]) -> Result<GroupInfo> {
+        if luns.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "group snapshot \"{name}\" needs at least one LUN"
+            )));
+        }
+        let requests: Vec<(String, String)> =
+            luns.iter().map(|l| (l.clone(), name.to_string())).collect();
+        self.create_snapshots(&requests, Some(name))?;
+        self.group_info(name)
+    }
+
+    pub fn group_info(&self, name: &str) -> Result<GroupInfo> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let g = s
+            .groups
+            .get(name)
+            .ok_or_else(|| Error::not_found("group snapshot", name))?;
+        Ok(group_info(name, g, &s))
+    }
+
+    pub fn list_group_snapshots(&self) -> Result<Vec<GroupInfo>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        Ok(s.groups.iter().map(|(n, g)| group_info(n, g, &s)).collect())
+    }
+
+    /// Deletes a group snapshot and every member snapshot, in one commit.
+    pub fn delete_group_snapshot(&self, name: &str) -> Result<()> {
+        let removed = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let g = s
+                .groups
+                .get(name)
+                .ok_or_else(|| Error::not_found("group snapshot", name))?;
+            let epoch = g.epoch;
+            let members: Vec<LunId> = g.members.iter().map(|(id, _)| *id).collect();
+            let mut removed = Vec::new();
+            for id in members {
+                if !s
+                    .luns
+                    .get(&id)
+                    .is_some_and(|l| l.snapshots.contains_key(&epoch))
+                {
+                    continue;
+                }
+                if s.luns
+                    .values()
+                    .any(|c| c.parent == Some((id, Epoch(epoch))))
+                {
+                    // A clone reads through this member: hide it until the
+                    // clone is split or deleted (see delete_snapshot).
+                    let sn = s.lun_mut(id)?.snapshots.get_mut(&epoch).expect("checked");
+                    sn.hidden = true;
+                    sn.group = None;
+                    s.dirty.snapshots.insert((id, epoch));
+                } else {
+                    remove_snapshot(&mut s, id, epoch);
+                    removed.push((id, epoch));
+                }
+            }
+            s.groups.remove(name);
+            s.dirty.groups.insert(name.to_string());
+            removed
+        };
+        self.finish_snapshot_removal(&removed)
+    }
+}
