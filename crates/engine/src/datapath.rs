@@ -257,11 +257,7 @@ impl Engine {
             let from = ((at - lba) * BLOCK_SIZE) as usize;
             let bytes = &data[from..from + (n * BLOCK_SIZE) as usize];
             if let Err(e) = self.data.write_at(bytes, pba * BLOCK_SIZE) {
-                result = Err(if e.raw_os_error() == Some(libc::ENOSPC) {
-                    Error::NoSpace(format!("the file system under the pool is full: {e}"))
-                } else {
-                    Error::from(e)
-                });
+                result = Err(self.data_write_error(e));
                 break;
             }
         }
@@ -293,6 +289,19 @@ impl Engine {
             return Err(Error::not_found("LUN", format!("#{id}")));
         }
         Ok(())
+    }
+
+    /// What a failed data write means. A full file system under the sparse
+    /// data file is a clean refusal: nothing the write was to replace was
+    /// touched (new blocks) or the bytes are the client's to rewrite (in
+    /// place), and the pool goes on. Any other error is a device that can no
+    /// longer be trusted: the pool fails (decision 015).
+    pub(crate) fn data_write_error(&self, e: std::io::Error) -> Error {
+        if e.raw_os_error() == Some(libc::ENOSPC) || e.kind() == std::io::ErrorKind::StorageFull {
+            Error::NoSpace(format!("the file system under the pool is full: {e}"))
+        } else {
+            self.fail(format!("writing the data file: {e}"))
+        }
     }
 
     /// Trim: the range reads back as zeros and its space is freed when

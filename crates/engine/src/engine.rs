@@ -9,7 +9,7 @@
 //! held across I/O.
 
 use crate::io::{DataFile, FileData, FjallStore, MetaStore};
-use crate::state::State;
+use crate::state::StateLock;
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, RwLock};
 use std::path::Path;
@@ -73,7 +73,7 @@ pub(crate) struct CommitCtl {
 }
 
 pub struct Engine {
-    pub(crate) state: Mutex<State>,
+    pub(crate) state: StateLock,
     pub(crate) data: Box<dyn DataFile>,
     pub(crate) store: Mutex<Box<dyn MetaStore>>,
     /// Reads hold it shared while they touch physical blocks; handing freed
@@ -97,6 +97,44 @@ pub struct Engine {
     pub(crate) stop: AtomicBool,
     pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
     _lock: Option<std::fs::File>,
+}
+
+/// How often an idle pool checks its data file and store.
+const DEVICE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Marks the commit in progress as done however `commit_once` ends, so that
+/// waiters wake up; if it ends in a panic, the pool is failed first.
+struct CommitRun<'a> {
+    engine: &'a Engine,
+    generation: u64,
+}
+
+impl Drop for CommitRun<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.engine.fail("a panic interrupted a commit".into());
+        }
+        let mut ctl = self.engine.ctl.lock();
+        ctl.running = false;
+        ctl.done = self.generation;
+        self.engine.ctl_cv.notify_all();
+    }
+}
+
+/// Fails the pool when a background thread ends in a panic.
+struct PanicWatch {
+    engine: std::sync::Weak<Engine>,
+    thread: String,
+}
+
+impl Drop for PanicWatch {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(engine) = self.engine.upgrade() {
+                engine.fail(format!("the {} thread panicked", self.thread));
+            }
+        }
+    }
 }
 
 pub(crate) fn now_secs() -> u64 {
@@ -190,7 +228,7 @@ impl Engine {
         data.ensure_len(bytes)
             .map_err(|e| data_file_growth_error(e, bytes))?;
         let engine = Arc::new(Engine {
-            state: Mutex::new(state),
+            state: StateLock::new(state),
             data,
             store: Mutex::new(store),
             gate: RwLock::new(()),
@@ -225,70 +263,90 @@ impl Engine {
     }
 
     pub(crate) fn start_threads(self: &Arc<Engine>) {
-        let weak = Arc::downgrade(self);
         let interval = Duration::from_millis(self.config.commit_interval_ms.max(1));
-        let committer = std::thread::Builder::new()
-            .name("blockfork-commit".into())
-            .spawn(move || loop {
-                std::thread::sleep(interval);
-                let Some(engine) = weak.upgrade() else { return };
-                if engine.stop.load(Ordering::Acquire) {
-                    return;
+        let mut last_check = std::time::Instant::now();
+        let committer = self.spawn_worker("blockfork-commit", move |engine| {
+            // Only metadata needs a background commit. Data written in
+            // place owes durability to FLUSH/FUA alone, and syncing it
+            // every interval makes in-place writes wait on pages under
+            // writeback (measured: 24k vs 46k IOPS, 70/30 at QD32).
+            let needed = {
+                let s = engine.state.lock();
+                s.failed.is_none() && s.has_dirty()
+            };
+            if needed {
+                if let Err(e) = engine.flush() {
+                    tracing::error!("background commit failed: {e}");
                 }
-                // Only metadata needs a background commit. Data written in
-                // place owes durability to FLUSH/FUA alone, and syncing it
-                // every interval makes in-place writes wait on pages under
-                // writeback (measured: 24k vs 46k IOPS, 70/30 at QD32).
-                let needed = {
-                    let s = engine.state.lock();
-                    s.failed.is_none() && s.has_dirty()
-                };
-                if needed {
-                    if let Err(e) = engine.flush() {
-                        tracing::error!("background commit failed: {e}");
-                    }
-                }
-            })
-            .expect("spawn commit thread");
-        let weak = Arc::downgrade(self);
+            } else if last_check.elapsed() >= DEVICE_CHECK_INTERVAL {
+                // An idle pool still notices a vanished file or a broken
+                // store within a second, not at the next write.
+                last_check = std::time::Instant::now();
+                let _ = engine.check_devices();
+            }
+            interval
+        });
         let pause = Duration::from_millis(self.config.reclaim_pause_ms);
-        let reclaimer = std::thread::Builder::new()
-            .name("blockfork-reclaim".into())
-            .spawn(move || loop {
-                let Some(engine) = weak.upgrade() else { return };
-                if engine.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                let busy = engine.run_job_batch();
-                drop(engine);
-                std::thread::sleep(if busy {
-                    pause
-                } else {
-                    Duration::from_millis(50)
-                });
-            })
-            .expect("spawn reclaim thread");
-        let weak = Arc::downgrade(self);
+        let reclaimer = self.spawn_worker("blockfork-reclaim", move |engine| {
+            if engine.run_job_batch() {
+                pause
+            } else {
+                Duration::from_millis(50)
+            }
+        });
         let mut last_fg = 0;
-        let splitter = std::thread::Builder::new()
-            .name("blockfork-split".into())
-            .spawn(move || loop {
-                let Some(engine) = weak.upgrade() else { return };
-                if engine.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                let started = std::time::Instant::now();
-                let step = engine.run_split_batch();
-                let fg = engine.foreground_ops.load(Ordering::Relaxed);
-                let busy = fg != last_fg;
-                last_fg = fg;
-                let rate = engine.split_rate();
-                drop(engine);
-                let pause = crate::split::split_pause(step, rate, busy, started.elapsed());
-                std::thread::sleep(pause);
-            })
-            .expect("spawn split thread");
+        let splitter = self.spawn_worker("blockfork-split", move |engine| {
+            let started = std::time::Instant::now();
+            let step = engine.run_split_batch();
+            let fg = engine.foreground_ops.load(Ordering::Relaxed);
+            let busy = fg != last_fg;
+            last_fg = fg;
+            crate::split::split_pause(step, engine.split_rate(), busy, started.elapsed())
+        });
         self.threads.lock().extend([committer, reclaimer, splitter]);
+    }
+
+    /// A background thread: runs `step` until the engine stops or is gone,
+    /// sleeping for what each step returns. A panic in a step marks the
+    /// pool failed (in tests, which unwind; release builds abort).
+    fn spawn_worker(
+        self: &Arc<Engine>,
+        name: &str,
+        mut step: impl FnMut(&Arc<Engine>) -> Duration + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let thread = name.to_string();
+        std::thread::Builder::new()
+            .name(thread.clone())
+            .spawn(move || {
+                let _watch = PanicWatch {
+                    engine: weak.clone(),
+                    thread,
+                };
+                loop {
+                    let Some(engine) = weak.upgrade() else { return };
+                    if engine.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let pause = step(&engine);
+                    drop(engine);
+                    std::thread::sleep(pause);
+                }
+            })
+            .expect("spawn a background thread")
+    }
+
+    /// Checks that the data file and the metadata store are still there and
+    /// working; a failure fails the pool.
+    pub(crate) fn check_devices(&self) -> Result<()> {
+        if let Err(e) = self.data.check() {
+            return Err(self.fail(format!("the data file failed: {e}")));
+        }
+        let checked = self.store.lock().check();
+        if let Err(e) = checked {
+            return Err(self.fail(format!("the metadata store failed: {e}")));
+        }
+        Ok(())
     }
 
     /// Commits what is pending, stops the background threads and refuses
@@ -297,10 +355,14 @@ impl Engine {
         let flushed = self.flush();
         self.stop.store(true, Ordering::Release);
         for t in self.threads.lock().drain(..) {
-            let _ = t.join();
+            let name = t.thread().name().unwrap_or("background").to_string();
+            if t.join().is_err() {
+                self.fail(format!("the {name} thread panicked"));
+            }
         }
         self.state.lock().closed = true;
-        let closed = if flushed.is_ok() {
+        let failed = self.state.lock().failed.clone();
+        let closed = if flushed.is_ok() && failed.is_none() {
             self.store.lock().close()
         } else {
             Ok(())
@@ -331,12 +393,14 @@ impl Engine {
                 ctl.started += 1;
                 let generation = ctl.started;
                 drop(ctl);
+                let running = CommitRun {
+                    engine: self,
+                    generation,
+                };
                 let result = self.commit_once();
-                ctl = self.ctl.lock();
-                ctl.running = false;
-                ctl.done = generation;
-                self.ctl_cv.notify_all();
+                drop(running);
                 result?;
+                ctl = self.ctl.lock();
                 continue;
             }
             self.ctl_cv.wait(&mut ctl);
@@ -359,6 +423,9 @@ impl Engine {
                 return Err(self.fail(format!("syncing the data file: {e}")));
             }
         }
+        // Before the store is told anything: a store whose directory was
+        // removed accepts commits into files nobody will ever read.
+        self.check_devices()?;
         if !puts.is_empty() {
             // Each key at most once per batch (a deleted LUN's keys can be
             // listed twice, both as deletes): the last entry wins.

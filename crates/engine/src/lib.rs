@@ -16,6 +16,7 @@ mod lun;
 mod map;
 mod pool;
 mod range;
+#[cfg(feature = "sim")]
 pub mod sim;
 mod snapshot;
 mod space;

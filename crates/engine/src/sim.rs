@@ -26,6 +26,9 @@ pub enum Fault {
     ShortWrite,
     /// The machine stops: this call and every later one fail.
     Crash,
+    /// The call panics (a bug below the engine, or in it): the pool must
+    /// fail, and nothing may wait for ever.
+    Panic,
 }
 
 struct Plan {
@@ -173,6 +176,9 @@ impl DataFile for SimData {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let fault = self.plan.next();
+        if fault == Some(Fault::Panic) {
+            panic!("simulated panic in a data write");
+        }
         let mut d = self.inner.lock();
         let end = offset as usize + buf.len();
         if end > d.current.len() {
@@ -184,6 +190,7 @@ impl DataFile for SimData {
             Some(Fault::Eio) => 0,
             Some(Fault::NoSpace) => 0,
             Some(Fault::ShortWrite) => self.plan.below(buf.len()),
+            Some(Fault::Panic) => unreachable!("handled above"),
         };
         d.current[offset as usize..offset as usize + stored].copy_from_slice(&buf[..stored]);
         if stored > 0 {
@@ -200,6 +207,7 @@ impl DataFile for SimData {
         match self.plan.next() {
             None => {}
             Some(Fault::Crash) => return Err(crash_err()),
+            Some(Fault::Panic) => panic!("simulated panic in a data sync"),
             Some(_) => return Err(io::Error::from_raw_os_error(libc::EIO)),
         }
         let mut d = self.inner.lock();
@@ -227,6 +235,9 @@ impl DataFile for SimData {
 pub struct SimStore {
     durable: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>,
     plan: FaultPlan,
+    /// Set by `break_store`: what `check` reports (a store whose worker
+    /// stopped, say, while commits still succeed).
+    broken: Arc<Mutex<Option<String>>>,
 }
 
 impl SimStore {
@@ -234,6 +245,7 @@ impl SimStore {
         SimStore {
             durable: Arc::new(Mutex::new(BTreeMap::new())),
             plan,
+            broken: Arc::default(),
         }
     }
 
@@ -242,7 +254,14 @@ impl SimStore {
         SimStore {
             durable: Arc::new(Mutex::new(self.durable.lock().clone())),
             plan,
+            broken: Arc::default(),
         }
+    }
+
+    /// From now on `check` fails with `why`, while commits go on working:
+    /// the store that lies (fjall after its flush worker stopped).
+    pub fn break_store(&self, why: &str) {
+        *self.broken.lock() = Some(why.to_string());
     }
 
     pub fn keys(&self) -> usize {
@@ -266,8 +285,18 @@ impl MetaStore for SimStore {
         Ok(())
     }
 
+    fn check(&mut self) -> Result<()> {
+        match &*self.broken.lock() {
+            Some(why) => Err(Error::Store(why.clone())),
+            None => Ok(()),
+        }
+    }
+
     fn commit(&mut self, batch: &[MetaPut]) -> Result<()> {
         let fault = self.plan.next();
+        if fault == Some(Fault::Panic) {
+            panic!("simulated panic in a metadata commit");
+        }
         let apply = match fault {
             None => true,
             // A crash during a commit: atomic, so all or nothing.

@@ -362,7 +362,8 @@ impl Engine {
             for r in runs {
                 s.alloc.release(r);
             }
-            return Err(e.into());
+            drop(s);
+            return Err(self.data_write_error(e));
         }
         let now = s.epoch;
         let was_empty = s.luns[&id].maps_nothing();

@@ -202,6 +202,47 @@ pub struct Dirty {
     pub map_keys: usize,
 }
 
+/// The state mutex. A guard dropped while its thread unwinds (a bug found
+/// in the middle of a change: tests unwind, release builds abort) marks the
+/// pool failed, so that no commit persists a half-changed state and every
+/// later call answers an error instead of waiting or guessing.
+pub struct StateLock(parking_lot::Mutex<State>);
+
+impl StateLock {
+    pub fn new(state: State) -> StateLock {
+        StateLock(parking_lot::Mutex::new(state))
+    }
+
+    pub fn lock(&self) -> StateGuard<'_> {
+        StateGuard(self.0.lock())
+    }
+}
+
+pub struct StateGuard<'a>(parking_lot::MutexGuard<'a, State>);
+
+impl std::ops::Deref for StateGuard<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.0
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.0.failed.is_none() {
+            let why = "a panic interrupted a change to the pool's state".to_string();
+            tracing::error!("pool failed: {why}");
+            self.0.failed = Some(why);
+        }
+    }
+}
+
 pub struct State {
     /// Bumped whenever a LUN's maps turn empty or non-empty: it invalidates
     /// every clone's cached read-through target (`Lun::through`).

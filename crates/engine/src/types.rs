@@ -63,7 +63,7 @@ pub enum Error {
     Io(#[from] std::io::Error),
     #[error("metadata store error: {0}")]
     Store(String),
-    #[error("the pool stopped after a failed metadata commit ({0}); restart the server to recover from the last durable state")]
+    #[error("the pool stopped: {0}; restart the server to recover from the last durable state")]
     PoolFailed(String),
     #[error("the pool is closed")]
     Closed,
