@@ -96,6 +96,8 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) stop: AtomicBool,
     pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    #[cfg(feature = "sim")]
+    pub(crate) sim_hooks: crate::sim::Hooks,
     _lock: Option<std::fs::File>,
 }
 
@@ -243,6 +245,8 @@ impl Engine {
             config,
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
+            #[cfg(feature = "sim")]
+            sim_hooks: Default::default(),
             _lock: lock,
         });
         if fresh {

@@ -10,6 +10,7 @@ mod chain;
 mod codec;
 mod datapath;
 mod engine;
+mod fence;
 pub mod io;
 mod load;
 mod lun;

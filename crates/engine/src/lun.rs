@@ -4,8 +4,6 @@ use crate::codec;
 use crate::engine::*;
 use crate::map::Val;
 use crate::types::*;
-use parking_lot::RwLock;
-use std::sync::Arc;
 
 impl Engine {
     // ------------------------------------------------------------------ LUNs
@@ -65,12 +63,11 @@ impl Engine {
     /// snapshots keep their own size and content).
     pub fn resize_lun(&self, name: &str, size_bytes: u64, allow_shrink: bool) -> Result<LunInfo> {
         validate_lun_size(size_bytes)?;
-        let fence = self.fence_of(name)?;
-        let _fenced = fence.write();
+        let fenced = self.fence_lun(name)?;
+        let id = fenced.id();
         {
             let mut s = self.state.lock();
             s.check_open()?;
-            let id = s.lun_id(name)?;
             let new_blocks = bytes_to_blocks(size_bytes);
             let old_blocks = s.luns[&id].size_blocks;
             if new_blocks < old_blocks {
@@ -101,12 +98,11 @@ impl Engine {
     /// Deletes a LUN. Refused while it has snapshots, unless `recursive`,
     /// and while a group snapshot includes it.
     pub fn delete_lun(&self, name: &str, recursive: bool) -> Result<()> {
-        let fence = self.fence_of(name)?;
-        let _fenced = fence.write();
+        let fenced = self.fence_lun(name)?;
+        let id = fenced.id();
         let released = {
             let mut s = self.state.lock();
             s.check_open()?;
-            let id = s.lun_id(name)?;
             let l = &s.luns[&id];
             if let Some((_, snap)) = l.snapshots.iter().find(|(_, sn)| sn.group.is_some()) {
                 return Err(Error::HasDependents(format!(
@@ -157,12 +153,5 @@ impl Engine {
             }
         };
         self.finish_snapshot_removal(&released)
-    }
-
-    pub(crate) fn fence_of(&self, name: &str) -> Result<Arc<RwLock<()>>> {
-        let s = self.state.lock();
-        s.check_open()?;
-        let id = s.lun_id(name)?;
-        Ok(s.luns[&id].fence.clone())
     }
 }

@@ -70,22 +70,15 @@ impl Engine {
         // that no write is half done (data written in place, map not yet
         // updated) while its blocks are shared. Ids in order: no deadlock
         // with snapshots or group snapshots, which fence the same way.
-        let fences = {
-            let s = self.state.lock();
-            s.check_open()?;
+        let fenced = self.fence_luns(|s| {
             let mut ids = vec![s.lun_id(target)?];
             for e in entries {
-                if let Target::Lun(id) = resolve_in(&s, &e.source)? {
+                if let Target::Lun(id) = resolve_in(s, &e.source)? {
                     ids.push(id);
                 }
             }
-            ids.sort_unstable();
-            ids.dedup();
-            ids.iter()
-                .map(|id| s.lun(*id).map(|l| l.fence.clone()))
-                .collect::<Result<Vec<_>>>()?
-        };
-        let _fenced: Vec<_> = fences.iter().map(|f| f.write()).collect();
+            Ok(ids)
+        })?;
 
         let report = {
             let mut s = self.state.lock();
@@ -161,7 +154,7 @@ impl Engine {
             }
             report
         };
-        drop(_fenced);
+        drop(fenced);
         self.flush()?;
         Ok(report)
     }

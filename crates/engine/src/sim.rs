@@ -319,3 +319,48 @@ impl MetaStore for SimStore {
         }
     }
 }
+
+/// A point inside the engine where a test may run code, to make a race
+/// happen in one chosen order instead of by luck.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPoint {
+    /// `fence_luns` has resolved names to LUNs and not yet taken their
+    /// fences: the window the name-to-fence race lived in.
+    FenceResolved,
+}
+
+type Hook = Box<dyn FnOnce() + Send>;
+
+/// One-shot hooks, each run by the first thread that reaches its point.
+#[derive(Default)]
+pub struct Hooks(Mutex<Vec<(HookPoint, Hook)>>);
+
+impl Hooks {
+    pub(crate) fn fire(&self, at: HookPoint) {
+        let hook = {
+            let mut v = self.0.lock();
+            v.iter().position(|(p, _)| *p == at).map(|i| v.remove(i).1)
+        };
+        if let Some(hook) = hook {
+            hook();
+        }
+    }
+}
+
+impl crate::Engine {
+    /// Runs `hook` once, on the first thread that reaches `at`.
+    pub fn sim_hook(&self, at: HookPoint, hook: impl FnOnce() + Send + 'static) {
+        self.sim_hooks.0.lock().push((at, Box::new(hook)));
+    }
+
+    /// Holds LUN `name`'s fence as an in-flight write does (shared), until
+    /// the guard drops: a write stopped between its data and its map update.
+    pub fn sim_hold_fence(
+        &self,
+        name: &str,
+    ) -> Result<parking_lot::ArcRwLockReadGuard<parking_lot::RawRwLock, ()>> {
+        let id = self.state.lock().lun_id(name)?;
+        let fence = self.fence_of_id(id)?;
+        Ok(fence.read_arc())
+    }
+}

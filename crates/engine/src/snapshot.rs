@@ -5,9 +5,6 @@ use crate::map::Val;
 use crate::space::Run;
 use crate::state::{GcJob, Group, Snapshot};
 use crate::types::*;
-use parking_lot::RwLock;
-use std::collections::BTreeMap;
-use std::sync::Arc;
 
 impl Engine {
     // ------------------------------------------------------------- snapshots
@@ -30,18 +27,8 @@ impl Engine {
         if let Some(g) = group {
             validate_snapshot_name(g)?;
         }
-        // Fence every LUN in id order (no deadlock with other fencers).
-        let fences: BTreeMap<LunId, Arc<RwLock<()>>> = {
-            let s = self.state.lock();
-            s.check_open()?;
-            let mut f = BTreeMap::new();
-            for (lun, _) in requests {
-                let id = s.lun_id(lun)?;
-                f.insert(id, s.luns[&id].fence.clone());
-            }
-            f
-        };
-        let _fenced: Vec<_> = fences.values().map(|f| f.write()).collect();
+        let fenced =
+            self.fence_luns(|s| requests.iter().map(|(lun, _)| s.lun_id(lun)).collect())?;
         let taken = {
             let mut s = self.state.lock();
             s.check_open()?;
@@ -128,7 +115,7 @@ impl Engine {
             }
             taken
         };
-        drop(_fenced);
+        drop(fenced);
         self.flush()?;
         let s = self.state.lock();
         Ok(taken
@@ -235,12 +222,11 @@ impl Engine {
     /// Makes the LUN's content the snapshot's, without copying data. Newer
     /// snapshots stay as they are.
     pub fn restore_snapshot(&self, lun: &str, snapshot: &str) -> Result<()> {
-        let fence = self.fence_of(lun)?;
-        let _fenced = fence.write();
+        let fenced = self.fence_lun(lun)?;
+        let id = fenced.id();
         {
             let mut s = self.state.lock();
             s.check_open()?;
-            let id = s.lun_id(lun)?;
             let l = &s.luns[&id];
             let at = l
                 .snapshot_by_name(snapshot)

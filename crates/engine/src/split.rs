@@ -292,6 +292,13 @@ impl Engine {
         }
         let _stripes = self.lock_stripes(id, first, end - first);
         let _fenced = fence.read();
+        // The gate, shared, as a read holds it: the parent blocks planned
+        // below cannot be handed back to the allocator (and reused) until
+        // the copy is done, whatever else frees them meanwhile. This holds
+        // by construction, for any number of split threads, not because the
+        // parent link happens to pin them. A commit with frees waits for at
+        // most one batch (SPLIT_BATCH_BLOCKS).
+        let _gate = self.gate.read();
         // Plan: what to copy, and where.
         let (fills, runs) = {
             let mut s = self.state.lock();
@@ -341,8 +348,7 @@ impl Engine {
                 }
             }
         }
-        // Copy: the parent's blocks are pinned (the parent link pins the
-        // snapshot), so they cannot be freed under us.
+        // Copy: under the gate, so the sources stay where they are.
         let mut copy_result = Ok(());
         for &(i, off, len, dst) in &placed {
             let src = fills[i].src + off;
@@ -416,6 +422,7 @@ impl Engine {
         s.dirty.splits.insert(id);
         let done = end >= s.luns[&id].parent_limit_blocks;
         drop(s);
+        drop(_gate);
         drop(_fenced);
         drop(_stripes);
         if done {
