@@ -40,6 +40,23 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
     Ok(f)
 }
 
+/// Refuses a pool this version cannot read, before anything is changed.
+/// Every format this version reads is listed here; a new format comes with
+/// a migration from each older one it still opens (decision 016).
+fn check_format(format: u32) -> Result<()> {
+    match format {
+        codec::FORMAT_VERSION => Ok(()),
+        f if f > codec::FORMAT_VERSION => Err(Error::Store(format!(
+            "the pool is in format {f}, written by a newer blockfork; this version reads format {} only: upgrade blockfork to open it",
+            codec::FORMAT_VERSION
+        ))),
+        f => Err(Error::Store(format!(
+            "pool format {f} is not supported: no blockfork release wrote it (this version reads format {})",
+            codec::FORMAT_VERSION
+        ))),
+    }
+}
+
 pub(crate) fn read_pool_record(store: &dyn MetaStore) -> Result<Option<PoolRecord>> {
     let mut found = None;
     store.for_each(&mut |k, v| {
@@ -161,13 +178,7 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
         created: now_secs(),
         open: None,
     });
-    if pool.format != codec::FORMAT_VERSION {
-        return Err(Error::Store(format!(
-            "pool format {} is not supported (expected {})",
-            pool.format,
-            codec::FORMAT_VERSION
-        )));
-    }
+    check_format(pool.format)?;
     for (id, epoch, r) in snapshots {
         let l = luns
             .get_mut(&id)
