@@ -37,6 +37,7 @@
 //! | GET | `/jobs` | list background jobs |
 //! | GET | `/pool` | show the pool |
 //! | PATCH | `/pool` `{capacity, access}` | grow the pool, set its access mode |
+//! | GET | `/pool/check` | check the pool's invariants online |
 //! | GET | `/settings` | show the runtime settings |
 //! | PATCH | `/settings` `{split_rate_mbps}` | change the runtime settings |
 //!
@@ -121,6 +122,7 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         access::unmap,
         pool::jobs,
         pool::status,
+        pool::check,
         pool::grow,
         settings::show,
         settings::update,
@@ -290,6 +292,7 @@ pub fn router_with_token(engine: Arc<Engine>, token: Option<String>) -> Router {
         )
         .route("/jobs", get(pool::jobs))
         .route("/pool", get(pool::status).patch(pool::grow))
+        .route("/pool/check", get(pool::check))
         .route("/settings", get(settings::show).patch(settings::update))
         .route("/openapi.json", get(openapi_json));
     Router::new()

@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::wire::{AccessMode, ErrorBody, GrowPool, JobInfo, PoolStatus};
+use crate::wire::{AccessMode, ErrorBody, GrowPool, JobInfo, PoolCheck, PoolStatus};
 use crate::{call, AppState};
 use axum::extract::State;
 use axum::Json;
@@ -19,6 +19,21 @@ use axum::Json;
 pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, ApiError> {
     let status = call(&state, |e| e.pool_status()).await?;
     Ok(Json(status.into()))
+}
+
+/// Check the pool's invariants online: the committed metadata as a restart
+/// would read it, then the live maps one LUN at a time. I/O goes on; the
+/// answer is 200 with `ok: false` and the problems when something is wrong.
+#[utoipa::path(
+    get, path = "/api/v1/pool/check", operation_id = "check_pool", tag = "pool",
+    responses(
+        (status = 200, description = "What the check found", body = PoolCheck),
+        (status = 503, description = "The pool stopped or closed", body = ErrorBody),
+    )
+)]
+pub async fn check(State(state): State<AppState>) -> Result<Json<PoolCheck>, ApiError> {
+    let report = call(&state, |e| e.check_pool()).await?;
+    Ok(Json(report.into()))
 }
 
 /// Grow the pool (it never shrinks), or change its access mode.

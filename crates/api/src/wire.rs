@@ -209,6 +209,40 @@ impl From<engine::PoolStatus> for PoolStatus {
     }
 }
 
+/// What the online invariant check found (`GET /api/v1/pool/check`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolCheck {
+    /// Nothing was found wrong.
+    pub ok: bool,
+    /// One sentence per violation: `committed state: ...` for what a
+    /// restart would recover, `live maps: ...` for the in-memory maps.
+    pub problems: Vec<String>,
+    /// The committed epoch that was read back and checked.
+    pub epoch: u64,
+    pub luns: u64,
+    pub snapshots: u64,
+    /// Head extents and history ranges checked.
+    pub map_entries: u64,
+    pub elapsed_ms: u64,
+    /// The longest the check held the lock reads and writes need, in µs.
+    pub longest_hold_us: u64,
+}
+
+impl From<engine::PoolCheck> for PoolCheck {
+    fn from(c: engine::PoolCheck) -> Self {
+        PoolCheck {
+            ok: c.ok,
+            problems: c.problems,
+            epoch: c.epoch,
+            luns: c.luns,
+            snapshots: c.snapshots,
+            map_entries: c.map_entries,
+            elapsed_ms: c.elapsed_ms,
+            longest_hold_us: c.longest_hold_us,
+        }
+    }
+}
+
 /// A clone split's progress: copying what a clone still reads through its
 /// parent snapshot into blocks of its own, after which it is independent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -1318,11 +1318,28 @@ fn closed_pool_is_503() {
         "closed",
     );
     expect_error(&server.get("/splits"), 503, "closed");
+    expect_error(&server.get("/pool/check"), 503, "closed");
     expect_error(
         &server.send("POST", "/clones", json!({"source": "a@b", "name": "c"})),
         503,
         "closed",
     );
+}
+
+#[test]
+fn pool_check_reports_a_sound_pool() {
+    let server = Server::start();
+    assert_eq!(
+        server
+            .send("POST", "/luns", json!({"name": "a", "size": 1 << 20}))
+            .status,
+        201
+    );
+    let r = server.get("/pool/check");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["ok"], true);
+    assert_eq!(r.body["problems"], json!([]));
+    assert_eq!(r.body["luns"], 1);
 }
 
 #[test]
@@ -1353,6 +1370,7 @@ fn openapi_lists_every_route() {
         ("/api/v1/lun-maps", &["get", "post", "delete"]),
         ("/api/v1/jobs", &["get"]),
         ("/api/v1/pool", &["get", "patch"]),
+        ("/api/v1/pool/check", &["get"]),
         ("/api/v1/settings", &["get", "patch"]),
         ("/api/v1/openapi.json", &["get"]),
     ];

@@ -8,7 +8,7 @@
 use api::wire::{
     AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
     CreateIgroup, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody, GroupInfo, GrowPool,
-    IgroupInfo, IgroupMember, JobInfo, LunInfo, LunMap, PoolStatus, ResizeLun, Settings,
+    IgroupInfo, IgroupMember, JobInfo, LunInfo, LunMap, PoolCheck, PoolStatus, ResizeLun, Settings,
     SnapshotInfo, SplitInfo, SplitTarget, UpdateSettings,
 };
 use clap::builder::NonEmptyStringValueParser;
@@ -413,6 +413,10 @@ pub enum CgSnapshotCommand {
 pub enum PoolCommand {
     /// Show the pool's capacity, use and counts.
     Status,
+    /// Check the pool's invariants online, without stopping I/O: the
+    /// committed metadata as a restart would read it, then the live maps
+    /// one LUN at a time. Exits non-zero when it finds a problem.
+    Check,
     /// Grow the pool's capacity (a pool never shrinks).
     Grow {
         /// New total capacity, like 2T (binary units K, M, G, T, P), or bytes.
@@ -887,6 +891,15 @@ fn cg_snapshot(client: &Client, out: Out, command: CgSnapshotCommand) -> Result<
 fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
     let reply = match command {
         PoolCommand::Status => client.get("/pool")?,
+        PoolCommand::Check => {
+            let reply = client.get("/pool/check")?;
+            let report: PoolCheck = parse(reply.clone())?;
+            out.show(reply, |c: PoolCheck| check_details(&c))?;
+            return match report.problems.len() {
+                0 => Ok(()),
+                n => Err(format!("the pool check found {n} problem(s)")),
+            };
+        }
         PoolCommand::Grow { capacity } => client.send(
             "PATCH",
             "/pool",
@@ -1270,6 +1283,29 @@ fn pool_details(p: &PoolStatus) -> String {
         ("epoch", p.epoch.to_string()),
         ("created", format_time(p.created)),
     ])
+}
+
+fn check_details(c: &PoolCheck) -> String {
+    let mut text = details(&[
+        (
+            "result",
+            if c.ok {
+                "ok".into()
+            } else {
+                "PROBLEMS FOUND".to_string()
+            },
+        ),
+        ("committed epoch", c.epoch.to_string()),
+        ("LUNs", c.luns.to_string()),
+        ("snapshots", c.snapshots.to_string()),
+        ("map entries", c.map_entries.to_string()),
+        ("took", format!("{} ms", c.elapsed_ms)),
+        ("longest lock hold", format!("{} µs", c.longest_hold_us)),
+    ]);
+    for p in &c.problems {
+        text.push_str(&format!("problem: {p}\n"));
+    }
+    text
 }
 
 fn job_table(jobs: &[JobInfo]) -> String {

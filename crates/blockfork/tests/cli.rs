@@ -272,6 +272,19 @@ fn pool() {
     assert_eq!(grown["capacity_bytes"], 2u64 << 30);
     server.fails(&["pool", "grow", "--capacity", "1G"], "cannot shrink");
     assert_eq!(server.ok(&["job", "list"]), "no jobs\n");
+
+    server.ok(&["lun", "create", "checked", "--size", "1M"]);
+    server.ok(&["snapshot", "create", "checked", "s"]);
+    let checked = server.ok(&["pool", "check"]);
+    assert!(row(&checked, "result").contains("ok"), "{checked}");
+    assert!(!checked.contains("problem:"), "{checked}");
+    let report = server.json(&["pool", "check"]);
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["problems"], serde_json::json!([]));
+    assert_eq!(
+        (report["luns"].as_u64(), report["snapshots"].as_u64()),
+        (Some(1), Some(1))
+    );
 }
 
 #[test]

@@ -63,6 +63,51 @@ fn le(v: &[u8], at: usize) -> Option<u64> {
         .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
 }
 
+/// What must hold of a head extent at block `lba` of a LUN of `size_blocks`
+/// blocks, checked before it is encoded and after it is decoded (the pair
+/// catches a bad entry on its way out and a bad record on its way in).
+pub fn check_head(lba: u64, e: &HeadExt, size_blocks: u64) -> std::result::Result<(), String> {
+    let end = lba.checked_add(e.len).filter(|_| e.len > 0);
+    match (end, e.val) {
+        (None, _) => Err(format!("head extent at block {lba} has length {}", e.len)),
+        (Some(end), _) if end > size_blocks => Err(format!(
+            "head extent at block {lba}+{} lies beyond the LUN's {size_blocks} blocks",
+            e.len
+        )),
+        (_, Val::Data(pba)) if pba.checked_add(e.len).is_none() => Err(format!(
+            "head extent at block {lba} points past the end of space"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What must hold of a history range at block `lba`: non-empty, versions in
+/// order with lifetimes that neither are empty nor overlap.
+pub fn check_history(lba: u64, r: &HistRange) -> std::result::Result<(), String> {
+    if r.len == 0 || lba.checked_add(r.len).is_none() || r.versions.is_empty() {
+        return Err(format!("history range at block {lba} is empty"));
+    }
+    if r.versions.iter().any(|v| v.birth >= v.death) {
+        return Err(format!(
+            "history range at block {lba} has an empty lifetime"
+        ));
+    }
+    if r.versions.windows(2).any(|w| w[0].death > w[1].birth) {
+        return Err(format!(
+            "history range at block {lba} has overlapping lifetimes"
+        ));
+    }
+    if r.versions
+        .iter()
+        .any(|v| matches!(v.val, Val::Data(p) if p.checked_add(r.len).is_none()))
+    {
+        return Err(format!(
+            "history range at block {lba} points past the end of space"
+        ));
+    }
+    Ok(())
+}
+
 pub fn encode_head(e: &HeadExt) -> Vec<u8> {
     let mut v = Vec::with_capacity(24);
     v.extend_from_slice(&e.len.to_le_bytes());

@@ -45,6 +45,10 @@ pub struct EngineConfig {
     /// index (one search, not one per level; decision 014). `usize::MAX`
     /// turns indexes off.
     pub chain_index_min_levels: usize,
+    /// Run the full invariant check (`check_invariants`) after every commit
+    /// and stop at the first violation. On in debug builds and in the model
+    /// test; it costs a pass over every map entry per commit.
+    pub check_after_commit: bool,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +62,7 @@ impl Default for EngineConfig {
             background: true,
             open_access: false,
             chain_index_min_levels: crate::chain::CHAIN_INDEX_MIN_LEVELS,
+            check_after_commit: cfg!(debug_assertions),
         }
     }
 }
@@ -96,6 +101,9 @@ pub struct Engine {
     pub(crate) config: EngineConfig,
     pub(crate) stop: AtomicBool,
     pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// One online pool check at a time (each reads a whole copy of the
+    /// committed metadata).
+    pub(crate) check_turn: Mutex<()>,
     #[cfg(feature = "sim")]
     pub(crate) sim_hooks: crate::sim::Hooks,
     _lock: Option<std::fs::File>,
@@ -245,6 +253,7 @@ impl Engine {
             config,
             stop: AtomicBool::new(false),
             threads: Mutex::new(Vec::new()),
+            check_turn: Mutex::new(()),
             #[cfg(feature = "sim")]
             sim_hooks: Default::default(),
             _lock: lock,
@@ -449,6 +458,17 @@ impl Engine {
             s.alloc.release(run);
         }
         s.refs.end_commit();
+        if self.config.check_after_commit {
+            if let Err(why) = check_state(&s) {
+                // Under the state guard: the pool is marked failed (or, in
+                // a release build, the process ends) before anything else
+                // runs on the broken state.
+                panic!(
+                    "an invariant is broken after the commit at epoch {}: {why}",
+                    s.epoch
+                );
+            }
+        }
         Ok(())
     }
 

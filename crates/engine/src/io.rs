@@ -69,6 +69,15 @@ pub trait MetaStore: Send {
     fn check(&mut self) -> crate::Result<()> {
         Ok(())
     }
+    /// A consistent read-only view of what is committed now, readable
+    /// without this store's lock while commits go on (the online pool
+    /// check reads one).
+    fn snapshot(&self) -> crate::Result<Box<dyn MetaStore>>;
+}
+
+/// What a snapshot view answers to a commit: it is read-only.
+pub(crate) fn read_only_view() -> crate::Error {
+    crate::Error::Store("a snapshot view of the metadata store is read-only".into())
 }
 
 /// Fails if `file` has no name left in the file system: writes to it still
@@ -221,7 +230,39 @@ impl FjallStore {
     }
 }
 
+/// A fjall snapshot: every read sees the store as of one sequence number.
+struct FjallView {
+    snapshot: fjall::Snapshot,
+    keyspace: fjall::Keyspace,
+}
+
+impl MetaStore for FjallView {
+    fn for_each(&self, each: &mut KeyValueVisitor) -> crate::Result<()> {
+        use fjall::Readable;
+        for guard in self.snapshot.iter(&self.keyspace) {
+            let (k, v) = guard.into_inner().map_err(store_err)?;
+            each(&k, &v)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, _: &[MetaPut]) -> crate::Result<()> {
+        Err(read_only_view())
+    }
+
+    fn snapshot(&self) -> crate::Result<Box<dyn MetaStore>> {
+        Err(read_only_view())
+    }
+}
+
 impl MetaStore for FjallStore {
+    fn snapshot(&self) -> crate::Result<Box<dyn MetaStore>> {
+        Ok(Box::new(FjallView {
+            snapshot: self.db.snapshot(),
+            keyspace: self.keyspace.clone(),
+        }))
+    }
+
     fn for_each(&self, each: &mut KeyValueVisitor) -> crate::Result<()> {
         for guard in self.keyspace.iter() {
             let (k, v) = guard.into_inner().map_err(store_err)?;

@@ -126,7 +126,10 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
                 let l = luns
                     .get_mut(&id)
                     .ok_or_else(|| Error::Store(format!("head extent of unknown LUN #{id}")))?;
-                l.head.load(codec::parse_u64(k, 9)?, ext);
+                let lba = codec::parse_u64(k, 9)?;
+                codec::check_head(lba, &ext, l.size_blocks)
+                    .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
+                l.head.load(lba, ext);
             }
             Some(codec::TAG_HISTORY) => {
                 let id = lun_of(k)?;
@@ -134,7 +137,10 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
                 let l = luns
                     .get_mut(&id)
                     .ok_or_else(|| Error::Store(format!("history of unknown LUN #{id}")))?;
-                l.history.load(codec::parse_u64(k, 9)?, r);
+                let lba = codec::parse_u64(k, 9)?;
+                codec::check_history(lba, &r)
+                    .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
+                l.history.load(lba, r);
             }
             Some(codec::TAG_REFS) => {
                 let (len, n) = codec::decode_refs(k, v)?;
@@ -336,6 +342,15 @@ pub(crate) fn check_state(s: &State) -> Result<(), String> {
         }
     }
     for l in s.luns.values() {
+        check_lun(s, l)?;
+    }
+    Ok(())
+}
+
+/// The invariants of one LUN's maps and links: what the online check runs
+/// LUN by LUN, holding the state lock for one LUN at a time.
+pub(crate) fn check_lun(s: &State, l: &Lun) -> Result<(), String> {
+    {
         for (lba, e) in l.head.iter() {
             if lba + e.len > l.size_blocks {
                 return Err(format!(

@@ -241,6 +241,12 @@ pub struct SimStore {
 }
 
 impl SimStore {
+    /// Changes the durable records directly, as a lying device or a bug in
+    /// another program would: for tests of what the engine notices.
+    pub fn tamper(&self, f: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>)) {
+        f(&mut self.durable.lock());
+    }
+
     pub fn new(plan: FaultPlan) -> SimStore {
         SimStore {
             durable: Arc::new(Mutex::new(BTreeMap::new())),
@@ -277,7 +283,31 @@ impl SimStore {
     }
 }
 
+/// A copy of the simulated store's durable image.
+struct SimView(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl MetaStore for SimView {
+    fn for_each(&self, each: &mut KeyValueVisitor) -> Result<()> {
+        for (k, v) in &self.0 {
+            each(k, v)?;
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, _: &[MetaPut]) -> Result<()> {
+        Err(crate::io::read_only_view())
+    }
+
+    fn snapshot(&self) -> Result<Box<dyn MetaStore>> {
+        Err(crate::io::read_only_view())
+    }
+}
+
 impl MetaStore for SimStore {
+    fn snapshot(&self) -> Result<Box<dyn MetaStore>> {
+        Ok(Box::new(SimView(self.durable.lock().clone())))
+    }
+
     fn for_each(&self, each: &mut KeyValueVisitor) -> Result<()> {
         for (k, v) in self.durable.lock().iter() {
             each(k, v)?;

@@ -461,13 +461,25 @@ impl State {
             });
             puts.push((codec::key_name(codec::TAG_GROUP, &name), value));
         }
+        // Each entry is checked on its way out (and by `load` on its way
+        // in): a bad one stops the process here, before it is durable.
         for lun in self.luns.values_mut() {
             for lba in std::mem::take(&mut lun.head.dirty) {
-                let value = lun.head.get(lba).map(|e| codec::encode_head(&e));
+                let value = lun.head.get(lba).map(|e| {
+                    if let Err(why) = codec::check_head(lba, &e, lun.size_blocks) {
+                        panic!("LUN {}: {why}", lun.name);
+                    }
+                    codec::encode_head(&e)
+                });
                 puts.push((codec::key_u64_u64(codec::TAG_HEAD, lun.id.0, lba), value));
             }
             for lba in std::mem::take(&mut lun.history.dirty) {
-                let value = lun.history.get(lba).map(codec::encode_history);
+                let value = lun.history.get(lba).map(|r| {
+                    if let Err(why) = codec::check_history(lba, r) {
+                        panic!("LUN {}: {why}", lun.name);
+                    }
+                    codec::encode_history(r)
+                });
                 puts.push((codec::key_u64_u64(codec::TAG_HISTORY, lun.id.0, lba), value));
             }
         }

@@ -223,6 +223,26 @@ pub struct LunInfo {
     pub maps: Vec<String>,
 }
 
+/// What `Engine::check_pool` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolCheck {
+    /// Nothing was found wrong.
+    pub ok: bool,
+    /// One sentence per violation, naming the LUN and block where it has
+    /// one; the committed state's first, then the live maps'.
+    pub problems: Vec<String>,
+    /// The committed epoch that was read back and checked.
+    pub epoch: u64,
+    pub luns: u64,
+    pub snapshots: u64,
+    /// Head extents and history ranges checked (committed state).
+    pub map_entries: u64,
+    pub elapsed_ms: u64,
+    /// The longest the check held the lock that reads and writes need, in
+    /// microseconds (one LUN's live maps).
+    pub longest_hold_us: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotInfo {
     pub lun: String,

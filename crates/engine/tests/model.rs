@@ -85,6 +85,7 @@ fn config(seed: u64) -> EngineConfig {
         background: false,
         dirty_keys_max: 1 << 30,
         reclaim_ranges_per_batch: 3,
+        check_after_commit: true,
         chain_index_min_levels: if seed.is_multiple_of(3) {
             usize::MAX
         } else {
