@@ -451,8 +451,10 @@ impl Engine {
             }
         }
         // The frees are durable: wait out reads that may still use the
-        // blocks, then hand them to the allocator.
-        let _gate = self.gate.write();
+        // blocks, then hand them to the allocator. With nothing to free no
+        // reader is drained (only this commit sets `committing_free`).
+        let frees = !self.state.lock().committing_free.is_empty();
+        let _gate = frees.then(|| self.gate.write());
         let mut s = self.state.lock();
         for run in std::mem::take(&mut s.committing_free) {
             s.alloc.release(run);
