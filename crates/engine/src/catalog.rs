@@ -229,12 +229,7 @@ pub(crate) fn new_lun(
 }
 
 pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
-    let allocated: u64 = l
-        .head
-        .iter()
-        .filter(|(_, e)| matches!(e.val, Val::Data(_)))
-        .map(|(_, e)| e.len)
-        .sum();
+    let allocated = l.head.data_blocks();
     LunInfo {
         id: l.id.0,
         name: l.name.clone(),

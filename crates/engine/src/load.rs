@@ -350,6 +350,19 @@ pub(crate) fn check_state(s: &State) -> Result<(), String> {
 /// The invariants of one LUN's maps and links: what the online check runs
 /// LUN by LUN, holding the state lock for one LUN at a time.
 pub(crate) fn check_lun(s: &State, l: &Lun) -> Result<(), String> {
+    let data: u64 = l
+        .head
+        .iter()
+        .filter(|(_, e)| matches!(e.val, Val::Data(_)))
+        .map(|(_, e)| e.len)
+        .sum();
+    if data != l.head.data_blocks() {
+        return Err(format!(
+            "LUN {} maps {data} blocks to data but counts {}",
+            l.name,
+            l.head.data_blocks()
+        ));
+    }
     {
         for (lba, e) in l.head.iter() {
             if lba + e.len > l.size_blocks {

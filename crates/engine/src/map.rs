@@ -79,6 +79,16 @@ pub struct HeadMap {
     extents: BTreeMap<u64, HeadExt>,
     /// Keys changed since the last commit.
     pub dirty: BTreeSet<u64>,
+    /// Blocks mapped to data (not zeros), kept as extents change so that
+    /// `lun_info` does not walk the map under the state lock.
+    data_blocks: u64,
+}
+
+fn data_len(e: &HeadExt) -> u64 {
+    match e.val {
+        Val::Data(_) => e.len,
+        Val::Zero => 0,
+    }
 }
 
 /// Result of looking up one position: how many blocks from it share the
@@ -88,7 +98,15 @@ pub type Lookup = (u64, Option<(Val, u64)>);
 impl HeadMap {
     pub fn load(&mut self, lba: u64, ext: HeadExt) {
         assert!(ext.len > 0, "stored head extent at {lba} is empty");
-        self.extents.insert(lba, ext);
+        self.data_blocks += data_len(&ext);
+        if let Some(old) = self.extents.insert(lba, ext) {
+            self.data_blocks -= data_len(&old);
+        }
+    }
+
+    /// Blocks mapped to data: what the LUN's current content allocates.
+    pub fn data_blocks(&self) -> u64 {
+        self.data_blocks
     }
 
     pub fn get(&self, lba: u64) -> Option<HeadExt> {
@@ -153,6 +171,7 @@ impl HeadMap {
         let mut pieces = Vec::with_capacity(keys.len());
         for k in keys {
             let e = self.extents.remove(&k).expect("key just listed");
+            self.data_blocks -= data_len(&e);
             self.dirty.insert(k);
             pieces.push(Piece {
                 lba: k,
@@ -194,6 +213,7 @@ impl HeadMap {
                 ext.len += e.len;
             }
         }
+        self.data_blocks += data_len(&HeadExt { len, val, birth });
         self.extents.insert(start, ext);
         self.dirty.insert(start);
     }
@@ -201,6 +221,7 @@ impl HeadMap {
     /// Removes everything, returning the pieces.
     pub fn drain(&mut self) -> Vec<Piece> {
         let all = std::mem::take(&mut self.extents);
+        self.data_blocks = 0;
         all.into_iter()
             .map(|(k, e)| {
                 self.dirty.insert(k);
