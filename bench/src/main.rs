@@ -757,7 +757,7 @@ fn wait_split(e: &Engine, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let st = e.split_status(name).unwrap();
-        if st.state == "done" {
+        if st.state == engine::SplitPhase::Done {
             return;
         }
         assert!(

@@ -140,6 +140,59 @@ impl From<engine::GroupInfo> for GroupInfo {
     }
 }
 
+/// A background job's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    Running,
+    Done,
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+        })
+    }
+}
+
+/// Where a clone stands in its split: `running`, `stopped`,
+/// `waiting-for-space` (the pool is full; the split goes on when space is
+/// freed), `not-started` (a clone with no split), `done` (finished since the
+/// server started), or `independent` (not a clone, or split earlier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitPhase {
+    Running,
+    Stopped,
+    WaitingForSpace,
+    NotStarted,
+    Done,
+    Independent,
+}
+
+impl From<engine::SplitPhase> for SplitPhase {
+    fn from(p: engine::SplitPhase) -> Self {
+        match p {
+            engine::SplitPhase::Running => SplitPhase::Running,
+            engine::SplitPhase::Stopped => SplitPhase::Stopped,
+            engine::SplitPhase::WaitingForSpace => SplitPhase::WaitingForSpace,
+            engine::SplitPhase::NotStarted => SplitPhase::NotStarted,
+            engine::SplitPhase::Done => SplitPhase::Done,
+            engine::SplitPhase::Independent => SplitPhase::Independent,
+        }
+    }
+}
+
+impl std::fmt::Display for SplitPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The same words as the JSON.
+        let v = serde_json::to_value(self).expect("a unit variant");
+        f.write_str(v.as_str().expect("a string"))
+    }
+}
+
 /// A background job, such as reclaiming the space of a deleted snapshot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobInfo {
@@ -148,9 +201,7 @@ pub struct JobInfo {
     pub kind: String,
     /// The LUN it works on.
     pub lun: String,
-    /// `running` or `done`.
-    #[schema(example = "running")]
-    pub state: String,
+    pub state: JobState,
     /// From 0.0 to 1.0.
     pub progress: f64,
     /// Bytes freed so far.
@@ -165,7 +216,10 @@ impl From<engine::JobInfo> for JobInfo {
             id: j.id,
             kind: j.kind,
             lun: j.lun,
-            state: j.state,
+            state: match j.state {
+                engine::JobState::Running => JobState::Running,
+                engine::JobState::Done => JobState::Done,
+            },
             progress: j.progress,
             freed_bytes: j.freed_bytes,
             started: j.started,
@@ -253,11 +307,7 @@ pub struct SplitInfo {
     /// `LUN@SNAPSHOT` the clone reads through, while it still does.
     #[schema(example = "vol0/db@nightly")]
     pub parent: Option<String>,
-    /// `running`, `stopped`, `waiting-for-space` (the pool is full; the
-    /// split goes on when space is freed), `not-started` (a clone with no
-    /// split), `done` (finished recently), or `independent` (not a clone).
-    #[schema(example = "running")]
-    pub state: String,
+    pub state: SplitPhase,
     /// From 0.0 to 1.0.
     pub progress: f64,
     /// Bytes copied so far.
@@ -277,7 +327,7 @@ impl From<engine::SplitInfo> for SplitInfo {
         SplitInfo {
             lun: s.lun,
             parent: s.parent,
-            state: s.state,
+            state: s.state.into(),
             progress: s.progress,
             copied_bytes: s.copied_bytes,
             total_bytes: s.total_bytes,

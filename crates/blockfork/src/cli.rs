@@ -8,8 +8,8 @@
 use api::wire::{
     AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
     CreateIgroup, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody, GroupInfo, GrowPool,
-    IgroupInfo, IgroupMember, JobInfo, LunInfo, LunMap, PoolCheck, PoolStatus, ResizeLun, Settings,
-    SnapshotInfo, SplitInfo, SplitTarget, UpdateSettings,
+    IgroupInfo, IgroupMember, JobInfo, JobState, LunInfo, LunMap, PoolCheck, PoolStatus, ResizeLun,
+    Settings, SnapshotInfo, SplitInfo, SplitPhase, SplitTarget, UpdateSettings,
 };
 use clap::builder::NonEmptyStringValueParser;
 use serde::de::DeserializeOwned;
@@ -755,9 +755,9 @@ fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<(), String>
                 OutputFormat::Json => out.json(&raw)?,
                 OutputFormat::Text => out.text(&split_details(&info))?,
             }
-            match info.state.as_str() {
-                "done" | "independent" => Ok(()),
-                "not-started" => Err(format!(
+            match info.state {
+                SplitPhase::Done | SplitPhase::Independent => Ok(()),
+                SplitPhase::NotStarted => Err(format!(
                     "no split of \"{path}\" is under way; start it with `blockfork lun clone start {path}`"
                 )),
                 state => Err(format!(
@@ -799,7 +799,7 @@ fn watch_split(client: &Client, lun: &str) -> Result<(SplitInfo, Value), String>
     loop {
         let raw = client.get(&split_path(lun))?;
         let info: SplitInfo = parse(raw.clone())?;
-        if info.state != "running" {
+        if info.state != SplitPhase::Running {
             bar.finish_and_clear();
             return Ok((info, raw));
         }
@@ -977,7 +977,7 @@ fn wait_for_reclaim(client: &Client, lun: &str) -> Result<Option<(JobInfo, Value
         let raw = client.get("/jobs")?;
         let all: Vec<JobInfo> = parse(raw.clone())?;
         let mine = all.iter().enumerate().filter(|(_, j)| j.lun == lun);
-        if let Some((_, running)) = mine.clone().find(|(_, j)| j.state == "running") {
+        if let Some((_, running)) = mine.clone().find(|(_, j)| j.state == JobState::Running) {
             bar.set_position((running.progress.clamp(0.0, 1.0) * 1000.0) as u64);
             std::thread::sleep(Duration::from_millis(JOB_POLL_INTERVAL_MS));
             continue;
@@ -1161,7 +1161,7 @@ fn split_details(s: &SplitInfo) -> String {
             "parent",
             s.parent.clone().unwrap_or_else(|| "- (independent)".into()),
         ),
-        ("state", s.state.clone()),
+        ("state", s.state.to_string()),
         ("progress", format_percent(s.progress)),
         ("copied", format_size(s.copied_bytes)),
         ("rate", format_rate(s.rate_bytes_per_sec)),
@@ -1185,7 +1185,7 @@ fn split_table(splits: &[SplitInfo]) -> String {
             vec![
                 s.lun.clone(),
                 s.parent.clone().unwrap_or_else(|| "-".into()),
-                s.state.clone(),
+                s.state.to_string(),
                 format_percent(s.progress),
                 format_size(s.copied_bytes),
                 format_rate(s.rate_bytes_per_sec),
@@ -1323,7 +1323,7 @@ fn job_table(jobs: &[JobInfo]) -> String {
                 } else {
                     j.lun.clone()
                 },
-                j.state.clone(),
+                j.state.to_string(),
                 format!("{:.0}%", j.progress.clamp(0.0, 1.0) * 100.0),
                 format_size(j.freed_bytes),
                 format_time(j.started),
@@ -1816,7 +1816,7 @@ mod tests {
             SplitInfo {
                 lun: "vol0/test".into(),
                 parent: Some("vol0/db@nightly".into()),
-                state: "running".into(),
+                state: SplitPhase::Running,
                 progress: 0.4567,
                 copied_bytes: 20 << 20,
                 total_bytes: 48 << 20,
@@ -1827,7 +1827,7 @@ mod tests {
             SplitInfo {
                 lun: "ci/run-1".into(),
                 parent: Some("vol0/db@nightly (deleted)".into()),
-                state: "stopped".into(),
+                state: SplitPhase::Stopped,
                 progress: 0.0,
                 copied_bytes: 0,
                 total_bytes: 48 << 20,

@@ -231,11 +231,19 @@ pub struct SnapshotRecord {
     pub hidden: bool,
 }
 
+/// A split's persisted state: the JSON strings `"running"` and `"stopped"`
+/// of format 1; anything else is a corrupt record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitRecordState {
+    Running,
+    Stopped,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SplitRecord {
     pub cursor: u64,
-    /// "running", "stopped"
-    pub state: String,
+    pub state: SplitRecordState,
     pub started: u64,
     pub copied_blocks: u64,
 }

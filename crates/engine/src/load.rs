@@ -148,10 +148,9 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
             }
             Some(codec::TAG_SPLIT) => {
                 let r: codec::SplitRecord = codec::from_json(k, v)?;
-                let state = if r.state == "stopped" {
-                    SplitState::Stopped
-                } else {
-                    SplitState::Running
+                let state = match r.state {
+                    codec::SplitRecordState::Stopped => SplitState::Stopped,
+                    codec::SplitRecordState::Running => SplitState::Running,
                 };
                 splits.insert(
                     lun_of(k)?,

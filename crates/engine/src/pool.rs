@@ -110,7 +110,7 @@ impl Engine {
 
     pub fn jobs(&self) -> Vec<JobInfo> {
         let s = self.state.lock();
-        let job_info = |j: &GcJob, state: &str| JobInfo {
+        let job_info = |j: &GcJob, state: JobState| JobInfo {
             id: j.id,
             kind: "snapshot-reclaim".into(),
             lun: s
@@ -118,7 +118,7 @@ impl Engine {
                 .get(&j.lun)
                 .map(|l| l.name.clone())
                 .unwrap_or_default(),
-            state: state.into(),
+            state,
             progress: if j.ranges_total == 0 {
                 1.0
             } else {
@@ -129,8 +129,8 @@ impl Engine {
         };
         s.jobs
             .values()
-            .map(|j| job_info(j, "running"))
-            .chain(s.finished_jobs.iter().map(|j| job_info(j, "done")))
+            .map(|j| job_info(j, JobState::Running))
+            .chain(s.finished_jobs.iter().map(|j| job_info(j, JobState::Done)))
             .collect()
     }
 

@@ -576,7 +576,7 @@ fn split_info(s: &State, id: LunId) -> SplitInfo {
         Some(job) => SplitInfo {
             lun: l.name.clone(),
             parent,
-            state: job.state.as_str().into(),
+            state: job.state.phase(),
             progress: if total == 0 {
                 1.0
             } else {
@@ -595,7 +595,7 @@ fn split_info(s: &State, id: LunId) -> SplitInfo {
         None if l.parent.is_some() => SplitInfo {
             lun: l.name.clone(),
             parent,
-            state: "not-started".into(),
+            state: SplitPhase::NotStarted,
             progress: 0.0,
             copied_bytes: 0,
             total_bytes: total * BLOCK_SIZE,
@@ -614,9 +614,9 @@ fn split_info(s: &State, id: LunId) -> SplitInfo {
                 lun: l.name.clone(),
                 parent: None,
                 state: if copied.is_some() {
-                    "done".into()
+                    SplitPhase::Done
                 } else {
-                    "independent".into()
+                    SplitPhase::Independent
                 },
                 progress: 1.0,
                 copied_bytes: copied.unwrap_or(0) * BLOCK_SIZE,

@@ -165,11 +165,11 @@ pub enum SplitState {
 }
 
 impl SplitState {
-    pub fn as_str(self) -> &'static str {
+    pub fn phase(self) -> crate::types::SplitPhase {
         match self {
-            SplitState::Running => "running",
-            SplitState::Stopped => "stopped",
-            SplitState::WaitingForSpace => "waiting-for-space",
+            SplitState::Running => crate::types::SplitPhase::Running,
+            SplitState::Stopped => crate::types::SplitPhase::Stopped,
+            SplitState::WaitingForSpace => crate::types::SplitPhase::WaitingForSpace,
         }
     }
 }
@@ -492,8 +492,8 @@ impl State {
                 codec::to_json(&codec::SplitRecord {
                     cursor: j.cursor,
                     state: match j.state {
-                        SplitState::Stopped => "stopped".into(),
-                        _ => "running".into(),
+                        SplitState::Stopped => codec::SplitRecordState::Stopped,
+                        _ => codec::SplitRecordState::Running,
                     },
                     started: j.started,
                     copied_blocks: j.copied_blocks,

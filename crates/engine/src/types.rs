@@ -272,8 +272,7 @@ pub struct JobInfo {
     pub id: u64,
     pub kind: String,
     pub lun: String,
-    /// "running" or "done"
-    pub state: String,
+    pub state: JobState,
     /// 0.0 to 1.0
     pub progress: f64,
     pub freed_bytes: u64,
@@ -317,15 +316,69 @@ pub struct MetadataStats {
     pub encoded_bytes: u64,
 }
 
+/// Where a clone stands in its split. Serialized as the API shows it:
+/// `running`, `stopped`, `waiting-for-space`, `not-started`, `done`,
+/// `independent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitPhase {
+    /// Copying.
+    Running,
+    /// Stopped by an operator: the clone stays valid and backed.
+    Stopped,
+    /// The pool is full; retried as space is freed.
+    WaitingForSpace,
+    /// A clone that reads through its snapshot, no split asked for.
+    NotStarted,
+    /// Split finished (since the server started): the clone is independent.
+    Done,
+    /// Not a clone, or a clone split before the server started.
+    Independent,
+}
+
+impl SplitPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitPhase::Running => "running",
+            SplitPhase::Stopped => "stopped",
+            SplitPhase::WaitingForSpace => "waiting-for-space",
+            SplitPhase::NotStarted => "not-started",
+            SplitPhase::Done => "done",
+            SplitPhase::Independent => "independent",
+        }
+    }
+}
+
+impl std::fmt::Display for SplitPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A background job's state: `running` or `done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    Running,
+    Done,
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JobState::Running => "running",
+            JobState::Done => "done",
+        })
+    }
+}
+
 /// A clone split's progress.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SplitInfo {
     pub lun: String,
     /// `LUN@SNAPSHOT` the clone reads through, while it still does.
     pub parent: Option<String>,
-    /// "running", "stopped", "waiting-for-space", "not-started", "done",
-    /// "independent"
-    pub state: String,
+    pub state: SplitPhase,
     /// 0.0 to 1.0
     pub progress: f64,
     pub copied_bytes: u64,

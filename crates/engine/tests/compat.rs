@@ -13,7 +13,7 @@
 //! as a new file beside the old ones, never replacing them):
 //! `BLOCKFORK_WRITE_FIXTURE=1 cargo test -p engine --test compat`.
 
-use engine::{Engine, EngineConfig, Member, RangeEntry};
+use engine::{Engine, EngineConfig, Member, RangeEntry, SplitPhase};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -243,7 +243,7 @@ fn the_format_1_fixture_opens_reads_and_verifies() {
     // And it keeps working: written, committed, reopened, split finished.
     e.write(e.resolve("vm").unwrap(), 0, &pattern(9, 0..4), true)
         .unwrap();
-    while e.split_status("vm-clone").unwrap().state == "running" {
+    while e.split_status("vm-clone").unwrap().state == SplitPhase::Running {
         e.run_split_batch();
     }
     e.close().unwrap();
@@ -253,7 +253,10 @@ fn the_format_1_fixture_opens_reads_and_verifies() {
     let mut b = vec![0u8; 4 * 4096];
     e.read(e.resolve("vm").unwrap(), 0, &mut b).unwrap();
     assert_eq!(b, pattern(9, 0..4));
-    assert_eq!(e.split_status("vm-clone").unwrap().state, "independent");
+    assert_eq!(
+        e.split_status("vm-clone").unwrap().state,
+        SplitPhase::Independent
+    );
     assert_eq!(e.lun_info("vm-clone").unwrap().parent, None);
     e.close().unwrap();
 }

@@ -419,7 +419,7 @@ fn a_split_waits_for_space_loses_nothing_and_finishes_when_space_returns() {
     e.write(vm, 0, &[0xee; 4096], false).unwrap();
     assert_eq!(e.run_split_batch(), engine::SplitStep::Waiting);
     let st = e.split_status("vm").unwrap();
-    assert_eq!(st.state, "waiting-for-space", "{st:?}");
+    assert_eq!(st.state, engine::SplitPhase::WaitingForSpace, "{st:?}");
     assert!(
         st.message.as_deref().unwrap_or("").contains("pool is full"),
         "{st:?}"
@@ -439,12 +439,15 @@ fn a_split_waits_for_space_loses_nothing_and_finishes_when_space_returns() {
     std::thread::sleep(std::time::Duration::from_millis(600));
     for _ in 0..100 {
         e.run_split_batch();
-        if e.split_status("vm").unwrap().state == "done" {
+        if e.split_status("vm").unwrap().state == engine::SplitPhase::Done {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert_eq!(e.split_status("vm").unwrap().state, "done");
+    assert_eq!(
+        e.split_status("vm").unwrap().state,
+        engine::SplitPhase::Done
+    );
     let mut got = vec![0u8; pattern.len()];
     e.read(vm, 0, &mut got).unwrap();
     assert_eq!(&got[..4096], &[0xee; 4096][..]);
@@ -771,11 +774,14 @@ fn a_split_over_reused_cached_blocks_reads_back_before_and_after_reopen() {
     e.set_split_rate(0);
     for _ in 0..1000 {
         e.run_split_batch();
-        if e.split_status("vm").unwrap().state == "done" {
+        if e.split_status("vm").unwrap().state == engine::SplitPhase::Done {
             break;
         }
     }
-    assert_eq!(e.split_status("vm").unwrap().state, "done");
+    assert_eq!(
+        e.split_status("vm").unwrap().state,
+        engine::SplitPhase::Done
+    );
     assert!(read_all(&e, "vm") == pattern);
     e.close().unwrap();
     drop(e);

@@ -226,7 +226,7 @@ impl World {
                     if self
                         .engine
                         .split_status(name)
-                        .is_ok_and(|i| i.state == "done")
+                        .is_ok_and(|i| i.state == engine::SplitPhase::Done)
                     {
                         self.splits_done += 1;
                     }
