@@ -1,0 +1,519 @@
+//! Each command group: the API calls it makes and what it prints.
+
+use super::*;
+
+// ------------------------------------------------------------- commands
+
+pub(super) fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), String> {
+    match command {
+        LunCommand::Create { name, size } => {
+            let reply = client.send("POST", "/luns", &CreateLun { name, size })?;
+            out.show(reply, |l: LunInfo| lun_details(&l))
+        }
+        LunCommand::List { prefix } => {
+            let path = match prefix {
+                Some(p) => format!("/luns?prefix={}", encode(&p)),
+                None => "/luns".to_string(),
+            };
+            out.show(client.get(&path)?, |luns: Vec<LunInfo>| lun_table(&luns))
+        }
+        LunCommand::Show { name } => {
+            out.show(client.get(&lun_path(&name))?, |l: LunInfo| lun_details(&l))
+        }
+        LunCommand::Resize { name, size, shrink } => {
+            let reply = client.send("PATCH", &lun_path(&name), &ResizeLun { size, shrink })?;
+            out.show(reply, |l: LunInfo| lun_details(&l))
+        }
+        LunCommand::Delete { name, recursive } => {
+            let path = format!("{}?recursive={recursive}", lun_path(&name));
+            client.delete(&path)?;
+            let also = if recursive { " and its snapshots" } else { "" };
+            out.done(&format!("deleted LUN \"{name}\"{also}"))
+        }
+        LunCommand::Clone { command } => clone(client, out, command),
+        LunCommand::Map { lun, igroup } => {
+            client.send(
+                "POST",
+                "/lun-maps",
+                &LunMap {
+                    lun: lun.clone(),
+                    igroup: igroup.clone(),
+                },
+            )?;
+            out.done(&format!("mapped LUN \"{lun}\" to igroup \"{igroup}\""))
+        }
+        LunCommand::Unmap { lun, igroup } => {
+            client.delete(&format!(
+                "/lun-maps?lun={}&igroup={}",
+                encode(&lun),
+                encode(&igroup)
+            ))?;
+            out.done(&format!("unmapped LUN \"{lun}\" from igroup \"{igroup}\""))
+        }
+        LunCommand::CloneRange {
+            source,
+            target,
+            ranges,
+            ranges_file,
+        } => {
+            let mut list: Vec<CloneRange> = Vec::new();
+            if let Some(file) = ranges_file {
+                list.extend(read_ranges_file(&file, source.as_deref())?);
+            }
+            if !ranges.is_empty() {
+                let source = source.clone().ok_or(
+                    "--range needs --source (LUN or LUN@SNAPSHOT) to say where the data comes from",
+                )?;
+                list.extend(ranges.into_iter().map(|(s, d, l)| CloneRange {
+                    source: source.clone(),
+                    source_offset: s,
+                    target_offset: d,
+                    length: l,
+                }));
+            }
+            if list.is_empty() {
+                return Err("give at least one --range SRC:DST:LEN or a --ranges-file".into());
+            }
+            let reply = client.send(
+                "POST",
+                "/clone-range",
+                &CloneRanges {
+                    target,
+                    ranges: list,
+                },
+            )?;
+            out.show(reply, |r: CloneRangeReport| {
+                details(&[
+                    ("target", r.target.clone()),
+                    ("ranges", r.ranges.to_string()),
+                    ("cloned", size_with_bytes(r.bytes)),
+                    ("shared data", size_with_bytes(r.shared_bytes)),
+                    ("extents", r.extents.to_string()),
+                ])
+            })
+        }
+    }
+}
+
+/// `SRC:DST:LEN`, each a size (bytes or like 4M).
+pub(super) fn parse_range(s: &str) -> Result<(u64, u64, u64), String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let [src, dst, len] = parts.as_slice() else {
+        return Err(format!("{s:?} is not SRC_OFFSET:DST_OFFSET:LENGTH"));
+    };
+    Ok((parse_size(src)?, parse_size(dst)?, parse_size(len)?))
+}
+
+/// A JSON list of ranges; entries without a source take `default_source`.
+pub(super) fn read_ranges_file(
+    file: &Path,
+    default_source: Option<&str>,
+) -> Result<Vec<CloneRange>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Entry {
+        source: Option<String>,
+        source_offset: u64,
+        target_offset: u64,
+        length: u64,
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let entries: Vec<Entry> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a JSON list of {{source, source_offset, target_offset, length}}: {e}",
+            file.display()
+        )
+    })?;
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let source = e
+                .source
+                .or_else(|| default_source.map(str::to_string))
+                .ok_or_else(|| {
+                    format!(
+                        "range {i} of {} names no source and no --source was given",
+                        file.display()
+                    )
+                })?;
+            Ok(CloneRange {
+                source,
+                source_offset: e.source_offset,
+                target_offset: e.target_offset,
+                length: e.length,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn igroup(client: &Client, out: Out, command: IgroupCommand) -> Result<(), String> {
+    let member = |m: MemberArg| IgroupMember {
+        address: m.address,
+        cert_cn: m.cert_cn,
+    };
+    let path = |name: &str| format!("/igroups/{}", encode(name));
+    let reply = match command {
+        IgroupCommand::Create {
+            name,
+            addresses,
+            cert_cns,
+        } => client.send(
+            "POST",
+            "/igroups",
+            &CreateIgroup {
+                name,
+                addresses,
+                cert_cns,
+            },
+        )?,
+        IgroupCommand::Add { name, member: m } => {
+            client.send("POST", &format!("{}/members", path(&name)), &member(m))?
+        }
+        IgroupCommand::Remove { name, member: m } => {
+            let m = member(m);
+            let query = match (&m.address, &m.cert_cn) {
+                (Some(a), _) => format!("address={}", encode(a)),
+                (_, Some(c)) => format!("cert_cn={}", encode(c)),
+                _ => unreachable!("clap requires one"),
+            };
+            client.delete(&format!("{}/members?{query}", path(&name)))?
+        }
+        IgroupCommand::List => {
+            let reply = client.get("/igroups")?;
+            return out.show(reply, |g: Vec<IgroupInfo>| igroup_table(&g));
+        }
+        IgroupCommand::Show { name } => client.get(&path(&name))?,
+        IgroupCommand::Delete { name } => {
+            client.delete(&path(&name))?;
+            return out.done(&format!("deleted igroup \"{name}\""));
+        }
+    };
+    out.show(reply, |g: IgroupInfo| igroup_details(&g))
+}
+
+pub(super) fn igroup_details(g: &IgroupInfo) -> String {
+    details(&[
+        ("name", g.name.clone()),
+        ("addresses", list_or_dash(&g.addresses)),
+        ("cert CNs", list_or_dash(&g.cert_cns)),
+        ("LUNs", list_or_dash(&g.luns)),
+    ])
+}
+
+pub(super) fn igroup_table(groups: &[IgroupInfo]) -> String {
+    if groups.is_empty() {
+        return "no igroups\n".into();
+    }
+    let rows: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| {
+            vec![
+                g.name.clone(),
+                list_or_dash(&g.addresses),
+                list_or_dash(&g.cert_cns),
+                list_or_dash(&g.luns),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("NAME", Align::Left),
+            ("ADDRESSES", Align::Left),
+            ("CERT CNS", Align::Left),
+            ("LUNS", Align::Left),
+        ],
+        &rows,
+    )
+}
+
+pub(super) fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<(), String> {
+    match command {
+        CloneCommand::Create {
+            source,
+            new,
+            count,
+            split,
+        } => {
+            let body = CreateClones {
+                source,
+                name: new,
+                count,
+                split,
+            };
+            let reply = client.send("POST", "/clones", &body)?;
+            out.show(reply, |clones: Vec<LunInfo>| {
+                let mut text = match clones.as_slice() {
+                    [one] => lun_details(one),
+                    many => lun_table(many),
+                };
+                if split {
+                    text.push_str(&format!(
+                        "split started; follow it with `blockfork lun clone {}`\n",
+                        match clones.as_slice() {
+                            [one] => format!("status {} --watch", one.name),
+                            _ => "show".to_string(),
+                        }
+                    ));
+                }
+                text
+            })
+        }
+        CloneCommand::Start { path } => {
+            let reply = client.send("POST", "/splits/start", &SplitTarget { lun: path })?;
+            out.show(reply, |s: SplitInfo| split_details(&s))
+        }
+        CloneCommand::Stop { path } => {
+            let reply = client.send("POST", "/splits/stop", &SplitTarget { lun: path })?;
+            out.show(reply, |s: SplitInfo| split_details(&s))
+        }
+        CloneCommand::Status { path, watch: false } => out
+            .show(client.get(&split_path(&path))?, |s: SplitInfo| {
+                split_details(&s)
+            }),
+        CloneCommand::Status { path, watch: true } => {
+            let (info, raw) = watch_split(client, &path)?;
+            match out.format {
+                OutputFormat::Json => out.json(&raw)?,
+                OutputFormat::Text => out.text(&split_details(&info))?,
+            }
+            match info.state {
+                SplitPhase::Done | SplitPhase::Independent => Ok(()),
+                SplitPhase::NotStarted => Err(format!(
+                    "no split of \"{path}\" is under way; start it with `blockfork lun clone start {path}`"
+                )),
+                state => Err(format!(
+                    "the split of \"{path}\" is {state}{}",
+                    info.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )),
+            }
+        }
+        CloneCommand::Show { prefix } => {
+            let path = match prefix {
+                Some(p) => format!("/splits?prefix={}", encode(&p)),
+                None => "/splits".to_string(),
+            };
+            out.show(client.get(&path)?, |s: Vec<SplitInfo>| split_table(&s))
+        }
+    }
+}
+
+/// Polls a split, with a progress bar on a terminal, until it is no longer
+/// running; returns its last state, as parsed and as the API sent it.
+pub(super) fn watch_split(client: &Client, lun: &str) -> Result<(SplitInfo, Value), String> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{bar:40}] {percent:>3}% {msg} ({elapsed})",
+            )
+            .expect("the template is valid")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_prefix(format!("splitting \"{lun}\""));
+    loop {
+        let raw = client.get(&split_path(lun))?;
+        let info: SplitInfo = parse(raw.clone())?;
+        if info.state != SplitPhase::Running {
+            bar.finish_and_clear();
+            return Ok((info, raw));
+        }
+        bar.set_position((info.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+        bar.set_message(format!(
+            "{} copied at {}",
+            format_size(info.copied_bytes),
+            format_rate(info.rate_bytes_per_sec)
+        ));
+        std::thread::sleep(Duration::from_millis(SPLIT_POLL_INTERVAL_MS));
+    }
+}
+
+pub(super) fn snapshot(client: &Client, out: Out, command: SnapshotCommand) -> Result<(), String> {
+    match command {
+        SnapshotCommand::Create { lun, snapshot } => {
+            let body = CreateSnapshots::One(CreateSnapshot {
+                lun,
+                name: snapshot,
+            });
+            let reply = client.send("POST", "/snapshots", &body)?;
+            out.show(reply, |s: SnapshotInfo| snapshot_details(&s))
+        }
+        SnapshotCommand::List { lun } => {
+            let path = match lun {
+                Some(l) => format!("/snapshots?lun={}", encode(&l)),
+                None => "/snapshots".to_string(),
+            };
+            out.show(client.get(&path)?, |s: Vec<SnapshotInfo>| {
+                snapshot_table(&s)
+            })
+        }
+        SnapshotCommand::Delete {
+            lun,
+            snapshot,
+            wait,
+        } => {
+            client.delete(&snapshot_path(&lun, &snapshot, ""))?;
+            if !wait {
+                return out.done(&format!(
+                    "deleted snapshot \"{lun}@{snapshot}\"; its space is reclaimed in the background"
+                ));
+            }
+            let finished = wait_for_reclaim(client, &lun)?;
+            match (out.format, finished) {
+                (OutputFormat::Json, Some((_, raw))) => out.json(&raw),
+                (OutputFormat::Json, None) => Ok(()),
+                (OutputFormat::Text, Some((job, _))) => out.text(&format!(
+                    "deleted snapshot \"{lun}@{snapshot}\"; reclaimed {}",
+                    format_size(job.freed_bytes)
+                )),
+                (OutputFormat::Text, None) => {
+                    out.text(&format!("deleted snapshot \"{lun}@{snapshot}\""))
+                }
+            }
+        }
+        SnapshotCommand::Restore { lun, snapshot } => {
+            let reply = client.post_empty(&snapshot_path(&lun, &snapshot, "/restore"))?;
+            out.show(reply, |l: LunInfo| {
+                format!(
+                    "restored LUN \"{lun}\" to snapshot \"{snapshot}\" (size {})\n",
+                    format_size(l.size_bytes)
+                )
+            })
+        }
+    }
+}
+
+pub(super) fn cg_snapshot(
+    client: &Client,
+    out: Out,
+    command: CgSnapshotCommand,
+) -> Result<(), String> {
+    match command {
+        CgSnapshotCommand::Create { name, luns } => {
+            let body = CreateGroupSnapshot { name, luns };
+            let reply = client.send("POST", "/group-snapshots", &body)?;
+            out.show(reply, |g: GroupInfo| group_details(&g))
+        }
+        CgSnapshotCommand::List => {
+            let reply = client.get("/group-snapshots")?;
+            out.show(reply, |g: Vec<GroupInfo>| group_table(&g))
+        }
+        CgSnapshotCommand::Delete { name } => {
+            client.delete(&format!("/group-snapshots/{}", encode(&name)))?;
+            out.done(&format!(
+                "deleted group snapshot \"{name}\" and its member snapshots; their space is reclaimed in the background"
+            ))
+        }
+    }
+}
+
+pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
+    let reply = match command {
+        PoolCommand::Status => client.get("/pool")?,
+        PoolCommand::Check => {
+            let reply = client.get("/pool/check")?;
+            let report: PoolCheck = parse(reply.clone())?;
+            out.show(reply, |c: PoolCheck| check_details(&c))?;
+            return match report.problems.len() {
+                0 => Ok(()),
+                n => Err(format!("the pool check found {n} problem(s)")),
+            };
+        }
+        PoolCommand::Grow { capacity } => client.send(
+            "PATCH",
+            "/pool",
+            &GrowPool {
+                capacity: Some(capacity),
+                access: None,
+            },
+        )?,
+        PoolCommand::Set {
+            split_rate,
+            access: Some(access),
+        } => {
+            if let Some(mbps) = split_rate {
+                client.send(
+                    "PATCH",
+                    "/settings",
+                    &UpdateSettings {
+                        split_rate_mbps: Some(mbps),
+                    },
+                )?;
+            }
+            let access = match access {
+                AccessArg::Open => AccessMode::Open,
+                AccessArg::Closed => AccessMode::Closed,
+            };
+            client.send(
+                "PATCH",
+                "/pool",
+                &GrowPool {
+                    capacity: None,
+                    access: Some(access),
+                },
+            )?
+        }
+        PoolCommand::Set {
+            split_rate,
+            access: None,
+        } => {
+            let reply = match split_rate {
+                None => client.get("/settings")?,
+                Some(mbps) => client.send(
+                    "PATCH",
+                    "/settings",
+                    &UpdateSettings {
+                        split_rate_mbps: Some(mbps),
+                    },
+                )?,
+            };
+            return out.show(reply, |s: Settings| settings_details(&s));
+        }
+    };
+    out.show(reply, |p: PoolStatus| pool_details(&p))
+}
+
+pub(super) fn jobs(client: &Client, out: Out) -> Result<(), String> {
+    out.show(client.get("/jobs")?, |j: Vec<JobInfo>| job_table(&j))
+}
+
+/// Polls the jobs until none is running for `lun`; returns the latest
+/// finished one, as parsed and as the API sent it.
+pub(super) fn wait_for_reclaim(
+    client: &Client,
+    lun: &str,
+) -> Result<Option<(JobInfo, Value)>, String> {
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {percent:>3}% ({elapsed})")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_message(format!("reclaiming space of \"{lun}\""));
+    loop {
+        let raw = client.get("/jobs")?;
+        let all: Vec<JobInfo> = parse(raw.clone())?;
+        let mine = all.iter().enumerate().filter(|(_, j)| j.lun == lun);
+        if let Some((_, running)) = mine.clone().find(|(_, j)| j.state == JobState::Running) {
+            bar.set_position((running.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+            std::thread::sleep(Duration::from_millis(JOB_POLL_INTERVAL_MS));
+            continue;
+        }
+        bar.finish_and_clear();
+        let latest = mine.max_by_key(|(_, j)| j.id);
+        return Ok(latest.map(|(i, job)| (job.clone(), raw[i].clone())));
+    }
+}
