@@ -92,6 +92,11 @@ fn a_removed_data_directory_fails_the_pool_and_sigterm_exits() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pool stopped"), "{err}");
 
+    // The failure is logged once, not again at every idle device check.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let failures = server.log_text().matches("pool failed:").count();
+    assert_eq!(failures, 1, "{}", server.log_text());
+
     // SIGTERM ends the process (Server::stop panics after 30 s), and the
     // log says why the pool stopped.
     let status = server.stop();

@@ -291,7 +291,9 @@ impl Engine {
                 if let Err(e) = engine.flush() {
                     tracing::error!("background commit failed: {e}");
                 }
-            } else if last_check.elapsed() >= DEVICE_CHECK_INTERVAL {
+            } else if last_check.elapsed() >= DEVICE_CHECK_INTERVAL
+                && engine.state.lock().failed.is_none()
+            {
                 // An idle pool still notices a vanished file or a broken
                 // store within a second, not at the next write.
                 last_check = std::time::Instant::now();
@@ -474,12 +476,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Fails the pool (once: the first cause is the one kept, logged and
+    /// reported; later failures are its consequences).
     pub(crate) fn fail(&self, why: String) -> Error {
-        tracing::error!("pool failed: {why}");
         let mut s = self.state.lock();
-        if s.failed.is_none() {
-            s.failed = Some(why.clone());
+        if let Some(first) = &s.failed {
+            let first = first.clone();
+            drop(s);
+            tracing::debug!("after the pool failed: {why}");
+            return Error::PoolFailed(first);
         }
+        s.failed = Some(why.clone());
+        drop(s);
+        tracing::error!("pool failed: {why}");
         Error::PoolFailed(why)
     }
 
