@@ -37,29 +37,22 @@ fn identity(client: &ClientInfo) -> ClientIdentity {
 impl Backend for EngineBackend {
     fn list(&self, client: &ClientInfo) -> Vec<ExportListing> {
         let who = identity(client);
-        let mut out = Vec::new();
-        let Ok(luns) = self.engine.list_luns("") else {
-            return out;
+        let Ok(exports) = self.engine.list_exports() else {
+            return Vec::new();
         };
         let visible: std::collections::HashSet<String> =
             self.engine.luns_visible_to(&who).into_iter().collect();
-        let snapshots = self.engine.list_snapshots(None).unwrap_or_default();
-        for l in luns.iter().filter(|l| visible.contains(&l.name)) {
-            out.push(ExportListing {
-                name: l.name.clone(),
-                description: format!("LUN, {} bytes", l.size_bytes),
-            });
-            for s in snapshots.iter().filter(|s| s.lun == l.name) {
-                out.push(ExportListing {
-                    name: format!("{}@{}", s.lun, s.name),
-                    description: format!(
-                        "snapshot of {} (read-only), {} bytes",
-                        s.lun, s.size_bytes
-                    ),
-                });
-            }
-        }
-        out
+        exports
+            .into_iter()
+            .filter(|x| visible.contains(&x.lun))
+            .map(|x| ExportListing {
+                name: x.name(),
+                description: match &x.snapshot {
+                    None => format!("LUN, {} bytes", x.size_bytes),
+                    Some(_) => format!("snapshot of {} (read-only), {} bytes", x.lun, x.size_bytes),
+                },
+            })
+            .collect()
     }
 
     fn open(&self, name: &str, client: &ClientInfo) -> Result<Arc<dyn Export>, OpenError> {

@@ -42,6 +42,31 @@ impl Engine {
         Ok(lun_info(&s, s.lun(id)?))
     }
 
+    /// Every export, `LUN` then its `LUN@SNAPSHOT`s, with sizes: what NBD
+    /// `OPT_LIST` shows. O(LUNs + snapshots) under the lock, no map walk
+    /// (unlike `list_luns`/`list_snapshots`, which report space).
+    pub fn list_exports(&self) -> Result<Vec<ExportEntry>> {
+        let s = self.state.lock();
+        s.check_open()?;
+        let mut out = Vec::with_capacity(s.names.len());
+        for (name, id) in &s.names {
+            let l = &s.luns[id];
+            out.push(ExportEntry {
+                lun: name.clone(),
+                snapshot: None,
+                size_bytes: l.size_blocks * BLOCK_SIZE,
+            });
+            for (_, snap) in l.visible_snapshots() {
+                out.push(ExportEntry {
+                    lun: name.clone(),
+                    snapshot: Some(snap.name.clone()),
+                    size_bytes: snap.size_blocks * BLOCK_SIZE,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     pub fn list_luns(&self, prefix: &str) -> Result<Vec<LunInfo>> {
         let s = self.state.lock();
         s.check_open()?;

@@ -130,15 +130,29 @@ impl Engine {
     }
 
     /// Snapshots of one LUN, or of every LUN, oldest first.
+    /// Each LUN is listed under its own hold of the state lock (the
+    /// exclusive space walks its history), so listing every snapshot of a
+    /// pool does not hold reads and writes off for all LUNs at once.
     pub fn list_snapshots(&self, lun: Option<&str>) -> Result<Vec<SnapshotInfo>> {
-        let s = self.state.lock();
-        s.check_open()?;
-        let ids: Vec<LunId> = match lun {
-            Some(name) => vec![s.lun_id(name)?],
-            None => s.names.values().copied().collect(),
+        let ids: Vec<LunId> = {
+            let s = self.state.lock();
+            s.check_open()?;
+            match lun {
+                Some(name) => vec![s.lun_id(name)?],
+                None => s.names.values().copied().collect(),
+            }
         };
         let mut out = Vec::new();
         for id in ids {
+            let s = self.state.lock();
+            s.check_open()?;
+            if !s.luns.contains_key(&id) {
+                if lun.is_some() {
+                    // The one LUN asked for went away meanwhile.
+                    return Err(Error::not_found("LUN", lun.unwrap_or_default()));
+                }
+                continue; // deleted meanwhile: not listed
+            }
             let exclusive = exclusive_blocks(&s.luns[&id], &s.refs);
             for (epoch, _) in s.luns[&id].visible_snapshots() {
                 let mut info = snapshot_info(&s, id, epoch).expect("listed");

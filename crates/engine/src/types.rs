@@ -223,6 +223,24 @@ pub struct LunInfo {
     pub maps: Vec<String>,
 }
 
+/// One export: a LUN, or one of its snapshots (read-only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEntry {
+    pub lun: String,
+    pub snapshot: Option<String>,
+    pub size_bytes: u64,
+}
+
+impl ExportEntry {
+    /// The export name: `LUN` or `LUN@SNAPSHOT`.
+    pub fn name(&self) -> String {
+        match &self.snapshot {
+            Some(snap) => format!("{}@{}", self.lun, snap),
+            None => self.lun.clone(),
+        }
+    }
+}
+
 /// What `Engine::check_pool` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolCheck {

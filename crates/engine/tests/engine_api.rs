@@ -790,3 +790,40 @@ fn a_split_over_reused_cached_blocks_reads_back_before_and_after_reopen() {
     assert!(read_all(&e, "gold@s") == pattern);
     e.check_invariants().unwrap();
 }
+
+#[test]
+fn list_exports_names_every_lun_and_visible_snapshot_with_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(dir.path(), 64 << 20);
+    e.create_lun("b", 2 << 20).unwrap();
+    e.create_lun("a", 1 << 20).unwrap();
+    e.create_snapshot("a", "s1").unwrap();
+    e.resize_lun("a", 3 << 20, false).unwrap();
+    e.create_snapshot("a", "s2").unwrap();
+    e.create_snapshot("b", "gone").unwrap();
+    e.delete_snapshot("b", "gone").unwrap();
+    let listed: Vec<(String, u64)> = e
+        .list_exports()
+        .unwrap()
+        .into_iter()
+        .map(|x| (x.name(), x.size_bytes))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![
+            ("a".to_string(), 3 << 20),
+            ("a@s1".to_string(), 1 << 20),
+            ("a@s2".to_string(), 3 << 20),
+            ("b".to_string(), 2 << 20),
+        ]
+    );
+    // The same names and sizes as the listings that also report space.
+    let mut slow: Vec<(String, u64)> = Vec::new();
+    for l in e.list_luns("").unwrap() {
+        slow.push((l.name.clone(), l.size_bytes));
+        for s in e.list_snapshots(Some(&l.name)).unwrap() {
+            slow.push((format!("{}@{}", s.lun, s.name), s.size_bytes));
+        }
+    }
+    assert_eq!(listed, slow);
+}
