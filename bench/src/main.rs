@@ -8,6 +8,9 @@
 //! `engine`: the engine in-process against plain pread/pwrite/fdatasync.
 //! `--only split`: the clone split rows alone, N times (default 3) on fresh
 //! pools, with the medians.
+//! `--only listing`: 4 KiB random read p99 on one LUN, idle and while
+//! another thread lists the snapshots of a LUN with many snapshots and
+//! extents in a loop (issue 12, section 4: management never stalls I/O).
 
 use engine::{Engine, EngineConfig, BLOCK_SIZE};
 use rand::rngs::StdRng;
@@ -30,7 +33,8 @@ struct Opts {
     runs: usize,
 }
 
-const USAGE: &str = "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N]]";
+const USAGE: &str =
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -52,9 +56,9 @@ fn main() {
             "--only" => {
                 i += 1;
                 match args.get(i).map(String::as_str) {
-                    Some("split") => opts.only = Some("split".into()),
+                    Some(what @ ("split" | "listing")) => opts.only = Some(what.into()),
                     other => {
-                        eprintln!("--only takes \"split\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\" or \"listing\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -82,6 +86,7 @@ fn main() {
         i += 1;
     }
     match mode {
+        Some("engine") | None if opts.only.as_deref() == Some("listing") => listing_bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),
@@ -932,4 +937,95 @@ fn sync_fs(dir: &Path) {
         .arg("-f")
         .arg(dir)
         .status();
+}
+
+/// Read latency on one LUN while another thread lists the snapshots of a
+/// LUN with many snapshots and map extents, in a loop.
+fn listing_bench(o: &Opts) {
+    let (extents, snaps): (u64, u64) = if o.quick {
+        (40_000, 100)
+    } else {
+        (1_000_000, 1_000)
+    };
+    let dir = fresh_dir(&o.dir, "listing");
+    let e = open_engine(&dir, 16 * GIB);
+    // "big": every other block written (no two extents merge), a snapshot
+    // after each round, and half of each round's blocks overwritten in the
+    // next, so that the snapshots see history versions too.
+    let per = extents / snaps;
+    e.create_lun("big", 2 * extents * BLOCK_SIZE + MIB).unwrap();
+    let big = e.resolve("big").unwrap();
+    let block = vec![0x42u8; BLOCK_SIZE as usize];
+    let built = Instant::now();
+    for k in 0..snaps {
+        for i in 0..per {
+            e.write(big, 2 * (k * per + i) * BLOCK_SIZE, &block, false)
+                .unwrap();
+        }
+        if k > 0 {
+            for i in (0..per).step_by(2) {
+                e.write(big, 2 * ((k - 1) * per + i) * BLOCK_SIZE, &block, false)
+                    .unwrap();
+            }
+        }
+        e.create_snapshot("big", &format!("s{k}")).unwrap();
+    }
+    e.flush().unwrap();
+    let build_secs = built.elapsed().as_secs_f64();
+    // "r": the LUN the reader reads, fully written.
+    let r_bytes = 256 * MIB;
+    e.create_lun("r", r_bytes).unwrap();
+    write_sequential(&e, "r", r_bytes);
+    let window = Duration::from_secs(if o.quick { 1 } else { 5 });
+
+    let reads = |e: &Arc<Engine>| -> Vec<Duration> {
+        let t = e.resolve("r").unwrap();
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        let mut lat = Vec::new();
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            let off = rng.gen_range(0..r_bytes / BLOCK_SIZE) * BLOCK_SIZE;
+            let t0 = Instant::now();
+            e.read(t, off, &mut buf).unwrap();
+            lat.push(t0.elapsed());
+        }
+        lat
+    };
+    let mut idle = reads(&e);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (e2, stop2) = (e.clone(), stop.clone());
+    let lister = std::thread::spawn(move || {
+        let mut took = Vec::new();
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let t0 = Instant::now();
+            let listed = e2.list_snapshots(Some("big")).unwrap();
+            took.push(t0.elapsed());
+            assert_eq!(listed.len() as u64, snaps);
+        }
+        took
+    });
+    let mut busy = reads(&e);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut listings = lister.join().unwrap();
+    let (p_idle, p_busy) = (percentile(&mut idle, 0.99), percentile(&mut busy, 0.99));
+    let per_listing = percentile(&mut listings, 0.5);
+    println!(
+        "listing bench ({}): LUN with {snaps} snapshots and {extents} written blocks (built in {build_secs:.1} s); {} listings, median {}",
+        if o.quick { "quick" } else { "full" },
+        listings.len(),
+        ms(per_listing)
+    );
+    print_table(&[Row {
+        what: format!(
+            "4 KiB random read p99 while listing {snaps} snapshots of a {extents}-extent LUN in a loop"
+        ),
+        ours: us(p_busy),
+        baseline: format!("{} (same reads, no listing)", us(p_idle)),
+        ratio: format!("{:.2}×", p_busy.as_secs_f64() / p_idle.as_secs_f64()),
+        goal: "≤ 1.2×".into(),
+    }]);
+    e.close().unwrap();
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,7 @@
 
 use crate::engine::*;
 use crate::map::{HeadMap, HistoryMap, Val};
-use crate::space::{RefCounts, Run};
+use crate::space::Run;
 use crate::state::{Group, Lun, State, Through};
 use crate::types::*;
 use parking_lot::RwLock;
@@ -172,13 +172,25 @@ pub(crate) fn remove_snapshot(s: &mut State, id: LunId, epoch: u64) {
     s.dirty.luns.insert(id);
 }
 
-/// Blocks each snapshot alone sees, by epoch.
-pub(crate) fn exclusive_blocks(l: &Lun, refs: &RefCounts) -> HashMap<u64, u64> {
-    // The runs each snapshot alone sees; a block is that snapshot's alone
-    // when every reference to it is among them (another reference, from a
-    // restored head, a range clone or another LUN, keeps it).
-    let mut only: HashMap<u64, Vec<Run>> = HashMap::new();
-    for (_, r) in l.history.iter() {
+/// History ranges (or reference-count lookups) one hold of the state lock
+/// covers while snapshots are listed. Measured with 1,000 snapshots and 1 M
+/// extents (`blockfork-bench engine --only listing`): 256 gives a read p99
+/// of 64 µs beside the listing loop and a 138 ms listing; 64 gives 56 µs
+/// and 339 ms (the hand-offs cost more than the shorter holds save).
+pub(crate) const LISTING_CHUNK: usize = 256;
+
+/// Adds to `only` the runs each snapshot alone sees, from the history ranges
+/// of `l` starting at `from`, at most `LISTING_CHUNK` of them. Returns where
+/// to go on, or None at the end.
+pub(crate) fn exclusive_runs_chunk(
+    l: &Lun,
+    from: u64,
+    only: &mut HashMap<u64, Vec<Run>>,
+) -> Option<u64> {
+    for (n, (lba, r)) in l.history.iter_from(from).enumerate() {
+        if n == LISTING_CHUNK {
+            return Some(lba);
+        }
         for v in &r.versions {
             let Val::Data(pba) = v.val else { continue };
             let mut seers = l.snapshots.range(v.birth..v.death).map(|(&e, _)| e);
@@ -190,15 +202,7 @@ pub(crate) fn exclusive_blocks(l: &Lun, refs: &RefCounts) -> HashMap<u64, u64> {
             }
         }
     }
-    only.into_iter()
-        .map(|(e, runs)| {
-            let blocks = multiplicity(&runs)
-                .into_iter()
-                .map(|(start, len, count)| refs.blocks_with_refs_at_most(start, len, count))
-                .sum();
-            (e, blocks)
-        })
-        .collect()
+    None
 }
 
 pub(crate) fn new_lun(

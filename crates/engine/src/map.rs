@@ -284,6 +284,12 @@ impl HistoryMap {
         self.ranges.iter().map(|(&l, r)| (l, r))
     }
 
+    /// The ranges that start at `lba` or after, in order: for walks that
+    /// let go of the state lock between chunks.
+    pub fn iter_from(&self, lba: u64) -> impl Iterator<Item = (u64, &HistRange)> + '_ {
+        self.ranges.range(lba..).map(|(&l, r)| (l, r))
+    }
+
     /// The version of `pos` that epoch `at` sees, and for how many blocks (up
     /// to `end`) that answer holds.
     pub fn lookup(&self, pos: u64, at: u64, end: u64) -> Lookup {

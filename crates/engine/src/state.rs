@@ -220,6 +220,16 @@ impl StateLock {
 
 pub struct StateGuard<'a>(parking_lot::MutexGuard<'a, State>);
 
+impl StateGuard<'_> {
+    /// Hands the lock to a thread waiting for it, if any, and takes it back
+    /// after: a long walk in chunks lets reads and writes in between (a
+    /// plain unlock and lock would let this thread barge back in first).
+    /// Anything read before may have changed after.
+    pub fn bump(&mut self) {
+        parking_lot::MutexGuard::bump(&mut self.0);
+    }
+}
+
 impl std::ops::Deref for StateGuard<'_> {
     type Target = State;
     fn deref(&self) -> &State {
