@@ -25,13 +25,21 @@ impl Engine {
         Ok(target_blocks(&s, target)? * BLOCK_SIZE)
     }
 
+    /// A read or write: within the volume and the per-request size limit.
     pub(crate) fn check_range(s: &State, target: Target, offset: u64, len: u64) -> Result<()> {
-        let size = target_blocks(s, target)? * BLOCK_SIZE;
         if len > IO_BYTES_MAX {
             return Err(Error::InvalidArgument(format!(
                 "request of {len} bytes exceeds the {IO_BYTES_MAX}-byte limit"
             )));
         }
+        Self::check_bounds(s, target, offset, len)
+    }
+
+    /// The one bounds check: `[offset, offset+len)` lies within `target`
+    /// (metadata-only requests, zeroing and block status, have no size
+    /// limit but the volume's).
+    pub(crate) fn check_bounds(s: &State, target: Target, offset: u64, len: u64) -> Result<()> {
+        let size = target_blocks(s, target)? * BLOCK_SIZE;
         match offset.checked_add(len) {
             Some(end) if end <= size => Ok(()),
             _ => Err(Error::OutOfRange(format!(
@@ -335,13 +343,7 @@ impl Engine {
         // Zeroing is metadata only, so its size limit is the volume's.
         let check = |s: &State| -> Result<()> {
             s.check_open()?;
-            let size = target_blocks(s, target)? * BLOCK_SIZE;
-            if offset.checked_add(len).is_none_or(|end| end > size) {
-                return Err(Error::OutOfRange(format!(
-                    "range {offset}+{len} lies outside the {size}-byte volume"
-                )));
-            }
-            Ok(())
+            Self::check_bounds(s, target, offset, len)
         };
         check(&self.state.lock())?;
         if len == 0 {
@@ -410,12 +412,7 @@ impl Engine {
     ) -> Result<Vec<(u64, Allocation)>> {
         let s = self.state.lock();
         s.check_open()?;
-        let size = target_blocks(&s, target)? * BLOCK_SIZE;
-        if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(Error::OutOfRange(format!(
-                "range {offset}+{len} lies outside the {size}-byte volume"
-            )));
-        }
+        Self::check_bounds(&s, target, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }
