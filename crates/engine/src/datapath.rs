@@ -2,6 +2,7 @@
 
 use crate::engine::*;
 use crate::map::Val;
+use crate::sched;
 use crate::state::State;
 use crate::types::*;
 use parking_lot::{MutexGuard, RwLock};
@@ -55,7 +56,7 @@ impl Engine {
             return Ok(());
         }
         self.foreground_ops.fetch_add(1, Ordering::Relaxed);
-        let _gate = self.gate.read();
+        let _gate = sched::acquire("gate.read", || self.gate.try_read(), || self.gate.read());
         let mut segs = Segments::new();
         {
             let s = self.state.lock();
@@ -98,7 +99,12 @@ impl Engine {
         };
         idx.sort_unstable();
         idx.dedup();
-        idx.into_iter().map(|i| self.stripes[i].lock()).collect()
+        idx.into_iter()
+            .map(|i| {
+                let stripe = &self.stripes[i];
+                sched::acquire("stripe", || stripe.try_lock(), || stripe.lock())
+            })
+            .collect()
     }
 
     pub(crate) fn writable(&self, target: Target) -> Result<LunId> {
@@ -131,7 +137,7 @@ impl Engine {
         let end = (offset + len).div_ceil(BLOCK_SIZE);
         let _stripes = self.lock_stripes(id, first, end - first);
         let fence = self.fence_of_id(id)?;
-        let _fenced = fence.read();
+        let _fenced = sched::acquire("fence.read", || fence.try_read(), || fence.read());
         // The size may have changed while we waited for the fence.
         Self::check_range(&self.state.lock(), target, offset, len)?;
         let aligned = offset.is_multiple_of(BLOCK_SIZE) && len.is_multiple_of(BLOCK_SIZE);
@@ -358,7 +364,7 @@ impl Engine {
         // the whole request rather than zeroing one edge of it.
         let _stripes = self.lock_stripes(id, first, end - first);
         let fence = self.fence_of_id(id)?;
-        let _fenced = fence.read();
+        let _fenced = sched::acquire("fence.read", || fence.try_read(), || fence.read());
         // The size may have changed while we waited for the fence.
         check(&self.state.lock())?;
         // Partial blocks at the edges: read, zero the part in range, write.

@@ -9,6 +9,7 @@
 //! held across I/O.
 
 use crate::io::{DataFile, FileData, FjallStore, MetaStore};
+use crate::sched;
 use crate::state::StateLock;
 use crate::types::*;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -124,7 +125,7 @@ impl Drop for CommitRun<'_> {
         if std::thread::panicking() {
             self.engine.fail("a panic interrupted a commit".into());
         }
-        let mut ctl = self.engine.ctl.lock();
+        let mut ctl = self.engine.ctl_lock();
         ctl.running = false;
         ctl.done = self.generation;
         self.engine.ctl_cv.notify_all();
@@ -357,7 +358,7 @@ impl Engine {
         if let Err(e) = self.data.check() {
             return Err(self.fail(format!("the data file failed: {e}")));
         }
-        let checked = self.store.lock().check();
+        let checked = self.store_lock().check();
         if let Err(e) = checked {
             return Err(self.fail(format!("the metadata store failed: {e}")));
         }
@@ -378,11 +379,22 @@ impl Engine {
         self.state.lock().closed = true;
         let failed = self.state.lock().failed.clone();
         let closed = if flushed.is_ok() && failed.is_none() {
-            self.store.lock().close()
+            self.store_lock().close()
         } else {
             Ok(())
         };
         flushed.and(closed)
+    }
+
+    /// The commit control's lock (held while a finished flush looks at the
+    /// pool's state).
+    pub(crate) fn ctl_lock(&self) -> parking_lot::MutexGuard<'_, CommitCtl> {
+        sched::acquire("commit.ctl", || self.ctl.try_lock(), || self.ctl.lock())
+    }
+
+    /// The metadata store's lock (held across the store's I/O).
+    pub(crate) fn store_lock(&self) -> parking_lot::MutexGuard<'_, Box<dyn MetaStore>> {
+        sched::acquire("store", || self.store.try_lock(), || self.store.lock())
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -394,10 +406,11 @@ impl Engine {
     /// Makes everything done before this call durable: data synced, then the
     /// metadata committed. Concurrent callers share commits.
     pub fn flush(&self) -> Result<()> {
-        let mut ctl = self.ctl.lock();
+        let mut ctl = self.ctl_lock();
         let target = ctl.started + 1;
         loop {
             if ctl.done >= target {
+                drop(ctl);
                 return self.state.lock().check_open().or_else(|e| match e {
                     Error::Closed => Ok(()),
                     e => Err(e),
@@ -415,10 +428,10 @@ impl Engine {
                 let result = self.commit_once();
                 drop(running);
                 result?;
-                ctl = self.ctl.lock();
+                ctl = self.ctl_lock();
                 continue;
             }
-            self.ctl_cv.wait(&mut ctl);
+            sched::wait("commit.wait", &self.ctl_cv, &mut ctl);
         }
     }
 
@@ -448,7 +461,7 @@ impl Engine {
             puts.reverse();
             puts.sort_by(|a, b| a.0.cmp(&b.0));
             puts.dedup_by(|later, earlier| later.0 == earlier.0);
-            if let Err(e) = self.store.lock().commit(&puts) {
+            if let Err(e) = self.store_lock().commit(&puts) {
                 return Err(self.fail(format!("committing metadata: {e}")));
             }
         }
@@ -456,7 +469,8 @@ impl Engine {
         // blocks, then hand them to the allocator. With nothing to free no
         // reader is drained (only this commit sets `committing_free`).
         let frees = !self.state.lock().committing_free.is_empty();
-        let _gate = frees.then(|| self.gate.write());
+        let _gate = frees
+            .then(|| sched::acquire("gate.write", || self.gate.try_write(), || self.gate.write()));
         let mut s = self.state.lock();
         for run in std::mem::take(&mut s.committing_free) {
             s.alloc.release(run);

@@ -15,6 +15,7 @@
 //! rebound otherwise, so what was checked stays true until the guard drops.
 
 use crate::engine::Engine;
+use crate::sched;
 use crate::state::State;
 use crate::types::*;
 use parking_lot::{ArcRwLockWriteGuard, RawRwLock, RwLock};
@@ -68,7 +69,10 @@ impl Engine {
             let wanted = lookup(&self.state.lock(), &resolve)?;
             #[cfg(feature = "sim")]
             self.sim_hooks.fire(crate::sim::HookPoint::FenceResolved);
-            let guards: Vec<_> = wanted.iter().map(|(_, f)| f.write_arc()).collect();
+            let guards: Vec<_> = wanted
+                .iter()
+                .map(|(_, f)| sched::acquire("fence.write", || f.try_write_arc(), || f.write_arc()))
+                .collect();
             let now = lookup(&self.state.lock(), &resolve)?;
             let same = now.len() == wanted.len()
                 && now

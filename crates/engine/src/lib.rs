@@ -17,6 +17,7 @@ mod lun;
 mod map;
 mod pool;
 mod range;
+pub mod sched;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod snapshot;

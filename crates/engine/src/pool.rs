@@ -2,6 +2,7 @@
 
 use crate::engine::*;
 use crate::map::Val;
+use crate::sched;
 use crate::state::GcJob;
 use crate::types::*;
 
@@ -96,8 +97,12 @@ impl Engine {
                 let excess = s.finished_jobs.len().saturating_sub(64);
                 s.finished_jobs.drain(..excess);
                 let l = s.luns.get_mut(&id).expect("checked");
-                l.gc_needed = false;
-                s.dirty.luns.insert(id);
+                // Snapshots being deleted kept their versions: the flag
+                // stays until their removal's own job is done.
+                if l.deleting.is_empty() {
+                    l.gc_needed = false;
+                    s.dirty.luns.insert(id);
+                }
             }
         }
         true
@@ -202,7 +207,11 @@ impl Engine {
     /// A violation is reported, not acted on: the pool keeps serving, and
     /// the operator decides (the commit-time check, when on, stops it).
     pub fn check_pool(&self) -> Result<PoolCheck> {
-        let _turn = self.check_turn.lock();
+        let _turn = sched::acquire(
+            "check",
+            || self.check_turn.try_lock(),
+            || self.check_turn.lock(),
+        );
         let started = std::time::Instant::now();
         self.flush()?;
         let capacity = {
@@ -210,7 +219,7 @@ impl Engine {
             s.check_open()?;
             s.alloc.capacity_blocks()
         };
-        let view = self.store.lock().snapshot()?;
+        let view = self.store_lock().snapshot()?;
         let mut problems = Vec::new();
         let mut report = PoolCheck {
             ok: false,

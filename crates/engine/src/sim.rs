@@ -7,6 +7,7 @@
 //! would) and, for a commit in progress, applies it entirely or not at all.
 
 use crate::io::{DataFile, KeyValueVisitor, MetaPut, MetaStore};
+pub use crate::sched::{Outcome, Sched};
 use crate::types::{Error, Result};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
@@ -159,6 +160,7 @@ impl SimData {
 
 impl DataFile for SimData {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        crate::sched::point("data.read");
         if self.plan.next() == Some(Fault::Crash) {
             return Err(crash_err());
         }
@@ -175,6 +177,7 @@ impl DataFile for SimData {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        crate::sched::point("data.write");
         let fault = self.plan.next();
         if fault == Some(Fault::Panic) {
             panic!("simulated panic in a data write");
@@ -204,6 +207,7 @@ impl DataFile for SimData {
     }
 
     fn sync(&self) -> io::Result<()> {
+        crate::sched::point("data.sync");
         match self.plan.next() {
             None => {}
             Some(Fault::Crash) => return Err(crash_err()),
@@ -227,6 +231,155 @@ impl DataFile for SimData {
             d.durable.resize(bytes as usize, 0);
         }
         Ok(())
+    }
+}
+
+/// A data file on a real file, written by the engine's own `FileData` (so
+/// that its O_DIRECT copy runs), which keeps the durable image apart like
+/// `SimData` and fails or crashes by the same plan. A crash keeps a random
+/// subset of the 4 KiB blocks written (or copied) since the last sync.
+#[derive(Clone)]
+pub struct SimFile {
+    file: Arc<crate::io::FileData>,
+    path: std::path::PathBuf,
+    shadow: Arc<Mutex<FileShadow>>,
+    plan: FaultPlan,
+}
+
+struct FileShadow {
+    durable: Vec<u8>,
+    unsynced: Vec<(u64, u64)>,
+}
+
+impl SimFile {
+    /// A new, empty data file at `path` (replaced if it exists).
+    pub fn create(path: &std::path::Path, plan: FaultPlan) -> io::Result<SimFile> {
+        let _ = std::fs::remove_file(path);
+        Ok(SimFile {
+            file: Arc::new(crate::io::FileData::open(path, 0)?),
+            path: path.to_path_buf(),
+            shadow: Arc::new(Mutex::new(FileShadow {
+                durable: Vec::new(),
+                unsynced: Vec::new(),
+            })),
+            plan,
+        })
+    }
+
+    /// After a crash: decides which unsynced blocks reached the disk and
+    /// writes what survived to a new file at `path`.
+    pub fn after_crash(&self, path: &std::path::Path, plan: FaultPlan) -> io::Result<SimFile> {
+        let mut sh = self.shadow.lock();
+        let mut image = sh.durable.clone();
+        for (off, len) in std::mem::take(&mut sh.unsynced) {
+            let mut b = off - off % 4096;
+            while b < off + len {
+                let start = b.max(off);
+                let end = (b + 4096).min(off + len).min(image.len() as u64);
+                if start < end && self.plan.coin() {
+                    let (s, e) = (start as usize, end as usize);
+                    self.file.read_at(&mut image[s..e], start)?;
+                }
+                b += 4096;
+            }
+        }
+        let next = SimFile::create(path, plan)?;
+        next.file.ensure_len(image.len() as u64)?;
+        next.file.write_at(&image, 0)?;
+        next.file.sync()?;
+        next.shadow.lock().durable = image;
+        Ok(next)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn fault(&self, what: &str) -> io::Result<Option<Fault>> {
+        match self.plan.next() {
+            Some(Fault::Crash) => Err(crash_err()),
+            Some(Fault::Panic) => panic!("simulated panic in a data {what}"),
+            f => Ok(f),
+        }
+    }
+
+    fn written(&self, offset: u64, len: u64) {
+        if len > 0 {
+            self.shadow.lock().unsynced.push((offset, len));
+        }
+    }
+}
+
+fn fault_err(f: Fault) -> io::Error {
+    match f {
+        Fault::NoSpace => io::Error::from_raw_os_error(libc::ENOSPC),
+        _ => io::Error::from_raw_os_error(libc::EIO),
+    }
+}
+
+impl DataFile for SimFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        crate::sched::point("data.read");
+        if self.plan.next() == Some(Fault::Crash) {
+            return Err(crash_err());
+        }
+        self.file.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        crate::sched::point("data.write");
+        let fault = self.fault("write")?;
+        let stored = match fault {
+            None => buf.len(),
+            Some(Fault::ShortWrite) => self.plan.below(buf.len()),
+            Some(_) => 0,
+        };
+        self.file.write_at(&buf[..stored], offset)?;
+        self.written(offset, stored as u64);
+        fault.map_or(Ok(()), |f| Err(fault_err(f)))
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        crate::sched::point("data.sync");
+        if let Some(f) = self.fault("sync")? {
+            return Err(fault_err(f));
+        }
+        self.file.sync()?;
+        let mut sh = self.shadow.lock();
+        for (off, len) in std::mem::take(&mut sh.unsynced) {
+            let (s, e) = (off as usize, (off + len) as usize);
+            self.file.read_at(&mut sh.durable[s..e], off)?;
+        }
+        Ok(())
+    }
+
+    /// The engine's own copy (O_DIRECT where the file system allows it).
+    fn copy(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        crate::sched::point("data.copy");
+        let fault = self.fault("copy")?;
+        let copied = match fault {
+            None => len,
+            Some(Fault::ShortWrite) => self.plan.below((len / 4096) as usize) as u64 * 4096,
+            Some(_) => 0,
+        };
+        if copied > 0 {
+            self.file.copy(src, dst, copied)?;
+            self.written(dst, copied);
+        }
+        fault.map_or(Ok(()), |f| Err(fault_err(f)))
+    }
+
+    fn ensure_len(&self, bytes: u64) -> io::Result<()> {
+        self.file.ensure_len(bytes)?;
+        let mut sh = self.shadow.lock();
+        if (sh.durable.len() as u64) < bytes {
+            sh.durable.resize(bytes as usize, 0);
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> io::Result<()> {
+        self.file.check()
     }
 }
 
@@ -323,6 +476,7 @@ impl MetaStore for SimStore {
     }
 
     fn commit(&mut self, batch: &[MetaPut]) -> Result<()> {
+        crate::sched::point("store.commit");
         let fault = self.plan.next();
         if fault == Some(Fault::Panic) {
             panic!("simulated panic in a metadata commit");
@@ -357,6 +511,9 @@ pub enum HookPoint {
     /// `fence_luns` has resolved names to LUNs and not yet taken their
     /// fences: the window the name-to-fence race lived in.
     FenceResolved,
+    /// A snapshot's removal is durable and its reclaim job not yet set up:
+    /// a job that finishes here must not leave the garbage unowned.
+    SnapshotRemovalDurable,
 }
 
 type Hook = Box<dyn FnOnce() + Send>;

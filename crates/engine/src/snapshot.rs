@@ -252,6 +252,9 @@ impl Engine {
     /// let writes overwrite what only those snapshots saw, and reclaim it.
     pub(crate) fn finish_snapshot_removal(&self, removed: &[(LunId, u64)]) -> Result<()> {
         self.flush()?;
+        #[cfg(feature = "sim")]
+        self.sim_hooks
+            .fire(crate::sim::HookPoint::SnapshotRemovalDurable);
         let mut s = self.state.lock();
         for &(id, epoch) in removed {
             let next_job_id = s.next_job_id;
@@ -259,6 +262,13 @@ impl Engine {
                 continue;
             };
             l.deleting.retain(|&e| e != epoch);
+            // What only this snapshot saw is garbage from now on. A job
+            // that finished meanwhile (it still kept what `deleting`
+            // named) cleared the flag; the job made here must find it set
+            // in the store, or a crash would leave the garbage unowned.
+            l.gc_needed = true;
+            s.dirty.luns.insert(id);
+            let l = s.luns.get_mut(&id).expect("found above");
             let ranges_total = l.history.len() as u64;
             let job = s.jobs.entry(id).or_insert(GcJob {
                 id: next_job_id,

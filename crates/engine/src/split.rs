@@ -16,6 +16,7 @@
 
 use crate::engine::{now_secs, resolve_blocks, Engine, Segments, Src};
 use crate::map::{Val, Version};
+use crate::sched;
 use crate::space::Run;
 use crate::state::{SplitJob, SplitState, State};
 use crate::types::*;
@@ -291,14 +292,14 @@ impl Engine {
             return Ok(SplitStep::Copied(0));
         }
         let _stripes = self.lock_stripes(id, first, end - first);
-        let _fenced = fence.read();
+        let _fenced = sched::acquire("fence.read", || fence.try_read(), || fence.read());
         // The gate, shared, as a read holds it: the parent blocks planned
         // below cannot be handed back to the allocator (and reused) until
         // the copy is done, whatever else frees them meanwhile. This holds
         // by construction, for any number of split threads, not because the
         // parent link happens to pin them. A commit with frees waits for at
         // most one batch (SPLIT_BATCH_BLOCKS).
-        let _gate = self.gate.read();
+        let _gate = sched::acquire("gate.read", || self.gate.try_read(), || self.gate.read());
         // Plan: what to copy, and where.
         let (fills, runs) = {
             let mut s = self.state.lock();

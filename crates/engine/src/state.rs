@@ -214,7 +214,9 @@ impl StateLock {
     }
 
     pub fn lock(&self) -> StateGuard<'_> {
-        StateGuard(self.0.lock())
+        let guard = crate::sched::acquire("state", || self.0.try_lock(), || self.0.lock());
+        crate::sched::holding_state(1);
+        StateGuard(guard)
     }
 }
 
@@ -226,6 +228,13 @@ impl StateGuard<'_> {
     /// plain unlock and lock would let this thread barge back in first).
     /// Anything read before may have changed after.
     pub fn bump(&mut self) {
+        #[cfg(feature = "sim")]
+        if crate::sched::active() {
+            crate::sched::holding_state(-1);
+            parking_lot::MutexGuard::unlocked(&mut self.0, || crate::sched::point("state.bump"));
+            crate::sched::holding_state(1);
+            return;
+        }
         parking_lot::MutexGuard::bump(&mut self.0);
     }
 }
@@ -245,6 +254,7 @@ impl std::ops::DerefMut for StateGuard<'_> {
 
 impl Drop for StateGuard<'_> {
     fn drop(&mut self) {
+        crate::sched::holding_state(-1);
         if std::thread::panicking() && self.0.failed.is_none() {
             let why = "a panic interrupted a change to the pool's state".to_string();
             tracing::error!("pool failed: {why}");
