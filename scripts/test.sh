@@ -4,7 +4,7 @@
 # with apt-get when they are missing and we are root. Environment knobs:
 # MODEL_SEEDS / MODEL_STEPS (engine model test), FUZZ_CASES / FUZZ_STEPS
 # (engine fuzz test), CRASH_ROUNDS (kill -9 test), FUZZ_API_EXAMPLES /
-# FUZZ_API_SEED (API fuzz).
+# FUZZ_API_SEED (API fuzz), VOPR_SEEDS / VOPR_SEED (deterministic simulation).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +50,9 @@ echo "== cargo test"
 # Many model-test seeds per CI run; the defaults in the test are for quick local runs.
 export MODEL_SEEDS="${MODEL_SEEDS:-1000}"
 export FUZZ_CASES="${FUZZ_CASES:-1000}"
+# The deterministic simulation (crates/engine/tests/vopr.rs): seeds of the
+# general run; each named scenario runs its own 300.
+export VOPR_SEEDS="${VOPR_SEEDS:-2000}"
 cargo test --workspace --all-targets
 
 echo "== REST API fuzz (schemathesis against the OpenAPI document)"

@@ -391,6 +391,8 @@ pub struct SimStore {
     /// Set by `break_store`: what `check` reports (a store whose worker
     /// stopped, say, while commits still succeed).
     broken: Arc<Mutex<Option<String>>>,
+    /// Commits to let through before one panics (`panic_at_commit`).
+    panic_in: Arc<Mutex<Option<u64>>>,
 }
 
 impl SimStore {
@@ -405,6 +407,7 @@ impl SimStore {
             durable: Arc::new(Mutex::new(BTreeMap::new())),
             plan,
             broken: Arc::default(),
+            panic_in: Arc::default(),
         }
     }
 
@@ -414,6 +417,7 @@ impl SimStore {
             durable: Arc::new(Mutex::new(self.durable.lock().clone())),
             plan,
             broken: Arc::default(),
+            panic_in: Arc::default(),
         }
     }
 
@@ -421,6 +425,12 @@ impl SimStore {
     /// the store that lies (fjall after its flush worker stopped).
     pub fn break_store(&self, why: &str) {
         *self.broken.lock() = Some(why.to_string());
+    }
+
+    /// The commit after the next `n` panics: a bug in the middle of the
+    /// commit protocol, for the scenario that nothing then waits for ever.
+    pub fn panic_at_commit(&self, n: u64) {
+        *self.panic_in.lock() = Some(n);
     }
 
     pub fn keys(&self) -> usize {
@@ -477,6 +487,18 @@ impl MetaStore for SimStore {
 
     fn commit(&mut self, batch: &[MetaPut]) -> Result<()> {
         crate::sched::point("store.commit");
+        {
+            let mut p = self.panic_in.lock();
+            match *p {
+                Some(0) => {
+                    *p = None;
+                    drop(p);
+                    panic!("simulated panic in a metadata commit");
+                }
+                Some(n) => *p = Some(n - 1),
+                None => {}
+            }
+        }
         let fault = self.plan.next();
         if fault == Some(Fault::Panic) {
             panic!("simulated panic in a metadata commit");
@@ -518,14 +540,18 @@ pub enum HookPoint {
 
 type Hook = Box<dyn FnOnce() + Send>;
 
-/// One-shot hooks, each run by the first thread that reaches its point.
+/// One-shot hooks, each run by the first thread that reaches its point,
+/// and the switch that brings back the name-to-fence race.
 #[derive(Default)]
-pub struct Hooks(Mutex<Vec<(HookPoint, Hook)>>);
+pub struct Hooks {
+    hooks: Mutex<Vec<(HookPoint, Hook)>>,
+    pub(crate) skip_fence_recheck: std::sync::atomic::AtomicBool,
+}
 
 impl Hooks {
     pub(crate) fn fire(&self, at: HookPoint) {
         let hook = {
-            let mut v = self.0.lock();
+            let mut v = self.hooks.lock();
             v.iter().position(|(p, _)| *p == at).map(|i| v.remove(i).1)
         };
         if let Some(hook) = hook {
@@ -537,7 +563,17 @@ impl Hooks {
 impl crate::Engine {
     /// Runs `hook` once, on the first thread that reaches `at`.
     pub fn sim_hook(&self, at: HookPoint, hook: impl FnOnce() + Send + 'static) {
-        self.sim_hooks.0.lock().push((at, Box::new(hook)));
+        self.sim_hooks.hooks.lock().push((at, Box::new(hook)));
+    }
+
+    /// Brings back the name-to-fence race of issue 12 §3 (for the
+    /// simulation's test that it finds it): a fenced change runs on the LUN
+    /// a name means after the fence was taken, without checking that it is
+    /// the LUN whose fence it holds.
+    pub fn sim_skip_fence_recheck(&self, skip: bool) {
+        self.sim_hooks
+            .skip_fence_recheck
+            .store(skip, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Holds LUN `name`'s fence as an in-flight write does (shared), until

@@ -118,6 +118,9 @@ struct Run {
     /// and a device's ENOSPC may leave part of a write behind.
     faults: bool,
     clients_left: AtomicUsize,
+    /// Bytes the clone split copied (through the data file's O_DIRECT
+    /// copy).
+    split_blocks: std::sync::atomic::AtomicU64,
     /// Set once the pool has failed or the machine crashed: clients stop.
     down: AtomicBool,
     /// Every client's LUNs, handed back at the end of the run.
@@ -465,7 +468,9 @@ fn background(run: Arc<Run>, what: &'static str) {
                 let _ = run.engine.flush();
             }
             "split" => {
-                run.engine.run_split_batch();
+                if let engine::SplitStep::Copied(b) = run.engine.run_split_batch() {
+                    run.split_blocks.fetch_add(b, Ordering::Relaxed);
+                }
             }
             "reclaim" => {
                 run.engine.run_job_batch();
@@ -525,6 +530,7 @@ struct Summary {
     trace_hash: u64,
     steps: u64,
     luns_checked: usize,
+    split_blocks: u64,
 }
 
 fn run_seed(seed: u64, dir: &Path) -> Summary {
@@ -549,6 +555,7 @@ fn run_seed(seed: u64, dir: &Path) -> Summary {
         engine: engine.clone(),
         faults: !matches!(trouble, Trouble::None),
         clients_left: AtomicUsize::new(clients),
+        split_blocks: Default::default(),
         down: AtomicBool::new(false),
         models: Mutex::default(),
         uncertain: Mutex::default(),
@@ -592,12 +599,14 @@ fn run_seed(seed: u64, dir: &Path) -> Summary {
     if std::env::var_os("VOPR_TRACE").is_some() {
         eprintln!("seed {seed} ({trouble:?}): {}", outcome.report());
     }
+    let split_blocks = run.split_blocks.load(Ordering::Relaxed);
     // The machine stops here: what the devices hold is what a crash keeps.
     let luns_checked = reopen_and_verify(seed, engine, run, &dev);
     Summary {
         trace_hash: outcome.trace_hash,
         steps: outcome.steps,
         luns_checked,
+        split_blocks,
     }
 }
 
@@ -663,19 +672,21 @@ fn seeds() {
     let count = env_u64("VOPR_SEEDS", 40);
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let started = std::time::Instant::now();
-    let (mut steps, mut luns) = (0, 0);
+    let (mut steps, mut luns, mut split) = (0, 0, 0);
     for seed in first..first + count {
         let dir = tmp.path().join(format!("s{seed}"));
         std::fs::create_dir_all(&dir).unwrap();
         let s = run_seed(seed, &dir);
         steps += s.steps;
         luns += s.luns_checked;
+        split += s.split_blocks;
         std::fs::remove_dir_all(&dir).unwrap();
     }
     eprintln!(
-        "vopr: {count} seeds from {first}, {steps} switches, {luns} LUNs checked after a crash, in {:.1} s",
+        "vopr: {count} seeds from {first}, {steps} switches, {split} bytes copied by clone splits, {luns} LUNs checked after a crash, in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    assert!(split > 0 || count < 20, "no seed split a clone");
 }
 
 /// A seed replays exactly: the same interleaving, step for step.
@@ -698,4 +709,282 @@ impl Mkdir for PathBuf {
         std::fs::create_dir_all(&self).unwrap();
         self
     }
+}
+
+// ------------------------------------------------------------ named scenarios
+
+/// Opens a small simulated pool for a scenario.
+fn scenario_pool(dir: &Path, seed: u64) -> (Devices, Arc<Engine>) {
+    let dev = devices(dir, seed);
+    let engine = Engine::open_with(
+        Box::new(dev.data.clone()),
+        Box::new(dev.store.clone()),
+        CAPACITY_BLOCKS,
+        config(),
+    )
+    .unwrap();
+    (dev, engine)
+}
+
+type Body = Box<dyn FnOnce() + Send>;
+
+/// Counts a scenario's client out however it ends (an injected panic
+/// unwinds through it), so that its background threads stop.
+struct Leave(Arc<AtomicUsize>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn body(f: impl FnOnce() + Send + 'static) -> Body {
+    Box::new(f)
+}
+
+/// The name-to-fence race of issue 12 §3: "x" is deleted and created again
+/// in a loop while one client writes to it in place and another shrinks and
+/// grows it by name; a fourth client writes and verifies a LUN of its own,
+/// whose blocks are what a shrink freeing blocks under an in-flight write
+/// would corrupt (the write lands after the blocks were reused). Returns
+/// the failure the run ended in, if any.
+fn fence_race(seed: u64, dir: &Path, skip_recheck: bool) -> Option<String> {
+    let (_dev, e) = scenario_pool(dir, seed);
+    e.sim_skip_fence_recheck(skip_recheck);
+    e.create_lun("x", 8 * BLOCK_SIZE).unwrap();
+    e.create_lun("y", 16 * BLOCK_SIZE).unwrap();
+    let left = Arc::new(AtomicUsize::new(4));
+    let done = |left: &Arc<AtomicUsize>| {
+        let leave = Leave(left.clone());
+        move || drop(leave)
+    };
+    let (e1, d1) = (e.clone(), done(&left));
+    let recreate = body(move || {
+        for _ in 0..12 {
+            let _ = e1.delete_lun("x", true);
+            let _ = e1.create_lun("x", 8 * BLOCK_SIZE);
+        }
+        d1();
+    });
+    let (e2, d2) = (e.clone(), done(&left));
+    let writer = body(move || {
+        for i in 0..60u8 {
+            if let Ok(t) = e2.resolve("x") {
+                let _ = e2.write(t, 0, &[i; 2 * BS], false);
+            }
+        }
+        d2();
+    });
+    let (e3, d3) = (e.clone(), done(&left));
+    let resizer = body(move || {
+        for _ in 0..20 {
+            let _ = e3.resize_lun("x", BLOCK_SIZE, true);
+            let _ = e3.resize_lun("x", 8 * BLOCK_SIZE, false);
+        }
+        d3();
+    });
+    let (e4, d4) = (e.clone(), done(&left));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let victim = body(move || {
+        let t = e4.resolve("y").unwrap();
+        let mut model = vec![0u8; 16 * BS];
+        for _ in 0..80 {
+            let b = rng.gen_range(0..16);
+            let data = pattern(&mut rng, BS);
+            if e4.write(t, (b * BS) as u64, &data, false).is_ok() {
+                model[b * BS..(b + 1) * BS].copy_from_slice(&data);
+            }
+            let r = rng.gen_range(0..16);
+            let mut buf = vec![0; BS];
+            e4.read(t, (r * BS) as u64, &mut buf).unwrap();
+            assert!(
+                buf[..] == model[r * BS..(r + 1) * BS],
+                "block {r} of y was overwritten by a write to another LUN"
+            );
+        }
+        d4();
+    });
+    let (e5, left5) = (e.clone(), left.clone());
+    let commit = body(move || {
+        while left5.load(Ordering::Acquire) > 0 {
+            let _ = e5.flush();
+            e5.run_job_batch();
+            Sched::yield_now();
+        }
+    });
+    let bodies = vec![
+        ("recreate".to_string(), recreate),
+        ("writer".to_string(), writer),
+        ("resizer".to_string(), resizer),
+        ("victim".to_string(), victim),
+        ("commit".to_string(), commit),
+    ];
+    let outcome = Sched::run(seed, MAX_STEPS, bodies);
+    if outcome.stuck.is_some() || !outcome.panics.is_empty() {
+        return Some(outcome.report());
+    }
+    e.check_invariants().err()
+}
+
+/// With the re-check of decision 018 the race never corrupts anything; with
+/// it skipped (the code before the fix), the simulation finds it within a
+/// few hundred seeds, so it would have found the bug.
+#[test]
+fn scenario_name_to_fence_race() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let seeds = env_u64("VOPR_SCENARIO_SEEDS", 300);
+    for seed in 1..=seeds {
+        let dir = tmp.path().join(format!("fixed{seed}")).tap_mkdir();
+        if let Some(why) = fence_race(seed, &dir, false) {
+            panic!("seed {seed}: the name-to-fence race struck with the fix in place: {why}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    let found = (1..=seeds).find(|&seed| {
+        let dir = tmp.path().join(format!("bug{seed}")).tap_mkdir();
+        fence_race(seed, &dir, true).is_some()
+    });
+    eprintln!("name-to-fence race without the fix: found at seed {found:?}");
+    assert!(
+        found.is_some(),
+        "the simulation did not find the name-to-fence race in {seeds} seeds"
+    );
+}
+
+/// A panic in the middle of a commit (issue 12 §2): clients writing and
+/// flushing, the commit thread, and a store whose n-th commit panics. The
+/// run must end (no FLUSH, FUA or management call waits for ever), every
+/// call after the panic must answer an error, and the pool must reopen with
+/// every flushed write in place. Returns the number of clients that saw
+/// the failure.
+fn commit_panic(seed: u64, dir: &Path) -> usize {
+    let (dev, e) = scenario_pool(dir, seed);
+    let mut rng = StdRng::seed_from_u64(seed);
+    for c in 0..3 {
+        e.create_lun(&format!("p{c}"), 8 * BLOCK_SIZE).unwrap();
+    }
+    dev.store.panic_at_commit(rng.gen_range(0..12));
+    let left = Arc::new(AtomicUsize::new(3));
+    let saw = Arc::new(AtomicUsize::new(0));
+    let models = Arc::new(Mutex::new(BTreeMap::new()));
+    let mut bodies: Vec<(String, Body)> = Vec::new();
+    for c in 0..3 {
+        let name = format!("p{c}");
+        let (e, left, saw, models) = (e.clone(), left.clone(), saw.clone(), models.clone());
+        let mut rng = StdRng::seed_from_u64(rng.gen());
+        bodies.push((
+            name.clone(),
+            body(move || {
+                let _leave = Leave(left);
+                let t = match e.resolve(&name) {
+                    Ok(t) => t,
+                    Err(Error::PoolFailed(_)) => {
+                        saw.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Err(err) => panic!("{name}: {err}"),
+                };
+                let mut m = MLun::new(8);
+                for _ in 0..30 {
+                    let b = rng.gen_range(0..8);
+                    let data = pattern(&mut rng, BS);
+                    let r = match rng.gen_range(0..3) {
+                        0 => e.flush().map(|()| m.flushed()),
+                        1 => e
+                            .create_snapshot(&name, &format!("s{}", rng.gen::<u32>()))
+                            .map(drop),
+                        _ => e
+                            .write(t, (b * BS) as u64, &data, rng.gen_ratio(1, 4))
+                            .map(|()| {
+                                m.wrote(b * BS, &data);
+                            }),
+                    };
+                    match r {
+                        Ok(()) => {}
+                        Err(Error::PoolFailed(_)) => {
+                            m.failed_write(b * BS, BS);
+                            saw.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(err) => panic!("{name}: {err}"),
+                    }
+                }
+                models.lock().insert(name, m);
+            }),
+        ));
+    }
+    let (e5, left5) = (e.clone(), left.clone());
+    bodies.push((
+        "commit".into(),
+        body(move || {
+            while left5.load(Ordering::Acquire) > 0 {
+                let _ = e5.flush();
+                Sched::yield_now();
+            }
+        }),
+    ));
+    let outcome = Sched::run(seed, MAX_STEPS, bodies);
+    assert!(outcome.stuck.is_none(), "seed {seed}: {}", outcome.report());
+    for (thread, msg) in &outcome.panics {
+        assert!(
+            msg == "simulated panic in a metadata commit",
+            "seed {seed}: {thread} panicked: {msg}"
+        );
+    }
+    let panicked = !outcome.panics.is_empty();
+    if panicked {
+        // Whoever asks next is told, at once.
+        assert!(
+            matches!(e.flush(), Err(Error::PoolFailed(_))),
+            "seed {seed}"
+        );
+        assert!(e.pool_status().is_err(), "seed {seed}");
+        assert!(
+            matches!(e.create_lun("late", BLOCK_SIZE), Err(Error::PoolFailed(_))),
+            "seed {seed}"
+        );
+    }
+    let plan = FaultPlan::new(seed + 1);
+    let data = dev
+        .data
+        .after_crash(&dir.join("data.1"), plan.clone())
+        .unwrap();
+    let store = dev.store.after_crash(plan);
+    drop(e);
+    let e = Engine::open_with(Box::new(data), Box::new(store), CAPACITY_BLOCKS, config())
+        .unwrap_or_else(|err| panic!("seed {seed}: reopen after the panic: {err}"));
+    for (name, m) in models.lock().iter() {
+        let mut got = vec![0; m.data.len()];
+        e.read(e.resolve(name).unwrap(), 0, &mut got).unwrap();
+        for b in 0..m.blocks() {
+            let r = b * BS..(b + 1) * BS;
+            assert!(
+                m.unknown.contains(&b)
+                    || got[r.clone()] == m.durable[r.clone()]
+                    || m.since
+                        .get(&b)
+                        .is_some_and(|v| v.iter().any(|x| x[..] == got[r.clone()])),
+                "seed {seed}: block {b} of {name} lost a flushed write"
+            );
+        }
+    }
+    if panicked {
+        saw.load(Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+#[test]
+fn scenario_panic_in_commit() {
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let seeds = env_u64("VOPR_SCENARIO_SEEDS", 300);
+    let mut saw = 0;
+    for seed in 1..=seeds {
+        let dir = tmp.path().join(format!("p{seed}")).tap_mkdir();
+        saw += commit_panic(seed, &dir);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    eprintln!("panic in commit: {seeds} seeds, {saw} clients told the pool failed");
+    assert!(saw > 0, "no seed panicked in a commit while clients ran");
 }
