@@ -114,13 +114,13 @@ pub(crate) fn resolve_through(
     out: &mut Segments,
 ) {
     let gens = (s.shape_gen, s.chain_gen);
-    let cached = l.chain_cache.borrow();
+    let cached = l.chain_cache.lock();
     let ix = match &*cached {
         Some((g, ix)) if *g == gens => ix.as_deref(),
         _ => {
             drop(cached);
             let ix = s.chain_index(t);
-            *l.chain_cache.borrow_mut() = Some((gens, ix));
+            *l.chain_cache.lock() = Some((gens, ix));
             return resolve_through(s, l, t, pos, end, out);
         }
     };
@@ -220,8 +220,8 @@ pub(crate) fn new_lun(
         parent,
         parent_limit_blocks: if parent.is_some() { size_blocks } else { 0 },
         created_epoch: 0,
-        through_cache: std::cell::Cell::new(None),
-        chain_cache: std::cell::RefCell::new(None),
+        through_cache: parking_lot::Mutex::new(None),
+        chain_cache: parking_lot::Mutex::new(None),
         snapshots: BTreeMap::new(),
         deleting: Vec::new(),
         gc_needed: false,

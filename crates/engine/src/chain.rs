@@ -150,7 +150,7 @@ impl State {
     /// The owner index for reads falling through to `top`, built on first
     /// use; `None` where the chain is short or too large to index.
     pub fn chain_index(&self, top: Through) -> Option<Arc<ChainIndex>> {
-        let mut cache = self.chains.borrow_mut();
+        let mut cache = self.chains.lock();
         if cache.gen != self.chain_gen {
             *cache = ChainCache {
                 gen: self.chain_gen,

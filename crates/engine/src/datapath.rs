@@ -14,14 +14,14 @@ impl Engine {
 
     /// Resolves an export name: `LUN` or `LUN@SNAPSHOT`.
     pub fn resolve(&self, export: &str) -> Result<Target> {
-        let s = self.state.lock();
+        let s = self.state.read();
         s.check_open()?;
         resolve_in(&s, export)
     }
 
     /// The size in bytes of what `target` names now.
     pub fn target_size(&self, target: Target) -> Result<u64> {
-        let s = self.state.lock();
+        let s = self.state.read();
         s.check_open()?;
         Ok(target_blocks(&s, target)? * BLOCK_SIZE)
     }
@@ -59,7 +59,7 @@ impl Engine {
         let _gate = sched::acquire("gate.read", || self.gate.try_read(), || self.gate.read());
         let mut segs = Segments::new();
         {
-            let s = self.state.lock();
+            let s = self.state.read();
             s.check_open()?;
             Self::check_range(&s, target, offset, len)?;
             let first = offset / BLOCK_SIZE;
@@ -416,7 +416,7 @@ impl Engine {
         offset: u64,
         len: u64,
     ) -> Result<Vec<(u64, Allocation)>> {
-        let s = self.state.lock();
+        let s = self.state.read();
         s.check_open()?;
         Self::check_bounds(&s, target, offset, len)?;
         if len == 0 {
@@ -451,7 +451,7 @@ impl Engine {
 
     /// How big the maps are: what the metadata store holds for them.
     pub fn metadata_stats(&self) -> MetadataStats {
-        let s = self.state.lock();
+        let s = self.state.read();
         let head_extents: u64 = s.luns.values().map(|l| l.head.iter().count() as u64).sum();
         let history_ranges: u64 = s.luns.values().map(|l| l.history.len() as u64).sum();
         let history_versions: u64 = s

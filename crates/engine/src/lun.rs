@@ -46,7 +46,7 @@ impl Engine {
     /// `OPT_LIST` shows. O(LUNs + snapshots) under the lock, no map walk
     /// (unlike `list_luns`/`list_snapshots`, which report space).
     pub fn list_exports(&self) -> Result<Vec<ExportEntry>> {
-        let s = self.state.lock();
+        let s = self.state.read();
         s.check_open()?;
         let mut out = Vec::with_capacity(s.names.len());
         for (name, id) in &s.names {
@@ -68,7 +68,7 @@ impl Engine {
     }
 
     pub fn list_luns(&self, prefix: &str) -> Result<Vec<LunInfo>> {
-        let s = self.state.lock();
+        let s = self.state.read();
         s.check_open()?;
         Ok(s.names
             .range(prefix.to_string()..)
@@ -78,7 +78,7 @@ impl Engine {
     }
 
     pub fn lun_info(&self, name: &str) -> Result<LunInfo> {
-        let s = self.state.lock();
+        let s = self.state.read();
         s.check_open()?;
         let id = s.lun_id(name)?;
         Ok(lun_info(&s, &s.luns[&id]))

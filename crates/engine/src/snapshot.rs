@@ -140,7 +140,7 @@ impl Engine {
     /// `blockfork-bench engine --only listing`.
     pub fn list_snapshots(&self, lun: Option<&str>) -> Result<Vec<SnapshotInfo>> {
         let ids: Vec<LunId> = {
-            let s = self.state.lock();
+            let s = self.state.read();
             s.check_open()?;
             match lun {
                 Some(name) => vec![s.lun_id(name)?],
@@ -166,7 +166,7 @@ impl Engine {
     fn list_lun_snapshots(&self, id: LunId) -> Result<Option<Vec<SnapshotInfo>>> {
         let mut only: std::collections::HashMap<u64, Vec<crate::space::Run>> = Default::default();
         let mut from = Some(0);
-        let mut s = self.state.lock();
+        let mut s = self.state.read();
         while let Some(at) = from {
             s.check_open()?;
             let Some(l) = s.luns.get(&id) else {
@@ -182,7 +182,7 @@ impl Engine {
             .map(|(e, runs)| (e, multiplicity(&runs)))
             .collect();
         let mut exclusive: std::collections::HashMap<u64, u64> = Default::default();
-        let mut s = self.state.lock();
+        let mut s = self.state.read();
         for (epoch, runs) in counted {
             for chunk in runs.chunks(LISTING_CHUNK) {
                 s.check_open()?;

@@ -64,10 +64,10 @@ pub struct Lun {
     pub head: HeadMap,
     pub history: HistoryMap,
     /// Cached `(shape_gen, target)` of `through()`.
-    pub through_cache: std::cell::Cell<Option<(u64, Option<Through>)>>,
+    pub through_cache: parking_lot::Mutex<Option<(u64, Option<Through>)>>,
     /// Cached `((shape_gen, chain_gen), index)` of the chain index this
     /// LUN's reads fall through to.
-    pub chain_cache: std::cell::RefCell<Option<crate::chain::CachedIndex>>,
+    pub chain_cache: parking_lot::Mutex<Option<crate::chain::CachedIndex>>,
     /// Igroups this LUN is mapped to.
     pub maps: BTreeSet<String>,
     /// Writes hold it shared; snapshot, restore, resize and delete hold it
@@ -202,42 +202,69 @@ pub struct Dirty {
     pub map_keys: usize,
 }
 
-/// The state mutex. A guard dropped while its thread unwinds (a bug found
-/// in the middle of a change: tests unwind, release builds abort) marks the
-/// pool failed, so that no commit persists a half-changed state and every
-/// later call answers an error instead of waiting or guessing.
-pub struct StateLock(parking_lot::Mutex<State>);
+/// The state lock: exclusive for changes (`lock`), shared for reads of
+/// data and for walks that only look (`read`: listings, block status), so
+/// that a long listing does not hold up reads. An exclusive guard dropped
+/// while its thread unwinds (a bug found in the middle of a change: tests
+/// unwind, release builds abort) marks the pool failed, so that no commit
+/// persists a half-changed state and every later call answers an error
+/// instead of waiting or guessing.
+pub struct StateLock(parking_lot::RwLock<State>);
 
 impl StateLock {
     pub fn new(state: State) -> StateLock {
-        StateLock(parking_lot::Mutex::new(state))
+        StateLock(parking_lot::RwLock::new(state))
     }
 
+    /// Exclusive: for any change to the state.
     pub fn lock(&self) -> StateGuard<'_> {
-        let guard = crate::sched::acquire("state", || self.0.try_lock(), || self.0.lock());
+        let guard = crate::sched::acquire("state", || self.0.try_write(), || self.0.write());
         crate::sched::holding_state(1);
         StateGuard(guard)
     }
+
+    /// Shared: for what only looks. Readers run beside each other; a
+    /// waiting writer goes first (parking_lot's RwLock is task-fair).
+    pub fn read(&self) -> StateRead<'_> {
+        let guard = crate::sched::acquire("state.read", || self.0.try_read(), || self.0.read());
+        crate::sched::holding_state(1);
+        StateRead(guard)
+    }
 }
 
-pub struct StateGuard<'a>(parking_lot::MutexGuard<'a, State>);
+pub struct StateRead<'a>(parking_lot::RwLockReadGuard<'a, State>);
 
-impl StateGuard<'_> {
-    /// Hands the lock to a thread waiting for it, if any, and takes it back
-    /// after: a long walk in chunks lets reads and writes in between (a
-    /// plain unlock and lock would let this thread barge back in first).
+impl StateRead<'_> {
+    /// Lets a waiting writer in, if any, and takes the lock back after.
     /// Anything read before may have changed after.
     pub fn bump(&mut self) {
         #[cfg(feature = "sim")]
         if crate::sched::active() {
             crate::sched::holding_state(-1);
-            parking_lot::MutexGuard::unlocked(&mut self.0, || crate::sched::point("state.bump"));
+            parking_lot::RwLockReadGuard::unlocked(&mut self.0, || {
+                crate::sched::point("state.bump")
+            });
             crate::sched::holding_state(1);
             return;
         }
-        parking_lot::MutexGuard::bump(&mut self.0);
+        parking_lot::RwLockReadGuard::bump(&mut self.0);
     }
 }
+
+impl std::ops::Deref for StateRead<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.0
+    }
+}
+
+impl Drop for StateRead<'_> {
+    fn drop(&mut self) {
+        crate::sched::holding_state(-1);
+    }
+}
+
+pub struct StateGuard<'a>(parking_lot::RwLockWriteGuard<'a, State>);
 
 impl std::ops::Deref for StateGuard<'_> {
     type Target = State;
@@ -271,7 +298,7 @@ pub struct State {
     /// parent link dropped, a LUN or snapshot removed, a head restored. It
     /// invalidates every chain index (`chain.rs`).
     pub chain_gen: u64,
-    pub chains: std::cell::RefCell<crate::chain::ChainCache>,
+    pub chains: parking_lot::Mutex<crate::chain::ChainCache>,
     /// Chains of at least this many levels get an owner index.
     pub chain_index_min_levels: usize,
     pub epoch: u64,
@@ -374,7 +401,8 @@ impl State {
     /// map nothing, so a deep golden-image chain costs one step, not one per
     /// level. Cached until some LUN's maps turn empty or non-empty.
     pub fn through(&self, lun: &Lun) -> Option<Through> {
-        if let Some((gen, t)) = lun.through_cache.get() {
+        let cached = *lun.through_cache.lock();
+        if let Some((gen, t)) = cached {
             if gen == self.shape_gen {
                 return t;
             }
@@ -404,7 +432,7 @@ impl State {
                 }
             }
         };
-        lun.through_cache.set(Some((self.shape_gen, Some(t))));
+        *lun.through_cache.lock() = Some((self.shape_gen, Some(t)));
         Some(t)
     }
 
