@@ -5,8 +5,9 @@
 //! share.
 //!
 //! Locks, always taken in this order: a write's block stripes, then its
-//! LUN's fence, then the gate, then the state mutex. The state mutex is never
-//! held across I/O.
+//! LUN's fence, then the gate, then the state lock (exclusive for changes,
+//! shared for reads and listings: decision 020). The state lock is never
+//! held across I/O (simulated runs check it: `sched`).
 
 use crate::io::{DataFile, FileData, FjallStore, MetaStore};
 use crate::sched;
