@@ -3,6 +3,7 @@
 use crate::engine::*;
 use crate::map::Val;
 use crate::sched;
+use crate::space::lay_out;
 use crate::state::State;
 use crate::types::*;
 use parking_lot::{MutexGuard, RwLock};
@@ -204,7 +205,7 @@ impl Engine {
         }
         // Plan: blocks nobody else sees are overwritten in place; the rest
         // go to new space (redirect-on-write).
-        let mut plan: Vec<(u64, u64, u64, bool, usize)> = Vec::new(); // lba, len, pba, new, piece
+        let mut plan: Vec<Step> = Vec::new();
         let mut fresh_runs = Vec::new();
         {
             let mut s = self.state.lock();
@@ -223,7 +224,13 @@ impl Engine {
                         Some((Val::Data(pba), birth))
                             if !l.head_is_seen(birth) && !s.refs.any_shared(pba, len) =>
                         {
-                            plan.push((pos, len, pba, false, i));
+                            plan.push(Step {
+                                lba: pos,
+                                len,
+                                pba,
+                                fresh: false,
+                                piece: i,
+                            });
                         }
                         _ => {
                             match redirect.last_mut() {
@@ -244,33 +251,25 @@ impl Engine {
                     ))
                 })?;
                 s.reserved_blocks += need;
-                // Lay the runs over the redirected ranges in order.
-                let mut runs_iter = runs.iter().copied();
-                let mut run = runs_iter.next();
-                let mut used_in_run = 0;
-                for (mut at, mut n, i) in redirect {
-                    while n > 0 {
-                        let r = run.expect("allocated exactly what is needed");
-                        let take = (r.len - used_in_run).min(n);
-                        plan.push((at, take, r.start + used_in_run, true, i));
-                        used_in_run += take;
-                        at += take;
-                        n -= take;
-                        if used_in_run == r.len {
-                            run = runs_iter.next();
-                            used_in_run = 0;
-                        }
-                    }
+                for p in lay_out(&runs, redirect.iter().map(|r| r.1)) {
+                    let (at, _, piece) = redirect[p.range];
+                    plan.push(Step {
+                        lba: at + p.offset,
+                        len: p.len,
+                        pba: p.pba,
+                        fresh: true,
+                        piece,
+                    });
                 }
                 fresh_runs = runs;
             }
         }
         let mut result = Ok(());
-        for &(at, n, pba, _, i) in &plan {
-            let (lba, data) = pieces[i];
-            let from = ((at - lba) * BLOCK_SIZE) as usize;
-            let bytes = &data[from..from + (n * BLOCK_SIZE) as usize];
-            if let Err(e) = self.data.write_at(bytes, pba * BLOCK_SIZE) {
+        for step in &plan {
+            let (lba, data) = pieces[step.piece];
+            let from = ((step.lba - lba) * BLOCK_SIZE) as usize;
+            let bytes = &data[from..from + (step.len * BLOCK_SIZE) as usize];
+            if let Err(e) = self.data.write_at(bytes, step.pba * BLOCK_SIZE) {
                 result = Err(self.data_write_error(e));
                 break;
             }
@@ -288,10 +287,8 @@ impl Engine {
             return Err(e);
         }
         if s.luns.contains_key(&id) {
-            for (at, n, pba, new, _) in plan {
-                if new {
-                    s.set_head(id, at, n, Some(Val::Data(pba)));
-                }
+            for step in plan.into_iter().filter(|p| p.fresh) {
+                s.set_head(id, step.lba, step.len, Some(Val::Data(step.pba)));
             }
             for (at, n) in zero_runs {
                 s.set_head(id, at, n, Some(Val::Zero));
@@ -502,4 +499,15 @@ pub(crate) fn is_zero(block: &[u8]) -> bool {
 pub(crate) fn stripe_of(lun: LunId, lba: u64) -> usize {
     let h = lun.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ lba.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     (h >> 32) as usize % STRIPES
+}
+
+/// One stretch of a write's plan: `len` blocks at `lba`, from piece number
+/// `piece`, written to physical block `pba` (in place, or `fresh`: newly
+/// allocated, mapped once the data is written).
+struct Step {
+    lba: u64,
+    len: u64,
+    pba: u64,
+    fresh: bool,
+    piece: usize,
 }

@@ -340,6 +340,49 @@ impl RefCounts {
     }
 }
 
+/// One stretch of a plan laid over newly allocated runs: `len` blocks of
+/// the plan's range number `range`, from `offset` blocks into it, placed at
+/// physical block `pba`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub range: usize,
+    pub offset: u64,
+    pub len: u64,
+    pub pba: u64,
+}
+
+/// Lays `runs` over ranges of the given lengths, in order: the one layout
+/// step shared by writes that redirect and by the clone split. `runs` hold
+/// exactly as many blocks as the ranges (what `Allocator::allocate` gave
+/// for their sum).
+pub fn lay_out(runs: &[Run], lens: impl IntoIterator<Item = u64>) -> Vec<Placed> {
+    let mut out = Vec::new();
+    let mut runs = runs.iter().copied();
+    let mut run = runs.next();
+    let mut used = 0;
+    for (range, len) in lens.into_iter().enumerate() {
+        let mut offset = 0;
+        while offset < len {
+            let r = run.expect("allocated exactly what the ranges need");
+            let take = (r.len - used).min(len - offset);
+            out.push(Placed {
+                range,
+                offset,
+                len: take,
+                pba: r.start + used,
+            });
+            used += take;
+            offset += take;
+            if used == r.len {
+                run = runs.next();
+                used = 0;
+            }
+        }
+    }
+    assert!(run.is_none(), "allocated more than the ranges need");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +415,27 @@ mod tests {
         assert!(rc.any_shared(9, 1));
         rc.end_commit();
         assert!(!rc.any_shared(9, 1));
+    }
+
+    #[test]
+    fn lay_out_fills_ranges_in_order_across_runs() {
+        let runs = [Run { start: 100, len: 3 }, Run { start: 10, len: 4 }];
+        let placed = lay_out(&runs, [2, 4, 1]);
+        let p = |range, offset, len, pba| Placed {
+            range,
+            offset,
+            len,
+            pba,
+        };
+        assert_eq!(
+            placed,
+            vec![
+                p(0, 0, 2, 100),
+                p(1, 0, 1, 102),
+                p(1, 1, 3, 10),
+                p(2, 0, 1, 13)
+            ]
+        );
     }
 
     #[test]

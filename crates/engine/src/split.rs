@@ -17,7 +17,7 @@
 use crate::engine::{now_secs, resolve_blocks, Engine, Segments, Src};
 use crate::map::{Val, Version};
 use crate::sched;
-use crate::space::Run;
+use crate::space::{lay_out, Placed, Run};
 use crate::state::{SplitJob, SplitState, State};
 use crate::types::*;
 use std::sync::atomic::Ordering;
@@ -331,27 +331,16 @@ impl Engine {
             (fills, runs)
         };
         // Lay the new runs over the fills in order.
-        let mut placed: Vec<(usize, u64, u64, u64)> = Vec::new(); // fill, offset, len, dst
-        let mut run_iter = runs.iter().copied();
-        let mut run = run_iter.next();
-        let mut used = 0;
-        for (i, f) in fills.iter().enumerate() {
-            let mut off = 0;
-            while off < f.len {
-                let r = run.expect("allocated exactly what is needed");
-                let take = (r.len - used).min(f.len - off);
-                placed.push((i, off, take, r.start + used));
-                used += take;
-                off += take;
-                if used == r.len {
-                    run = run_iter.next();
-                    used = 0;
-                }
-            }
-        }
+        let placed = lay_out(&runs, fills.iter().map(|f| f.len));
         // Copy: under the gate, so the sources stay where they are.
         let mut copy_result = Ok(());
-        for &(i, off, len, dst) in &placed {
+        for &Placed {
+            range: i,
+            offset: off,
+            len,
+            pba: dst,
+        } in &placed
+        {
             let src = fills[i].src + off;
             if let Err(e) = self
                 .data
@@ -374,7 +363,13 @@ impl Engine {
         }
         let now = s.epoch;
         let was_empty = s.luns[&id].maps_nothing();
-        for &(i, off, len, dst) in &placed {
+        for &Placed {
+            range: i,
+            offset: off,
+            len,
+            pba: dst,
+        } in &placed
+        {
             let f = &fills[i];
             let lba = f.lba + off;
             for (n, &(g0, g1)) in f.gaps.iter().enumerate() {
