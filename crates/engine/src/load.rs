@@ -68,104 +68,59 @@ pub(crate) fn read_pool_record(store: &dyn MetaStore) -> Result<Option<PoolRecor
     Ok(found)
 }
 
-/// Rebuilds the in-memory state from the store. Returns it and whether the
-/// pool is new.
-pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, bool)> {
-    let mut pool: Option<PoolRecord> = None;
-    let mut luns: LunMap<Lun> = LunMap::default();
-    let mut snapshots: Vec<(LunId, u64, SnapshotRecord)> = Vec::new();
-    let mut groups = BTreeMap::new();
-    let mut igroups = BTreeMap::new();
-    let mut refs = RefCounts::default();
-    let mut splits = BTreeMap::new();
-    store.for_each(&mut |k, v| {
-        let lun_of = |k: &[u8]| codec::parse_u64(k, 1).map(LunId);
+/// What the store holds, gathered record by record before the state is
+/// put together.
+#[derive(Default)]
+struct Loaded {
+    pool: Option<PoolRecord>,
+    luns: LunMap<Lun>,
+    snapshots: Vec<(LunId, u64, SnapshotRecord)>,
+    groups: BTreeMap<String, Group>,
+    igroups: BTreeMap<String, crate::access::Igroup>,
+    refs: RefCounts,
+    splits: BTreeMap<LunId, SplitJob>,
+}
+
+fn lun_of(k: &[u8]) -> Result<LunId> {
+    codec::parse_u64(k, 1).map(LunId)
+}
+
+fn name_of(k: &[u8], what: &str) -> Result<String> {
+    String::from_utf8(k[1..].to_vec()).map_err(|_| Error::Store(format!("corrupt {what} key")))
+}
+
+impl Loaded {
+    /// Takes one record, by its key's tag.
+    fn record(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
         match k.first().copied() {
-            Some(codec::TAG_POOL) => pool = Some(codec::from_json(k, v)?),
-            Some(codec::TAG_LUN) => {
-                let id = lun_of(k)?;
-                let r: LunRecord = codec::from_json(k, v)?;
-                let mut l = new_lun(
-                    id,
-                    r.name,
-                    r.size_blocks,
-                    r.created,
-                    r.parent.map(|(p, e)| (LunId(p), Epoch(e))),
-                );
-                l.parent_limit_blocks = r.parent_limit_blocks;
-                l.gc_needed = r.gc_needed;
-                l.created_epoch = r.created_epoch;
-                l.maps = r.maps.into_iter().collect();
-                luns.insert(id, l);
-            }
+            Some(codec::TAG_POOL) => self.pool = Some(codec::from_json(k, v)?),
+            Some(codec::TAG_LUN) => self.lun(k, v)?,
             Some(codec::TAG_SNAPSHOT) => {
-                snapshots.push((lun_of(k)?, codec::parse_u64(k, 9)?, codec::from_json(k, v)?));
+                let r = codec::from_json(k, v)?;
+                self.snapshots
+                    .push((lun_of(k)?, codec::parse_u64(k, 9)?, r));
             }
             Some(codec::TAG_IGROUP) => {
-                let name = String::from_utf8(k[1..].to_vec())
-                    .map_err(|_| Error::Store("corrupt igroup key".into()))?;
                 let r: codec::IgroupRecord = codec::from_json(k, v)?;
-                igroups.insert(name, crate::access::Igroup::from_record(r)?);
+                let igroup = crate::access::Igroup::from_record(r)?;
+                self.igroups.insert(name_of(k, "igroup")?, igroup);
             }
             Some(codec::TAG_GROUP) => {
-                let name = String::from_utf8(k[1..].to_vec())
-                    .map_err(|_| Error::Store("corrupt group key".into()))?;
                 let g: GroupRecord = codec::from_json(k, v)?;
-                groups.insert(
-                    name,
-                    Group {
-                        epoch: g.epoch,
-                        created: g.created,
-                        members: g.members.into_iter().map(|(i, n)| (LunId(i), n)).collect(),
-                    },
-                );
+                let group = Group {
+                    epoch: g.epoch,
+                    created: g.created,
+                    members: g.members.into_iter().map(|(i, n)| (LunId(i), n)).collect(),
+                };
+                self.groups.insert(name_of(k, "group")?, group);
             }
-            Some(codec::TAG_HEAD) => {
-                let id = lun_of(k)?;
-                let ext = codec::decode_head(k, v)?;
-                let l = luns
-                    .get_mut(&id)
-                    .ok_or_else(|| Error::Store(format!("head extent of unknown LUN #{id}")))?;
-                let lba = codec::parse_u64(k, 9)?;
-                codec::check_head(lba, &ext, l.size_blocks)
-                    .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
-                l.head.load(lba, ext);
-            }
-            Some(codec::TAG_HISTORY) => {
-                let id = lun_of(k)?;
-                let r = codec::decode_history(k, v)?;
-                let l = luns
-                    .get_mut(&id)
-                    .ok_or_else(|| Error::Store(format!("history of unknown LUN #{id}")))?;
-                let lba = codec::parse_u64(k, 9)?;
-                codec::check_history(lba, &r)
-                    .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
-                l.history.load(lba, r);
-            }
+            Some(codec::TAG_HEAD) => self.head(k, v)?,
+            Some(codec::TAG_HISTORY) => self.history(k, v)?,
             Some(codec::TAG_REFS) => {
                 let (len, n) = codec::decode_refs(k, v)?;
-                refs.load(codec::parse_u64(k, 1)?, len, n);
+                self.refs.load(codec::parse_u64(k, 1)?, len, n);
             }
-            Some(codec::TAG_SPLIT) => {
-                let r: codec::SplitRecord = codec::from_json(k, v)?;
-                let state = match r.state {
-                    codec::SplitRecordState::Stopped => SplitState::Stopped,
-                    codec::SplitRecordState::Running => SplitState::Running,
-                };
-                splits.insert(
-                    lun_of(k)?,
-                    SplitJob {
-                        cursor: r.cursor,
-                        state,
-                        started: r.started,
-                        copied_blocks: r.copied_blocks,
-                        rate: 0.0,
-                        window: None,
-                        last_batch: None,
-                        message: None,
-                    },
-                );
-            }
+            Some(codec::TAG_SPLIT) => self.split(k, v)?,
             _ => {
                 return Err(Error::Store(format!(
                     "unknown key {k:02x?} in the metadata store"
@@ -173,7 +128,89 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
             }
         }
         Ok(())
-    })?;
+    }
+
+    fn lun(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let id = lun_of(k)?;
+        let r: LunRecord = codec::from_json(k, v)?;
+        let mut l = new_lun(
+            id,
+            r.name,
+            r.size_blocks,
+            r.created,
+            r.parent.map(|(p, e)| (LunId(p), Epoch(e))),
+        );
+        l.parent_limit_blocks = r.parent_limit_blocks;
+        l.gc_needed = r.gc_needed;
+        l.created_epoch = r.created_epoch;
+        l.maps = r.maps.into_iter().collect();
+        self.luns.insert(id, l);
+        Ok(())
+    }
+
+    /// Map records follow their LUN's record (keys sort by tag, then id).
+    fn lun_mut(&mut self, k: &[u8], what: &str) -> Result<&mut Lun> {
+        let id = lun_of(k)?;
+        self.luns
+            .get_mut(&id)
+            .ok_or_else(|| Error::Store(format!("{what} of unknown LUN #{id}")))
+    }
+
+    fn head(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let ext = codec::decode_head(k, v)?;
+        let lba = codec::parse_u64(k, 9)?;
+        let l = self.lun_mut(k, "head extent")?;
+        codec::check_head(lba, &ext, l.size_blocks)
+            .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
+        l.head.load(lba, ext);
+        Ok(())
+    }
+
+    fn history(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let r = codec::decode_history(k, v)?;
+        let lba = codec::parse_u64(k, 9)?;
+        let l = self.lun_mut(k, "history")?;
+        codec::check_history(lba, &r)
+            .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
+        l.history.load(lba, r);
+        Ok(())
+    }
+
+    fn split(&mut self, k: &[u8], v: &[u8]) -> Result<()> {
+        let r: codec::SplitRecord = codec::from_json(k, v)?;
+        let state = match r.state {
+            codec::SplitRecordState::Stopped => SplitState::Stopped,
+            codec::SplitRecordState::Running => SplitState::Running,
+        };
+        let job = SplitJob {
+            cursor: r.cursor,
+            state,
+            started: r.started,
+            copied_blocks: r.copied_blocks,
+            rate: 0.0,
+            window: None,
+            last_batch: None,
+            message: None,
+        };
+        self.splits.insert(lun_of(k)?, job);
+        Ok(())
+    }
+}
+
+/// Rebuilds the in-memory state from the store. Returns it and whether the
+/// pool is new.
+pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, bool)> {
+    let mut loaded = Loaded::default();
+    store.for_each(&mut |k, v| loaded.record(k, v))?;
+    let Loaded {
+        pool,
+        mut luns,
+        snapshots,
+        groups,
+        igroups,
+        refs,
+        splits,
+    } = loaded;
     let fresh = pool.is_none();
     let pool = pool.unwrap_or(PoolRecord {
         format: codec::FORMAT_VERSION,
