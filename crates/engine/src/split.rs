@@ -68,6 +68,9 @@ pub fn split_pause(step: SplitStep, rate: u64, busy: bool, took: Duration) -> Du
 /// for the head.
 type Gap = (u64, Option<u64>);
 
+/// A batch's fills and the runs allocated for them.
+type Planned = (Vec<Fill>, Vec<Run>);
+
 struct Fill {
     lba: u64,
     len: u64,
@@ -300,35 +303,9 @@ impl Engine {
         // parent link happens to pin them. A commit with frees waits for at
         // most one batch (SPLIT_BATCH_BLOCKS).
         let _gate = sched::acquire("gate.read", || self.gate.try_read(), || self.gate.read());
-        // Plan: what to copy, and where.
-        let (fills, runs) = {
-            let mut s = self.state.lock();
-            s.check_open()?;
-            match s.splits.get(&id) {
-                Some(job) if job.cursor == first && job.state != SplitState::Stopped => {}
-                _ => return Ok(SplitStep::Idle),
-            }
-            let fills = plan_fills(&s, id, first, end);
-            let need: u64 = fills.iter().map(|f| f.len).sum();
-            let runs = if need == 0 {
-                Vec::new()
-            } else {
-                match s.alloc.allocate(need) {
-                    Some(runs) => runs,
-                    None => {
-                        let free = s.alloc.free_blocks();
-                        let job = s.splits.get_mut(&id).expect("checked");
-                        job.state = SplitState::WaitingForSpace;
-                        job.message = Some(format!(
-                            "the pool is full ({need} blocks needed, {free} free); the split continues when space is freed"
-                        ));
-                        job.last_batch = Some(Instant::now());
-                        return Ok(SplitStep::Waiting);
-                    }
-                }
-            };
-            s.reserved_blocks += need;
-            (fills, runs)
+        let (fills, runs) = match self.plan_split_batch(id, first, end)? {
+            Ok(planned) => planned,
+            Err(step) => return Ok(step),
         };
         // Lay the new runs over the fills in order.
         let placed = lay_out(&runs, fills.iter().map(|f| f.len));
@@ -351,6 +328,66 @@ impl Engine {
             }
         }
         self.data_dirty.store(true, Ordering::Release);
+        let (bytes, done) = self.apply_split_batch(id, end, &fills, &placed, runs, copy_result)?;
+        drop(_gate);
+        drop(_fenced);
+        drop(_stripes);
+        if done {
+            self.complete_split(id)?;
+        }
+        Ok(SplitStep::Copied(bytes))
+    }
+
+    /// A batch's plan, under the state lock: the fills to copy and the
+    /// runs allocated for them (reserved until the batch is applied), or
+    /// the step to report instead (stopped meanwhile, or no space).
+    fn plan_split_batch(
+        &self,
+        id: LunId,
+        first: u64,
+        end: u64,
+    ) -> Result<Result<Planned, SplitStep>> {
+        let mut s = self.state.lock();
+        s.check_open()?;
+        match s.splits.get(&id) {
+            Some(job) if job.cursor == first && job.state != SplitState::Stopped => {}
+            _ => return Ok(Err(SplitStep::Idle)),
+        }
+        let fills = plan_fills(&s, id, first, end);
+        let need: u64 = fills.iter().map(|f| f.len).sum();
+        let runs = if need == 0 {
+            Vec::new()
+        } else {
+            match s.alloc.allocate(need) {
+                Some(runs) => runs,
+                None => {
+                    let free = s.alloc.free_blocks();
+                    let job = s.splits.get_mut(&id).expect("checked");
+                    job.state = SplitState::WaitingForSpace;
+                    job.message = Some(format!(
+                        "the pool is full ({need} blocks needed, {free} free); the split continues when space is freed"
+                    ));
+                    job.last_batch = Some(Instant::now());
+                    return Ok(Err(SplitStep::Waiting));
+                }
+            }
+        };
+        s.reserved_blocks += need;
+        Ok(Ok((fills, runs)))
+    }
+
+    /// After the copy: maps the copied blocks into the clone and moves the
+    /// job on (or, if the copy failed, frees the runs and fails the pool).
+    /// Returns the bytes copied and whether the clone is now complete.
+    fn apply_split_batch(
+        &self,
+        id: LunId,
+        end: u64,
+        fills: &[Fill],
+        placed: &[Placed],
+        runs: Vec<Run>,
+        copy_result: std::io::Result<()>,
+    ) -> Result<(u64, bool)> {
         let copied: u64 = fills.iter().map(|f| f.len).sum();
         let mut s = self.state.lock();
         s.reserved_blocks -= copied;
@@ -368,7 +405,7 @@ impl Engine {
             offset: off,
             len,
             pba: dst,
-        } in &placed
+        } in placed
         {
             let f = &fills[i];
             let lba = f.lba + off;
@@ -417,14 +454,7 @@ impl Engine {
         job.last_batch = Some(now_instant);
         s.dirty.splits.insert(id);
         let done = end >= s.luns[&id].parent_limit_blocks;
-        drop(s);
-        drop(_gate);
-        drop(_fenced);
-        drop(_stripes);
-        if done {
-            self.complete_split(id)?;
-        }
-        Ok(SplitStep::Copied(bytes))
+        Ok((bytes, done))
     }
 
     /// Every gap is filled: drop the parent link and the pin in one commit.
