@@ -3,7 +3,7 @@
 use crate::engine::*;
 use crate::map::Val;
 use crate::sched;
-use crate::space::lay_out;
+use crate::space::{lay_out, Run};
 use crate::state::State;
 use crate::types::*;
 use parking_lot::{MutexGuard, RwLock};
@@ -174,6 +174,70 @@ impl Engine {
         self.write_pieces(id, &[(lba, data)])
     }
 
+    /// A write's plan, under the state lock: blocks nobody else sees are
+    /// overwritten in place; the rest go to new space, allocated here and
+    /// reserved until the write is applied.
+    fn plan_write(&self, id: LunId, pieces: &Pieces<'_>) -> Result<(Vec<Step>, Vec<Run>)> {
+        let mut plan: Vec<Step> = Vec::new();
+        let mut fresh_runs = Vec::new();
+        let mut s = self.state.lock();
+        s.check_open()?;
+        let l = s.lun(id)?;
+        let mut need = 0;
+        let mut redirect: Vec<(u64, u64, usize)> = Vec::new();
+        for (i, &(lba, data)) in pieces.iter().enumerate() {
+            let count = data.len() as u64 / BLOCK_SIZE;
+            debug_assert_eq!(data.len() as u64, count * BLOCK_SIZE);
+            let end = lba + count;
+            let mut pos = lba;
+            while pos < end {
+                let (len, hit) = l.head.lookup(pos, end);
+                match hit {
+                    Some((Val::Data(pba), birth))
+                        if !l.head_is_seen(birth) && !s.refs.any_shared(pba, len) =>
+                    {
+                        plan.push(Step {
+                            lba: pos,
+                            len,
+                            pba,
+                            fresh: false,
+                            piece: i,
+                        });
+                    }
+                    _ => {
+                        match redirect.last_mut() {
+                            Some((s0, n, p)) if *p == i && *s0 + *n == pos => *n += len,
+                            _ => redirect.push((pos, len, i)),
+                        }
+                        need += len;
+                    }
+                }
+                pos += len;
+            }
+        }
+        if need > 0 {
+            let runs = s.alloc.allocate(need).ok_or_else(|| {
+                Error::NoSpace(format!(
+                    "{need} block(s) needed, {} free",
+                    s.alloc.free_blocks()
+                ))
+            })?;
+            s.reserved_blocks += need;
+            for p in lay_out(&runs, redirect.iter().map(|r| r.1)) {
+                let (at, _, piece) = redirect[p.range];
+                plan.push(Step {
+                    lba: at + p.offset,
+                    len: p.len,
+                    pba: p.pba,
+                    fresh: true,
+                    piece,
+                });
+            }
+            fresh_runs = runs;
+        }
+        Ok((plan, fresh_runs))
+    }
+
     /// Writes whole blocks at several places (in LBA order, not
     /// overlapping) with one allocation, so that a full pool refuses them
     /// all and changes nothing. Callers hold the stripes and the fence.
@@ -182,88 +246,8 @@ impl Engine {
     /// they take no space and no data I/O (a file system allocating a file
     /// by writing zeros, a guest zeroing a disk).
     pub(crate) fn write_pieces(&self, id: LunId, all: &[(u64, &[u8])]) -> Result<()> {
-        // Split every piece into runs of data blocks and runs of zero blocks.
-        let bs = BLOCK_SIZE as usize;
-        let mut pieces: Vec<(u64, &[u8])> = Vec::with_capacity(all.len());
-        let mut zero_runs: Vec<(u64, u64)> = Vec::new();
-        for &(lba, data) in all {
-            let mut i = 0;
-            let blocks = data.len() / bs;
-            while i < blocks {
-                let zero = is_zero(&data[i * bs..(i + 1) * bs]);
-                let mut j = i + 1;
-                while j < blocks && is_zero(&data[j * bs..(j + 1) * bs]) == zero {
-                    j += 1;
-                }
-                if zero {
-                    zero_runs.push((lba + i as u64, (j - i) as u64));
-                } else {
-                    pieces.push((lba + i as u64, &data[i * bs..j * bs]));
-                }
-                i = j;
-            }
-        }
-        // Plan: blocks nobody else sees are overwritten in place; the rest
-        // go to new space (redirect-on-write).
-        let mut plan: Vec<Step> = Vec::new();
-        let mut fresh_runs = Vec::new();
-        {
-            let mut s = self.state.lock();
-            s.check_open()?;
-            let l = s.lun(id)?;
-            let mut need = 0;
-            let mut redirect: Vec<(u64, u64, usize)> = Vec::new();
-            for (i, &(lba, data)) in pieces.iter().enumerate() {
-                let count = data.len() as u64 / BLOCK_SIZE;
-                debug_assert_eq!(data.len() as u64, count * BLOCK_SIZE);
-                let end = lba + count;
-                let mut pos = lba;
-                while pos < end {
-                    let (len, hit) = l.head.lookup(pos, end);
-                    match hit {
-                        Some((Val::Data(pba), birth))
-                            if !l.head_is_seen(birth) && !s.refs.any_shared(pba, len) =>
-                        {
-                            plan.push(Step {
-                                lba: pos,
-                                len,
-                                pba,
-                                fresh: false,
-                                piece: i,
-                            });
-                        }
-                        _ => {
-                            match redirect.last_mut() {
-                                Some((s0, n, p)) if *p == i && *s0 + *n == pos => *n += len,
-                                _ => redirect.push((pos, len, i)),
-                            }
-                            need += len;
-                        }
-                    }
-                    pos += len;
-                }
-            }
-            if need > 0 {
-                let runs = s.alloc.allocate(need).ok_or_else(|| {
-                    Error::NoSpace(format!(
-                        "{need} block(s) needed, {} free",
-                        s.alloc.free_blocks()
-                    ))
-                })?;
-                s.reserved_blocks += need;
-                for p in lay_out(&runs, redirect.iter().map(|r| r.1)) {
-                    let (at, _, piece) = redirect[p.range];
-                    plan.push(Step {
-                        lba: at + p.offset,
-                        len: p.len,
-                        pba: p.pba,
-                        fresh: true,
-                        piece,
-                    });
-                }
-                fresh_runs = runs;
-            }
-        }
+        let (pieces, zero_runs) = data_and_zero_runs(all);
+        let (plan, fresh_runs) = self.plan_write(id, &pieces)?;
         let mut result = Ok(());
         for step in &plan {
             let (lba, data) = pieces[step.piece];
@@ -511,3 +495,33 @@ struct Step {
     fresh: bool,
     piece: usize,
 }
+
+/// Splits every piece into runs of data blocks and runs of zero blocks
+/// (zeros are recorded in the map, not written).
+fn data_and_zero_runs<'a>(all: &[(u64, &'a [u8])]) -> (Pieces<'a>, Vec<(u64, u64)>) {
+    // Split every piece into runs of data blocks and runs of zero blocks.
+    let bs = BLOCK_SIZE as usize;
+    let mut pieces: Pieces<'a> = Vec::with_capacity(all.len());
+    let mut zero_runs: Vec<(u64, u64)> = Vec::new();
+    for &(lba, data) in all {
+        let mut i = 0;
+        let blocks = data.len() / bs;
+        while i < blocks {
+            let zero = is_zero(&data[i * bs..(i + 1) * bs]);
+            let mut j = i + 1;
+            while j < blocks && is_zero(&data[j * bs..(j + 1) * bs]) == zero {
+                j += 1;
+            }
+            if zero {
+                zero_runs.push((lba + i as u64, (j - i) as u64));
+            } else {
+                pieces.push((lba + i as u64, &data[i * bs..j * bs]));
+            }
+            i = j;
+        }
+    }
+    (pieces, zero_runs)
+}
+
+/// Data pieces of a write: `(lba, whole blocks)`.
+type Pieces<'a> = Vec<(u64, &'a [u8])>;
