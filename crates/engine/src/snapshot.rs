@@ -3,7 +3,8 @@
 use crate::engine::*;
 use crate::map::Val;
 use crate::space::Run;
-use crate::state::{GcJob, Group, Snapshot};
+use crate::state::{GcJob, Group, Snapshot, State};
+
 use crate::types::*;
 
 impl Engine {
@@ -32,92 +33,12 @@ impl Engine {
         let taken = {
             let mut s = self.state.lock();
             s.check_open()?;
-            if let Some(g) = group {
-                if s.groups.contains_key(g) {
-                    return Err(Error::AlreadyExists {
-                        kind: "group snapshot",
-                        name: g.into(),
-                    });
-                }
-                let mut seen = std::collections::HashSet::new();
-                if let Some((lun, _)) = requests.iter().find(|(lun, _)| !seen.insert(lun.clone())) {
-                    return Err(Error::InvalidArgument(format!(
-                        "LUN \"{lun}\" is listed twice in group snapshot \"{g}\""
-                    )));
-                }
-            }
-            // Validate everything before changing anything.
-            let mut planned: Vec<(LunId, String)> = Vec::new();
-            for (lun, snap) in requests {
-                let id = s.lun_id(lun)?;
-                let l = &s.luns[&id];
-                if l.snapshot_by_name(snap).is_some()
-                    || planned.iter().any(|(i, n)| *i == id && n == snap)
-                {
-                    return Err(Error::AlreadyExists {
-                        kind: "snapshot",
-                        name: format!("{lun}@{snap}"),
-                    });
-                }
-                if l.snapshots.len() + planned.iter().filter(|(i, _)| *i == id).count()
-                    >= SNAPSHOTS_PER_LUN_MAX
-                {
-                    return Err(Error::InvalidArgument(format!(
-                        "LUN \"{lun}\" already has {SNAPSHOTS_PER_LUN_MAX} snapshots, the most one LUN may hold"
-                    )));
-                }
-                planned.push((id, snap.clone()));
-            }
-            let created = now_secs();
-            let group_epoch = s.epoch;
-            let mut used = std::collections::HashSet::new();
-            let mut taken = Vec::new();
-            for (id, snap) in planned {
-                // A second snapshot of the same LUN in one call needs its own
-                // epoch; nothing is written in between, so it is the same point.
-                if !used.insert(id) {
-                    s.epoch += 1;
-                    used.clear();
-                    used.insert(id);
-                }
-                let epoch = s.epoch;
-                let l = s.lun_mut(id)?;
-                let size_blocks = l.size_blocks;
-                l.snapshots.insert(
-                    epoch,
-                    Snapshot {
-                        name: snap.clone(),
-                        created,
-                        size_blocks,
-                        group: group.map(str::to_string),
-                        hidden: false,
-                    },
-                );
-                s.dirty.snapshots.insert((id, epoch));
-                taken.push((id, epoch));
-            }
-            s.epoch += 1;
-            s.dirty.pool = true;
-            if let Some(g) = group {
-                let members = taken
-                    .iter()
-                    .map(|(id, _)| (*id, s.luns[id].name.clone()))
-                    .collect();
-                s.groups.insert(
-                    g.to_string(),
-                    Group {
-                        epoch: group_epoch,
-                        created,
-                        members,
-                    },
-                );
-                s.dirty.groups.insert(g.to_string());
-            }
-            taken
+            let planned = plan_snapshots(&s, requests, group)?;
+            record_snapshots(&mut s, planned, group)
         };
         drop(fenced);
         self.flush()?;
-        let s = self.state.lock();
+        let s = self.state.read();
         Ok(taken
             .into_iter()
             .filter_map(|(id, e)| snapshot_info(&s, id, e))
@@ -130,10 +51,11 @@ impl Engine {
     }
 
     /// Snapshots of one LUN, or of every LUN, oldest first.
-    /// Reads and writes wait for no more than one chunk of the walk: each
-    /// LUN's history is walked (for the space each snapshot alone holds) in
+    /// The walk holds the state lock shared (decision 020), so reads run
+    /// beside it; changes wait for no more than one chunk: each LUN's
+    /// history is walked (for the space each snapshot alone holds) in
     /// chunks of `LISTING_CHUNK` ranges, and the reference counts looked up
-    /// in chunks too, letting go of the state lock between them. A listing
+    /// in chunks too, letting a waiting writer in between them. A listing
     /// that runs beside writes to the same LUN reports each snapshot's
     /// exclusive space as of the chunks it read (a report, not a promise:
     /// deleting a snapshot frees what its reclaim job finds). Measured by
@@ -413,4 +335,103 @@ impl Engine {
         };
         self.finish_snapshot_removal(&removed)
     }
+}
+
+/// Checks a snapshot request against the state before anything changes:
+/// returns the snapshots to take, in order, or why none can be.
+fn plan_snapshots(
+    s: &State,
+    requests: &[(String, String)],
+    group: Option<&str>,
+) -> Result<Vec<(LunId, String)>> {
+    if let Some(g) = group {
+        if s.groups.contains_key(g) {
+            return Err(Error::AlreadyExists {
+                kind: "group snapshot",
+                name: g.into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some((lun, _)) = requests.iter().find(|(lun, _)| !seen.insert(lun.clone())) {
+            return Err(Error::InvalidArgument(format!(
+                "LUN \"{lun}\" is listed twice in group snapshot \"{g}\""
+            )));
+        }
+    }
+    let mut planned: Vec<(LunId, String)> = Vec::new();
+    for (lun, snap) in requests {
+        let id = s.lun_id(lun)?;
+        let l = &s.luns[&id];
+        if l.snapshot_by_name(snap).is_some() || planned.iter().any(|(i, n)| *i == id && n == snap)
+        {
+            return Err(Error::AlreadyExists {
+                kind: "snapshot",
+                name: format!("{lun}@{snap}"),
+            });
+        }
+        if l.snapshots.len() + planned.iter().filter(|(i, _)| *i == id).count()
+            >= SNAPSHOTS_PER_LUN_MAX
+        {
+            return Err(Error::InvalidArgument(format!(
+                "LUN \"{lun}\" already has {SNAPSHOTS_PER_LUN_MAX} snapshots, the most one LUN may hold"
+            )));
+        }
+        planned.push((id, snap.clone()));
+    }
+    Ok(planned)
+}
+
+/// Records planned snapshots (and their group); returns `(LUN, epoch)` of
+/// each.
+fn record_snapshots(
+    s: &mut State,
+    planned: Vec<(LunId, String)>,
+    group: Option<&str>,
+) -> Vec<(LunId, u64)> {
+    let created = now_secs();
+    let group_epoch = s.epoch;
+    let mut used = std::collections::HashSet::new();
+    let mut taken = Vec::new();
+    for (id, snap) in planned {
+        // A second snapshot of the same LUN in one call needs its own
+        // epoch; nothing is written in between, so it is the same point.
+        if !used.insert(id) {
+            s.epoch += 1;
+            used.clear();
+            used.insert(id);
+        }
+        let epoch = s.epoch;
+        let l = s.lun_mut(id).expect("planned under this lock");
+        let size_blocks = l.size_blocks;
+        l.snapshots.insert(
+            epoch,
+            Snapshot {
+                name: snap.clone(),
+                created,
+                size_blocks,
+                group: group.map(str::to_string),
+                hidden: false,
+            },
+        );
+        s.dirty.snapshots.insert((id, epoch));
+        taken.push((id, epoch));
+    }
+    s.epoch += 1;
+    s.dirty.pool = true;
+    if let Some(g) = group {
+        let members = taken
+            .iter()
+            .map(|(id, _)| (*id, s.luns[id].name.clone()))
+            .collect();
+        s.groups.insert(
+            g.to_string(),
+            Group {
+                epoch: group_epoch,
+                created,
+                members,
+            },
+        );
+        s.dirty.groups.insert(g.to_string());
+    }
+    taken
 }
