@@ -83,61 +83,7 @@ impl Engine {
         let report = {
             let mut s = self.state.lock();
             s.check_open()?;
-            // Everything is checked again under the lock: LUNs may have gone
-            // or changed size while we waited for the fences.
-            let tid = s.lun_id(target)?;
-            let tsize = s.lun(tid)?.size_blocks;
-            let mut planned = Vec::with_capacity(entries.len());
-            let mut target_ranges = Vec::with_capacity(entries.len());
-            let mut self_reads = Vec::new();
-            let mut report = RangeCloneReport {
-                target: target.to_string(),
-                ranges: entries.len() as u64,
-                bytes: 0,
-                extents: 0,
-                shared_bytes: 0,
-            };
-            for (i, e) in entries.iter().enumerate() {
-                let src = resolve_in(&s, &e.source)?;
-                let ssize = crate::engine::target_blocks(&s, src)?;
-                let (first, n) = (e.source_offset / BLOCK_SIZE, e.length / BLOCK_SIZE);
-                let tfirst = e.target_offset / BLOCK_SIZE;
-                if first + n > ssize {
-                    return Err(Error::OutOfRange(format!(
-                        "range {i}: {}+{} lies outside {} ({} bytes)",
-                        e.source_offset,
-                        e.length,
-                        e.source,
-                        ssize * BLOCK_SIZE
-                    )));
-                }
-                if tfirst + n > tsize {
-                    return Err(Error::OutOfRange(format!(
-                        "range {i}: {}+{} lies outside {target} ({} bytes)",
-                        e.target_offset,
-                        e.length,
-                        tsize * BLOCK_SIZE
-                    )));
-                }
-                if src == Target::Lun(tid) {
-                    self_reads.push((first, n, i));
-                }
-                target_ranges.push((tfirst, n, i));
-                let (lun, at) = match src {
-                    Target::Lun(id) => (id, None),
-                    Target::Snapshot(id, Epoch(e)) => (id, Some(e)),
-                };
-                let mut segs = Segments::new();
-                resolve_blocks(&s, lun, at, first, first + n, &mut segs);
-                report.bytes += e.length;
-                report.extents += segs.len() as u64;
-                planned.push(Planned {
-                    target_lba: tfirst,
-                    segs,
-                });
-            }
-            check_overlaps(&mut target_ranges, &self_reads)?;
-
+            let (tid, planned, mut report) = plan_ranges(&s, target, entries)?;
             // Take every new reference before dropping any old one, so that
             // a block moving within the target is never free in between.
             for p in &planned {
@@ -158,6 +104,72 @@ impl Engine {
         self.flush()?;
         Ok(report)
     }
+}
+
+/// Checks every entry against the state (LUNs may have gone or changed
+/// size while the fences were taken) and resolves what each range reads:
+/// returns the target, the plan and the report of what it will do.
+fn plan_ranges(
+    s: &State,
+    target: &str,
+    entries: &[RangeEntry],
+) -> Result<(LunId, Vec<Planned>, RangeCloneReport)> {
+    // Everything is checked again under the lock: LUNs may have gone
+    // or changed size while we waited for the fences.
+    let tid = s.lun_id(target)?;
+    let tsize = s.lun(tid)?.size_blocks;
+    let mut planned = Vec::with_capacity(entries.len());
+    let mut target_ranges = Vec::with_capacity(entries.len());
+    let mut self_reads = Vec::new();
+    let mut report = RangeCloneReport {
+        target: target.to_string(),
+        ranges: entries.len() as u64,
+        bytes: 0,
+        extents: 0,
+        shared_bytes: 0,
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let src = resolve_in(s, &e.source)?;
+        let ssize = crate::engine::target_blocks(s, src)?;
+        let (first, n) = (e.source_offset / BLOCK_SIZE, e.length / BLOCK_SIZE);
+        let tfirst = e.target_offset / BLOCK_SIZE;
+        if first + n > ssize {
+            return Err(Error::OutOfRange(format!(
+                "range {i}: {}+{} lies outside {} ({} bytes)",
+                e.source_offset,
+                e.length,
+                e.source,
+                ssize * BLOCK_SIZE
+            )));
+        }
+        if tfirst + n > tsize {
+            return Err(Error::OutOfRange(format!(
+                "range {i}: {}+{} lies outside {target} ({} bytes)",
+                e.target_offset,
+                e.length,
+                tsize * BLOCK_SIZE
+            )));
+        }
+        if src == Target::Lun(tid) {
+            self_reads.push((first, n, i));
+        }
+        target_ranges.push((tfirst, n, i));
+        let (lun, at) = match src {
+            Target::Lun(id) => (id, None),
+            Target::Snapshot(id, Epoch(e)) => (id, Some(e)),
+        };
+        let mut segs = Segments::new();
+        resolve_blocks(s, lun, at, first, first + n, &mut segs);
+        report.bytes += e.length;
+        report.extents += segs.len() as u64;
+        planned.push(Planned {
+            target_lba: tfirst,
+            segs,
+        });
+    }
+    check_overlaps(&mut target_ranges, &self_reads)?;
+
+    Ok((tid, planned, report))
 }
 
 fn check_entry(i: usize, e: &RangeEntry) -> Result<()> {
