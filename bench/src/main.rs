@@ -11,6 +11,9 @@
 //! `--only listing`: 4 KiB random read p99 on one LUN, idle and while
 //! another thread lists the snapshots of a LUN with many snapshots and
 //! extents in a loop (issue 12, section 4: management never stalls I/O).
+//! `--only reads`: 4 KiB random reads against pread, on one and two threads.
+
+mod reads;
 
 use engine::{Engine, EngineConfig, BLOCK_SIZE};
 use rand::rngs::StdRng;
@@ -34,7 +37,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing]";
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -56,9 +59,9 @@ fn main() {
             "--only" => {
                 i += 1;
                 match args.get(i).map(String::as_str) {
-                    Some(what @ ("split" | "listing")) => opts.only = Some(what.into()),
+                    Some(what @ ("split" | "listing" | "reads")) => opts.only = Some(what.into()),
                     other => {
-                        eprintln!("--only takes \"split\" or \"listing\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\", \"listing\" or \"reads\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -87,6 +90,7 @@ fn main() {
     }
     match mode {
         Some("engine") | None if opts.only.as_deref() == Some("listing") => listing_bench(&opts),
+        Some("engine") | None if opts.only.as_deref() == Some("reads") => reads::bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),
@@ -350,7 +354,6 @@ fn engine_bench(o: &Opts) {
     syncer.join().unwrap();
     drop(synced);
     let _ = std::fs::remove_dir_all(&synced_dir);
-    let mut rbuf = vec![0u8; 4096];
 
     let dir = fresh_dir(&o.dir, "rw");
     let e = open_engine(&dir, lun_bytes * 3);
@@ -366,26 +369,7 @@ fn engine_bench(o: &Opts) {
         e.write(t, off, &buf, false).unwrap();
     }
     let our_overwrite = ops as f64 / t0.elapsed().as_secs_f64();
-    // Reads alternate between the raw file and the engine in rounds, and the
-    // median of the per-round figures is reported: reads are fast enough
-    // that the other core's noise would otherwise dominate.
-    let (mut raw_reads, mut our_reads) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        let t0 = Instant::now();
-        for &off in offsets.iter().rev() {
-            raw.read_exact_at(&mut rbuf, off).unwrap();
-        }
-        raw_reads.push(ops as f64 / t0.elapsed().as_secs_f64());
-        let t0 = Instant::now();
-        for &off in offsets.iter().rev() {
-            e.read(t, off, &mut rbuf).unwrap();
-        }
-        our_reads.push(ops as f64 / t0.elapsed().as_secs_f64());
-    }
     drop(raw);
-    raw_reads.sort_by(f64::total_cmp);
-    our_reads.sort_by(f64::total_cmp);
-    let (raw_read, our_read) = (raw_reads[3], our_reads[3]);
     rows.push(Row {
         what: format!(
             "4 KiB random writes, first touch ({} MiB LUN), ops/s",
@@ -414,13 +398,7 @@ fn engine_bench(o: &Opts) {
         ratio: format!("{:.2}×", our_overwrite / raw_write),
         goal: "≥ 0.7×".into(),
     });
-    rows.push(Row {
-        what: "4 KiB random reads, ops/s".into(),
-        ours: format!("{:.0}", our_read),
-        baseline: format!("pread {:.0}", raw_read),
-        ratio: format!("{:.2}×", our_read / raw_read),
-        goal: "≥ 0.8×".into(),
-    });
+    reads::rows(o, &mut rows);
 
     // Read latency with 0 and 1,000 snapshots, each after some overwrites.
     let reads = 50_000usize;

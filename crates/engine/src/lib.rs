@@ -15,6 +15,7 @@ pub mod io;
 mod load;
 mod lun;
 mod map;
+mod pages;
 mod pool;
 mod range;
 pub mod sched;

@@ -9,6 +9,7 @@
 //! versions sorted by death: a lookup is one B-tree search and one binary
 //! search, whatever the number of snapshots.
 
+use crate::pages::PagedMap;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a version of a block holds.
@@ -76,7 +77,9 @@ pub struct Piece {
 /// The current version of every mapped block.
 #[derive(Debug, Default)]
 pub struct HeadMap {
-    extents: BTreeMap<u64, HeadExt>,
+    /// Paged (`pages`): the search every read makes is one load where a
+    /// LUN was written at random in small pieces.
+    extents: PagedMap<HeadExt>,
     /// Keys changed since the last commit.
     pub dirty: BTreeSet<u64>,
     /// Blocks mapped to data (not zeros), kept as extents change so that
@@ -110,7 +113,7 @@ impl HeadMap {
     }
 
     pub fn get(&self, lba: u64) -> Option<HeadExt> {
-        self.extents.get(&lba).copied()
+        self.extents.get(lba).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -122,13 +125,13 @@ impl HeadMap {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, HeadExt)> + '_ {
-        self.extents.iter().map(|(&l, &e)| (l, e))
+        self.extents.iter().map(|(l, &e)| (l, e))
     }
 
     /// What `pos` maps to, and for how many blocks (up to `end`) that holds.
     pub fn lookup(&self, pos: u64, end: u64) -> Lookup {
         debug_assert!(pos < end);
-        if let Some((&s, e)) = self.extents.range(..=pos).next_back() {
+        if let Some((s, e)) = self.extents.at_or_before(pos) {
             if s + e.len > pos {
                 let len = (s + e.len).min(end) - pos;
                 return (len, Some((e.val.offset(pos - s), e.birth)));
@@ -136,15 +139,13 @@ impl HeadMap {
         }
         let next = self
             .extents
-            .range(pos..end)
-            .next()
-            .map(|(&s, _)| s)
-            .unwrap_or(end);
+            .at_or_after(pos)
+            .map_or(end, |(s, _)| s.min(end));
         (next - pos, None)
     }
 
     fn split_at(&mut self, at: u64) {
-        if let Some((&s, &e)) = self.extents.range(..at).next_back() {
+        if let Some((s, &e)) = self.extents.before(at) {
             if s + e.len > at {
                 let left = at - s;
                 self.extents.insert(s, HeadExt { len: left, ..e });
@@ -167,10 +168,9 @@ impl HeadMap {
         let end = start + len;
         self.split_at(start);
         self.split_at(end);
-        let keys: Vec<u64> = self.extents.range(start..end).map(|(&k, _)| k).collect();
-        let mut pieces = Vec::with_capacity(keys.len());
-        for k in keys {
-            let e = self.extents.remove(&k).expect("key just listed");
+        let removed = self.extents.remove_range(start, end);
+        let mut pieces = Vec::with_capacity(removed.len());
+        for (k, e) in removed {
             self.data_blocks -= data_len(&e);
             self.dirty.insert(k);
             pieces.push(Piece {
@@ -188,7 +188,7 @@ impl HeadMap {
     pub fn insert(&mut self, lba: u64, len: u64, val: Val, birth: u64) {
         assert!(len > 0);
         let (mut start, mut ext) = (lba, HeadExt { len, val, birth });
-        if let Some((&s, &e)) = self.extents.range(..lba).next_back() {
+        if let Some((s, &e)) = self.extents.before(lba) {
             assert!(
                 s + e.len <= lba,
                 "head insert at {lba} overlaps extent at {s}"
@@ -202,13 +202,13 @@ impl HeadMap {
                 };
             }
         }
-        if let Some((&n, &e)) = self.extents.range(lba..).next() {
+        if let Some((n, &e)) = self.extents.at_or_after(lba) {
             assert!(
                 lba + len <= n,
                 "head insert at {lba} overlaps extent at {n}"
             );
             if lba + len == n && e.birth == birth && val.offset(len) == e.val {
-                self.extents.remove(&n);
+                self.extents.remove(n);
                 self.dirty.insert(n);
                 ext.len += e.len;
             }
@@ -220,7 +220,7 @@ impl HeadMap {
 
     /// Removes everything, returning the pieces.
     pub fn drain(&mut self) -> Vec<Piece> {
-        let all = std::mem::take(&mut self.extents);
+        let all = self.extents.take_all();
         self.data_blocks = 0;
         all.into_iter()
             .map(|(k, e)| {
