@@ -59,7 +59,7 @@ mod pool;
 mod settings;
 mod snapshots;
 pub mod tls;
-pub mod wire;
+pub use wire;
 
 pub use clones::CLONES_PER_REQUEST_MAX;
 pub use error::ApiError;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod export;
+mod host;
 
 use clap::{Parser, Subcommand};
 use engine::{Engine, EngineConfig};

@@ -47,7 +47,7 @@ pub enum Command {
     },
     /// On a host that mounts LUNs: attach LUNs as block devices, and clone
     /// files of their file systems without copying bytes.
-    Host(host::HostArgs),
+    Host(crate::host::HostArgs),
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -7,47 +7,30 @@ use super::*;
 pub(super) fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), String> {
     match command {
         LunCommand::Create { name, size } => {
-            let reply = client.send("POST", "/luns", &CreateLun { name, size })?;
+            let reply = client.create_lun(&CreateLun { name, size })?;
             out.show(reply, |l: LunInfo| lun_details(&l))
         }
         LunCommand::List { prefix } => {
-            let path = match prefix {
-                Some(p) => format!("/luns?prefix={}", encode(&p)),
-                None => "/luns".to_string(),
-            };
-            out.show(client.get(&path)?, |luns: Vec<LunInfo>| lun_table(&luns))
+            let luns = client.list_luns(prefix.as_deref())?;
+            out.show(luns, |luns: Vec<LunInfo>| lun_table(&luns))
         }
-        LunCommand::Show { name } => {
-            out.show(client.get(&lun_path(&name))?, |l: LunInfo| lun_details(&l))
-        }
+        LunCommand::Show { name } => out.show(client.lun(&name)?, |l: LunInfo| lun_details(&l)),
         LunCommand::Resize { name, size, shrink } => {
-            let reply = client.send("PATCH", &lun_path(&name), &ResizeLun { size, shrink })?;
+            let reply = client.resize_lun(&name, &ResizeLun { size, shrink })?;
             out.show(reply, |l: LunInfo| lun_details(&l))
         }
         LunCommand::Delete { name, recursive } => {
-            let path = format!("{}?recursive={recursive}", lun_path(&name));
-            client.delete(&path)?;
+            client.delete_lun(&name, recursive)?;
             let also = if recursive { " and its snapshots" } else { "" };
             out.done(&format!("deleted LUN \"{name}\"{also}"))
         }
         LunCommand::Clone { command } => clone(client, out, command),
         LunCommand::Map { lun, igroup } => {
-            client.send(
-                "POST",
-                "/lun-maps",
-                &LunMap {
-                    lun: lun.clone(),
-                    igroup: igroup.clone(),
-                },
-            )?;
+            client.map_lun(&lun, &igroup)?;
             out.done(&format!("mapped LUN \"{lun}\" to igroup \"{igroup}\""))
         }
         LunCommand::Unmap { lun, igroup } => {
-            client.delete(&format!(
-                "/lun-maps?lun={}&igroup={}",
-                encode(&lun),
-                encode(&igroup)
-            ))?;
+            client.unmap_lun(&lun, &igroup)?;
             out.done(&format!("unmapped LUN \"{lun}\" from igroup \"{igroup}\""))
         }
         LunCommand::CloneRange {
@@ -74,14 +57,10 @@ pub(super) fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), 
             if list.is_empty() {
                 return Err("give at least one --range SRC:DST:LEN or a --ranges-file".into());
             }
-            let reply = client.send(
-                "POST",
-                "/clone-range",
-                &CloneRanges {
-                    target,
-                    ranges: list,
-                },
-            )?;
+            let reply = client.clone_ranges(&CloneRanges {
+                target,
+                ranges: list,
+            })?;
             out.show(reply, |r: CloneRangeReport| {
                 details(&[
                     ("target", r.target.clone()),
@@ -153,40 +132,27 @@ pub(super) fn igroup(client: &Client, out: Out, command: IgroupCommand) -> Resul
         address: m.address,
         cert_cn: m.cert_cn,
     };
-    let path = |name: &str| format!("/igroups/{}", encode(name));
     let reply = match command {
         IgroupCommand::Create {
             name,
             addresses,
             cert_cns,
-        } => client.send(
-            "POST",
-            "/igroups",
-            &CreateIgroup {
-                name,
-                addresses,
-                cert_cns,
-            },
-        )?,
-        IgroupCommand::Add { name, member: m } => {
-            client.send("POST", &format!("{}/members", path(&name)), &member(m))?
-        }
+        } => client.create_igroup(&CreateIgroup {
+            name,
+            addresses,
+            cert_cns,
+        })?,
+        IgroupCommand::Add { name, member: m } => client.add_igroup_member(&name, &member(m))?,
         IgroupCommand::Remove { name, member: m } => {
-            let m = member(m);
-            let query = match (&m.address, &m.cert_cn) {
-                (Some(a), _) => format!("address={}", encode(a)),
-                (_, Some(c)) => format!("cert_cn={}", encode(c)),
-                _ => unreachable!("clap requires one"),
-            };
-            client.delete(&format!("{}/members?{query}", path(&name)))?
+            client.remove_igroup_member(&name, &member(m))?
         }
         IgroupCommand::List => {
-            let reply = client.get("/igroups")?;
+            let reply = client.list_igroups()?;
             return out.show(reply, |g: Vec<IgroupInfo>| igroup_table(&g));
         }
-        IgroupCommand::Show { name } => client.get(&path(&name))?,
+        IgroupCommand::Show { name } => client.igroup(&name)?,
         IgroupCommand::Delete { name } => {
-            client.delete(&path(&name))?;
+            client.delete_igroup(&name)?;
             return out.done(&format!("deleted igroup \"{name}\""));
         }
     };
@@ -242,7 +208,7 @@ pub(super) fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<
                 count,
                 split,
             };
-            let reply = client.send("POST", "/clones", &body)?;
+            let reply = client.create_clones(&body)?;
             out.show(reply, |clones: Vec<LunInfo>| {
                 let mut text = match clones.as_slice() {
                     [one] => lun_details(one),
@@ -261,21 +227,20 @@ pub(super) fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<
             })
         }
         CloneCommand::Start { path } => {
-            let reply = client.send("POST", "/splits/start", &SplitTarget { lun: path })?;
+            let reply = client.start_split(&path)?;
             out.show(reply, |s: SplitInfo| split_details(&s))
         }
         CloneCommand::Stop { path } => {
-            let reply = client.send("POST", "/splits/stop", &SplitTarget { lun: path })?;
+            let reply = client.stop_split(&path)?;
             out.show(reply, |s: SplitInfo| split_details(&s))
         }
-        CloneCommand::Status { path, watch: false } => out
-            .show(client.get(&split_path(&path))?, |s: SplitInfo| {
-                split_details(&s)
-            }),
+        CloneCommand::Status { path, watch: false } => {
+            out.show(client.split(&path)?, |s: SplitInfo| split_details(&s))
+        }
         CloneCommand::Status { path, watch: true } => {
-            let (info, raw) = watch_split(client, &path)?;
+            let info = watch_split(client, &path)?;
             match out.format {
-                OutputFormat::Json => out.json(&raw)?,
+                OutputFormat::Json => out.json(&info)?,
                 OutputFormat::Text => out.text(&split_details(&info))?,
             }
             match info.state {
@@ -293,18 +258,15 @@ pub(super) fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<
             }
         }
         CloneCommand::Show { prefix } => {
-            let path = match prefix {
-                Some(p) => format!("/splits?prefix={}", encode(&p)),
-                None => "/splits".to_string(),
-            };
-            out.show(client.get(&path)?, |s: Vec<SplitInfo>| split_table(&s))
+            let splits = client.list_splits(prefix.as_deref())?;
+            out.show(splits, |s: Vec<SplitInfo>| split_table(&s))
         }
     }
 }
 
 /// Polls a split, with a progress bar on a terminal, until it is no longer
-/// running; returns its last state, as parsed and as the API sent it.
-pub(super) fn watch_split(client: &Client, lun: &str) -> Result<(SplitInfo, Value), String> {
+/// running; returns its last state.
+pub(super) fn watch_split(client: &Client, lun: &str) -> Result<SplitInfo, String> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(1000);
         bar.set_style(
@@ -320,11 +282,10 @@ pub(super) fn watch_split(client: &Client, lun: &str) -> Result<(SplitInfo, Valu
     };
     bar.set_prefix(format!("splitting \"{lun}\""));
     loop {
-        let raw = client.get(&split_path(lun))?;
-        let info: SplitInfo = parse(raw.clone())?;
+        let info = client.split(lun)?;
         if info.state != SplitPhase::Running {
             bar.finish_and_clear();
-            return Ok((info, raw));
+            return Ok(info);
         }
         bar.set_position((info.progress.clamp(0.0, 1.0) * 1000.0) as u64);
         bar.set_message(format!(
@@ -339,28 +300,19 @@ pub(super) fn watch_split(client: &Client, lun: &str) -> Result<(SplitInfo, Valu
 pub(super) fn snapshot(client: &Client, out: Out, command: SnapshotCommand) -> Result<(), String> {
     match command {
         SnapshotCommand::Create { lun, snapshot } => {
-            let body = CreateSnapshots::One(CreateSnapshot {
-                lun,
-                name: snapshot,
-            });
-            let reply = client.send("POST", "/snapshots", &body)?;
+            let reply = client.create_snapshot(&lun, &snapshot)?;
             out.show(reply, |s: SnapshotInfo| snapshot_details(&s))
         }
-        SnapshotCommand::List { lun } => {
-            let path = match lun {
-                Some(l) => format!("/snapshots?lun={}", encode(&l)),
-                None => "/snapshots".to_string(),
-            };
-            out.show(client.get(&path)?, |s: Vec<SnapshotInfo>| {
-                snapshot_table(&s)
-            })
-        }
+        SnapshotCommand::List { lun } => out.show(
+            client.list_snapshots(lun.as_deref())?,
+            |s: Vec<SnapshotInfo>| snapshot_table(&s),
+        ),
         SnapshotCommand::Delete {
             lun,
             snapshot,
             wait,
         } => {
-            client.delete(&snapshot_path(&lun, &snapshot, ""))?;
+            client.delete_snapshot(&lun, &snapshot)?;
             if !wait {
                 return out.done(&format!(
                     "deleted snapshot \"{lun}@{snapshot}\"; its space is reclaimed in the background"
@@ -368,9 +320,9 @@ pub(super) fn snapshot(client: &Client, out: Out, command: SnapshotCommand) -> R
             }
             let finished = wait_for_reclaim(client, &lun)?;
             match (out.format, finished) {
-                (OutputFormat::Json, Some((_, raw))) => out.json(&raw),
+                (OutputFormat::Json, Some(job)) => out.json(&job),
                 (OutputFormat::Json, None) => Ok(()),
-                (OutputFormat::Text, Some((job, _))) => out.text(&format!(
+                (OutputFormat::Text, Some(job)) => out.text(&format!(
                     "deleted snapshot \"{lun}@{snapshot}\"; reclaimed {}",
                     format_size(job.freed_bytes)
                 )),
@@ -380,7 +332,7 @@ pub(super) fn snapshot(client: &Client, out: Out, command: SnapshotCommand) -> R
             }
         }
         SnapshotCommand::Restore { lun, snapshot } => {
-            let reply = client.post_empty(&snapshot_path(&lun, &snapshot, "/restore"))?;
+            let reply = client.restore_snapshot(&lun, &snapshot)?;
             out.show(reply, |l: LunInfo| {
                 format!(
                     "restored LUN \"{lun}\" to snapshot \"{snapshot}\" (size {})\n",
@@ -399,15 +351,15 @@ pub(super) fn cg_snapshot(
     match command {
         CgSnapshotCommand::Create { name, luns } => {
             let body = CreateGroupSnapshot { name, luns };
-            let reply = client.send("POST", "/group-snapshots", &body)?;
+            let reply = client.create_group_snapshot(&body)?;
             out.show(reply, |g: GroupInfo| group_details(&g))
         }
         CgSnapshotCommand::List => {
-            let reply = client.get("/group-snapshots")?;
+            let reply = client.list_group_snapshots()?;
             out.show(reply, |g: Vec<GroupInfo>| group_table(&g))
         }
         CgSnapshotCommand::Delete { name } => {
-            client.delete(&format!("/group-snapshots/{}", encode(&name)))?;
+            client.delete_group_snapshot(&name)?;
             out.done(&format!(
                 "deleted group snapshot \"{name}\" and its member snapshots; their space is reclaimed in the background"
             ))
@@ -417,63 +369,47 @@ pub(super) fn cg_snapshot(
 
 pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
     let reply = match command {
-        PoolCommand::Status => client.get("/pool")?,
+        PoolCommand::Status => client.pool()?,
         PoolCommand::Check => {
-            let reply = client.get("/pool/check")?;
-            let report: PoolCheck = parse(reply.clone())?;
-            out.show(reply, |c: PoolCheck| check_details(&c))?;
-            return match report.problems.len() {
+            let report = client.check_pool()?;
+            let problems = report.problems.len();
+            out.show(report, |c: PoolCheck| check_details(&c))?;
+            return match problems {
                 0 => Ok(()),
                 n => Err(format!("the pool check found {n} problem(s)")),
             };
         }
-        PoolCommand::Grow { capacity } => client.send(
-            "PATCH",
-            "/pool",
-            &GrowPool {
-                capacity: Some(capacity),
-                access: None,
-            },
-        )?,
+        PoolCommand::Grow { capacity } => client.update_pool(&GrowPool {
+            capacity: Some(capacity),
+            access: None,
+        })?,
         PoolCommand::Set {
             split_rate,
             access: Some(access),
         } => {
             if let Some(mbps) = split_rate {
-                client.send(
-                    "PATCH",
-                    "/settings",
-                    &UpdateSettings {
-                        split_rate_mbps: Some(mbps),
-                    },
-                )?;
+                client.update_settings(&UpdateSettings {
+                    split_rate_mbps: Some(mbps),
+                })?;
             }
             let access = match access {
                 AccessArg::Open => AccessMode::Open,
                 AccessArg::Closed => AccessMode::Closed,
             };
-            client.send(
-                "PATCH",
-                "/pool",
-                &GrowPool {
-                    capacity: None,
-                    access: Some(access),
-                },
-            )?
+            client.update_pool(&GrowPool {
+                capacity: None,
+                access: Some(access),
+            })?
         }
         PoolCommand::Set {
             split_rate,
             access: None,
         } => {
             let reply = match split_rate {
-                None => client.get("/settings")?,
-                Some(mbps) => client.send(
-                    "PATCH",
-                    "/settings",
-                    &UpdateSettings {
-                        split_rate_mbps: Some(mbps),
-                    },
-                )?,
+                None => client.settings()?,
+                Some(mbps) => client.update_settings(&UpdateSettings {
+                    split_rate_mbps: Some(mbps),
+                })?,
             };
             return out.show(reply, |s: Settings| settings_details(&s));
         }
@@ -482,15 +418,12 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
 }
 
 pub(super) fn jobs(client: &Client, out: Out) -> Result<(), String> {
-    out.show(client.get("/jobs")?, |j: Vec<JobInfo>| job_table(&j))
+    out.show(client.jobs()?, |j: Vec<JobInfo>| job_table(&j))
 }
 
 /// Polls the jobs until none is running for `lun`; returns the latest
-/// finished one, as parsed and as the API sent it.
-pub(super) fn wait_for_reclaim(
-    client: &Client,
-    lun: &str,
-) -> Result<Option<(JobInfo, Value)>, String> {
+/// finished one.
+pub(super) fn wait_for_reclaim(client: &Client, lun: &str) -> Result<Option<JobInfo>, String> {
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(1000);
         bar.set_style(
@@ -504,16 +437,14 @@ pub(super) fn wait_for_reclaim(
     };
     bar.set_message(format!("reclaiming space of \"{lun}\""));
     loop {
-        let raw = client.get("/jobs")?;
-        let all: Vec<JobInfo> = parse(raw.clone())?;
-        let mine = all.iter().enumerate().filter(|(_, j)| j.lun == lun);
-        if let Some((_, running)) = mine.clone().find(|(_, j)| j.state == JobState::Running) {
+        let all = client.jobs()?;
+        let mine = all.iter().filter(|j| j.lun == lun);
+        if let Some(running) = mine.clone().find(|j| j.state == JobState::Running) {
             bar.set_position((running.progress.clamp(0.0, 1.0) * 1000.0) as u64);
             std::thread::sleep(Duration::from_millis(JOB_POLL_INTERVAL_MS));
             continue;
         }
         bar.finish_and_clear();
-        let latest = mine.max_by_key(|(_, j)| j.id);
-        return Ok(latest.map(|(i, job)| (job.clone(), raw[i].clone())));
+        return Ok(mine.max_by_key(|j| j.id).cloned());
     }
 }

@@ -2,43 +2,30 @@
 //! to a running server's REST API (`--server`), printed as aligned tables
 //! for people or as the API's own JSON for scripts (`--output json`).
 //!
-//! The request and response types are `api::wire`'s, the same the server
-//! uses, so that the two cannot drift.
+//! Calls go through the `client` crate, typed with `wire`'s request and
+//! response types, the same the server uses, so that the two cannot drift.
 
-use api::wire::{
-    AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
-    CreateIgroup, CreateLun, CreateSnapshot, CreateSnapshots, ErrorBody, GroupInfo, GrowPool,
-    IgroupInfo, IgroupMember, JobInfo, JobState, LunInfo, LunMap, PoolCheck, PoolStatus, ResizeLun,
-    Settings, SnapshotInfo, SplitInfo, SplitPhase, SplitTarget, UpdateSettings,
-};
 use clap::builder::NonEmptyStringValueParser;
-use serde::de::DeserializeOwned;
+use client::wire::{
+    AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
+    CreateIgroup, CreateLun, GroupInfo, GrowPool, IgroupInfo, IgroupMember, JobInfo, JobState,
+    LunInfo, PoolCheck, PoolStatus, ResizeLun, Settings, SnapshotInfo, SplitInfo, SplitPhase,
+    UpdateSettings,
+};
+use client::Client;
 use serde::Serialize;
-use serde_json::Value;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 mod args;
-mod client;
 mod commands;
-#[path = "../host/mod.rs"]
-mod host;
 mod output;
 
 pub use args::*;
-use client::*;
 use commands::*;
-use output::*;
-pub use output::{format_size, parse_size};
-
-/// Longest wait to connect to the server.
-const CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Longest wait for one API call; deleting a large LUN is the slowest.
-const REQUEST_TIMEOUT_MS: u64 = 300_000;
-/// Largest response body the client reads (a list of many LUNs).
-const RESPONSE_BYTES_MAX: u64 = 256 << 20;
+pub use output::*;
 /// How often `snapshot delete --wait` asks for the reclaim job's progress.
 const JOB_POLL_INTERVAL_MS: u64 = 200;
 /// How often `lun clone status --watch` asks for the split's progress.
@@ -109,7 +96,8 @@ fn read_token_file(data: &Path) -> Option<String> {
 /// Runs one client command; errors go to stderr as one sentence, exit 1.
 pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
     let token = resolve_token(global);
-    let result = Client::new(&global.server, token, global.ca_cert.as_deref()).and_then(|client| {
+    let client = Client::new(&global.server, token, global.ca_cert.as_deref());
+    let result = client.map_err(String::from).and_then(|client| {
         let out = Out {
             format: global.output,
         };
@@ -124,7 +112,7 @@ pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
                 command: JobCommand::List,
             } => jobs(&client, out),
             Command::Igroup { command } => igroup(&client, out, command),
-            Command::Host(args) => host::run(&client, out, args),
+            Command::Host(args) => crate::host::run(&client, out, args),
         }
     });
     match result {
@@ -328,18 +316,6 @@ mod tests {
         assert_eq!(format_rate(0), "0 MB/s");
         assert_eq!(format_rate(128_000_000), "128 MB/s");
         assert_eq!(format_rate(1_500_000), "1.5 MB/s");
-    }
-
-    #[test]
-    fn names_become_one_path_segment() {
-        assert_eq!(encode("vol0/db"), "vol0%2Fdb");
-        assert_eq!(encode("a/../b"), "a%2F%2E%2E%2Fb");
-        assert_eq!(encode("x y?&=#"), "x%20y%3F%26%3D%23");
-        assert_eq!(encode("ok_-9"), "ok_-9");
-        assert_eq!(
-            snapshot_path("vol0/db", "nightly", "/restore"),
-            "/snapshots/nightly/restore?lun=vol0%2Fdb"
-        );
     }
 
     /// The same shape as main.rs gives the commands.

@@ -6,38 +6,38 @@ use super::*;
 // --------------------------------------------------------------- output
 
 #[derive(Clone, Copy)]
-pub(super) struct Out {
-    pub(super) format: OutputFormat,
+pub(crate) struct Out {
+    pub(crate) format: OutputFormat,
 }
 
 impl Out {
-    /// Prints a response: its JSON as is, or `text` of it parsed.
-    pub(super) fn show<T: DeserializeOwned>(
+    /// Prints a response: as the API's JSON, or `text` of it.
+    pub fn show<T: Serialize>(
         self,
-        reply: Value,
+        reply: T,
         text: impl FnOnce(T) -> String,
     ) -> Result<(), String> {
         match self.format {
             OutputFormat::Json => self.json(&reply),
-            OutputFormat::Text => self.text(&text(parse(reply)?)),
+            OutputFormat::Text => self.text(&text(reply)),
         }
     }
 
     /// Reports a command whose response has no body: a sentence for people,
     /// nothing for scripts (the exit code says it worked).
-    pub(super) fn done(self, sentence: &str) -> Result<(), String> {
+    pub fn done(self, sentence: &str) -> Result<(), String> {
         match self.format {
             OutputFormat::Json => Ok(()),
             OutputFormat::Text => self.text(sentence),
         }
     }
 
-    pub(super) fn json(self, value: &Value) -> Result<(), String> {
-        let text = serde_json::to_string_pretty(value).expect("a JSON value serializes");
+    pub fn json<T: Serialize + ?Sized>(self, value: &T) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(value).expect("API types serialize");
         self.text(&text)
     }
 
-    pub(super) fn text(self, text: &str) -> Result<(), String> {
+    pub fn text(self, text: &str) -> Result<(), String> {
         let mut stdout = std::io::stdout().lock();
         let written = stdout
             .write_all(text.as_bytes())
@@ -59,12 +59,7 @@ impl Out {
     }
 }
 
-pub(super) fn parse<T: DeserializeOwned>(value: Value) -> Result<T, String> {
-    serde_json::from_value(value)
-        .map_err(|e| format!("the server's response has an unexpected shape ({e}); is the server the same version as this client?"))
-}
-
-pub(super) fn lun_details(l: &LunInfo) -> String {
+pub(crate) fn lun_details(l: &LunInfo) -> String {
     details(&[
         ("name", l.name.clone()),
         ("id", l.id.to_string()),
@@ -84,7 +79,7 @@ pub(super) fn lun_details(l: &LunInfo) -> String {
     ])
 }
 
-pub(super) fn list_or_dash(names: &[String]) -> String {
+pub(crate) fn list_or_dash(names: &[String]) -> String {
     if names.is_empty() {
         "-".into()
     } else {
@@ -92,7 +87,7 @@ pub(super) fn list_or_dash(names: &[String]) -> String {
     }
 }
 
-pub(super) fn lun_table(luns: &[LunInfo]) -> String {
+pub(crate) fn lun_table(luns: &[LunInfo]) -> String {
     if luns.is_empty() {
         return "no LUNs\n".into();
     }
@@ -122,7 +117,7 @@ pub(super) fn lun_table(luns: &[LunInfo]) -> String {
     )
 }
 
-pub(super) fn snapshot_details(s: &SnapshotInfo) -> String {
+pub(crate) fn snapshot_details(s: &SnapshotInfo) -> String {
     details(&[
         ("snapshot", format!("{}@{}", s.lun, s.name)),
         ("size", size_with_bytes(s.size_bytes)),
@@ -133,7 +128,7 @@ pub(super) fn snapshot_details(s: &SnapshotInfo) -> String {
     ])
 }
 
-pub(super) fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
+pub(crate) fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
     if snapshots.is_empty() {
         return "no snapshots\n".into();
     }
@@ -169,7 +164,7 @@ pub(super) fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
     )
 }
 
-pub(super) fn split_details(s: &SplitInfo) -> String {
+pub(crate) fn split_details(s: &SplitInfo) -> String {
     let mut rows = vec![
         ("lun", s.lun.clone()),
         (
@@ -190,7 +185,7 @@ pub(super) fn split_details(s: &SplitInfo) -> String {
     details(&rows)
 }
 
-pub(super) fn split_table(splits: &[SplitInfo]) -> String {
+pub(crate) fn split_table(splits: &[SplitInfo]) -> String {
     if splits.is_empty() {
         return "no splits under way\n".into();
     }
@@ -220,7 +215,7 @@ pub(super) fn split_table(splits: &[SplitInfo]) -> String {
     )
 }
 
-pub(super) fn settings_details(s: &Settings) -> String {
+pub(crate) fn settings_details(s: &Settings) -> String {
     details(&[(
         "split rate",
         if s.split_rate_bytes_per_sec == 0 {
@@ -232,7 +227,7 @@ pub(super) fn settings_details(s: &Settings) -> String {
 }
 
 /// A fraction as a percentage for people; never shows 100 % before the end.
-pub(super) fn format_percent(fraction: f64) -> String {
+pub(crate) fn format_percent(fraction: f64) -> String {
     let percent = fraction.clamp(0.0, 1.0) * 100.0;
     let shown = if percent < 100.0 {
         (percent * 10.0).floor() / 10.0
@@ -243,7 +238,7 @@ pub(super) fn format_percent(fraction: f64) -> String {
 }
 
 /// A rate in MB/s (10^6 bytes per second), the unit of `--split-rate`.
-pub(super) fn format_rate(bytes_per_sec: u64) -> String {
+pub(crate) fn format_rate(bytes_per_sec: u64) -> String {
     let mbps = bytes_per_sec as f64 / 1e6;
     if bytes_per_sec.is_multiple_of(1_000_000) {
         format!("{} MB/s", bytes_per_sec / 1_000_000)
@@ -252,7 +247,7 @@ pub(super) fn format_rate(bytes_per_sec: u64) -> String {
     }
 }
 
-pub(super) fn group_details(g: &GroupInfo) -> String {
+pub(crate) fn group_details(g: &GroupInfo) -> String {
     details(&[
         ("group snapshot", g.name.clone()),
         ("members", g.members.join(", ")),
@@ -260,7 +255,7 @@ pub(super) fn group_details(g: &GroupInfo) -> String {
     ])
 }
 
-pub(super) fn group_table(groups: &[GroupInfo]) -> String {
+pub(crate) fn group_table(groups: &[GroupInfo]) -> String {
     if groups.is_empty() {
         return "no group snapshots\n".into();
     }
@@ -278,7 +273,7 @@ pub(super) fn group_table(groups: &[GroupInfo]) -> String {
     )
 }
 
-pub(super) fn pool_details(p: &PoolStatus) -> String {
+pub(crate) fn pool_details(p: &PoolStatus) -> String {
     let percent = if p.capacity_bytes == 0 {
         0.0
     } else {
@@ -300,7 +295,7 @@ pub(super) fn pool_details(p: &PoolStatus) -> String {
     ])
 }
 
-pub(super) fn check_details(c: &PoolCheck) -> String {
+pub(crate) fn check_details(c: &PoolCheck) -> String {
     let mut text = details(&[
         (
             "result",
@@ -323,7 +318,7 @@ pub(super) fn check_details(c: &PoolCheck) -> String {
     text
 }
 
-pub(super) fn job_table(jobs: &[JobInfo]) -> String {
+pub(crate) fn job_table(jobs: &[JobInfo]) -> String {
     if jobs.is_empty() {
         return "no jobs\n".into();
     }
@@ -360,14 +355,14 @@ pub(super) fn job_table(jobs: &[JobInfo]) -> String {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Align {
+pub(crate) enum Align {
     Left,
     Right,
 }
 
 /// Columns padded to their widest cell, two spaces apart, numbers aligned
 /// right; no trailing spaces.
-pub(super) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
@@ -407,14 +402,14 @@ pub(super) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
 }
 
 /// `key  value` lines with the values aligned.
-pub(super) fn details(rows: &[(&str, String)]) -> String {
+pub(crate) fn details(rows: &[(&str, String)]) -> String {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     rows.iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
         .collect()
 }
 
-pub(super) const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+pub(crate) const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
 
 /// A size for people: "10 GiB" when exact, "1.3 GiB" when rounded.
 pub fn format_size(bytes: u64) -> String {
@@ -431,7 +426,7 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
-pub(super) fn size_with_bytes(bytes: u64) -> String {
+pub(crate) fn size_with_bytes(bytes: u64) -> String {
     if bytes < 1024 {
         format_size(bytes)
     } else {
@@ -440,7 +435,7 @@ pub(super) fn size_with_bytes(bytes: u64) -> String {
 }
 
 /// Unix seconds as an RFC 3339 UTC time, like 2026-05-01T12:30:00Z.
-pub(super) fn format_time(unix_secs: u64) -> String {
+pub(crate) fn format_time(unix_secs: u64) -> String {
     let days = (unix_secs / 86_400) as i64;
     let secs = unix_secs % 86_400;
     // Days to a civil date: Howard Hinnant's `civil_from_days`.

@@ -4,13 +4,11 @@
 //! it is mapped to them for the operation, and those mappings are removed
 //! again afterwards, whether the clone worked or not.
 
-use super::super::{encode, lun_path, parse, Client};
-use api::wire::{LunInfo, LunMap};
+use client::Client;
 
 /// The igroups a LUN is mapped to.
 pub fn maps_of(client: &Client, lun: &str) -> Result<Vec<String>, String> {
-    let info: LunInfo = parse(client.get(&lun_path(base_lun(lun)))?)?;
-    Ok(info.maps)
+    Ok(client.lun(base_lun(lun))?.maps)
 }
 
 /// The LUN a `LUN@SNAPSHOT` name belongs to.
@@ -56,11 +54,7 @@ impl<'a> BorrowedMaps<'a> {
         }
         let missing = missing_groups(&maps_of(client, source)?, &maps_of(client, target)?);
         for group in missing {
-            let map = LunMap {
-                lun: target.to_string(),
-                igroup: group.clone(),
-            };
-            client.send("POST", "/lun-maps", &map).map_err(|e| {
+            client.map_lun(target, &group).map_err(|e| {
                 format!("cannot map LUN \"{target}\" to igroup \"{group}\" for the clone: {e}")
             })?;
             borrowed.added.push(group);
@@ -82,7 +76,7 @@ impl<'a> BorrowedMaps<'a> {
     fn restore_all(&mut self) -> Result<(), String> {
         let mut failed = Vec::new();
         for group in std::mem::take(&mut self.added) {
-            if let Err(e) = self.client.delete(&unmap_path(&self.lun, &group)) {
+            if let Err(e) = self.client.unmap_lun(&self.lun, &group) {
                 failed.push((group, e));
             }
         }
@@ -104,10 +98,6 @@ impl<'a> BorrowedMaps<'a> {
                 .join(", ")
         ))
     }
-}
-
-fn unmap_path(lun: &str, igroup: &str) -> String {
-    format!("/lun-maps?lun={}&igroup={}", encode(lun), encode(igroup))
 }
 
 impl Drop for BorrowedMaps<'_> {

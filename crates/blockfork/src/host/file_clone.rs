@@ -264,18 +264,17 @@ fn check_identity(client: &Client, loc: &Location) -> Result<(), String> {
     let Some(a) = &loc.attachment else {
         return Ok(());
     };
-    if a.server.trim_end_matches('/') != client.server {
+    if a.server.trim_end_matches('/') != client.server() {
         return Err(format!(
             "{} was attached from the server at {}, but this command talks to {}; pass --server {}",
             a.device.display(),
             a.server,
-            client.server,
+            client.server(),
             a.server
         ));
     }
     if let Some(id) = a.lun_id {
-        let info = client.get(&lun_path(&a.lun))?;
-        if info.get("id").and_then(Value::as_u64) != Some(id) {
+        if client.lun(&a.lun)?.id != id {
             return Err(format!(
                 "LUN \"{}\" is not the LUN that was attached as {} (it was deleted and created again?); detach and attach it again",
                 a.lun,
@@ -397,9 +396,10 @@ fn clone_into(
     let reply = if all.is_empty() {
         Value::Null
     } else {
-        client
-            .send("POST", "/clone-range", &body)
-            .map_err(|e| format!("the server refused the range clone: {e}; nothing was cloned"))?
+        let report = client
+            .clone_ranges(&body)
+            .map_err(|e| format!("the server refused the range clone: {e}; nothing was cloned"))?;
+        serde_json::to_value(report).expect("a report serializes")
     };
     check_still(src_file, lease, before, &src_name)?;
 

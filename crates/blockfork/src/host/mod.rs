@@ -17,9 +17,10 @@ mod mapping;
 mod source;
 mod tool;
 
-use super::{format_size, lun_path, parse_size, Align, Client, Out, OutputFormat};
-use api::wire::{CloneRange as WireRange, CloneRanges};
+use crate::cli::{format_size, parse_size, Align, Out, OutputFormat};
 use attach::{Attachment, Location, LocationOverride, Via};
+use client::wire::{CloneRange as WireRange, CloneRanges};
+use client::Client;
 use file_clone::file_clone;
 use mapping::CloneRange;
 use serde::Serialize;
@@ -126,7 +127,7 @@ struct FileCloneArgs {
 }
 
 /// Runs one `blockfork host` command.
-pub(super) fn run(client: &Client, out: Out, args: HostArgs) -> Result<(), String> {
+pub fn run(client: &Client, out: Out, args: HostArgs) -> Result<(), String> {
     let state = attach::state_dir();
     // Attaching and detaching start and stop processes and devices: a
     // Ctrl-C halfway would leave them unrecorded (file-clone holds the
@@ -143,7 +144,7 @@ pub(super) fn run(client: &Client, out: Out, args: HostArgs) -> Result<(), Strin
             buffered,
         } => {
             let facts = lun_facts(client, &lun)?;
-            let a = attach::attach(&state, &facts, &client.server, &nbd, via, !buffered)?;
+            let a = attach::attach(&state, &facts, client.server(), &nbd, via, !buffered)?;
             match out.format {
                 OutputFormat::Json => out.json(&serde_json::to_value(&a).expect("serializes")),
                 OutputFormat::Text => out.text(&format!(
@@ -187,14 +188,11 @@ pub(super) fn run(client: &Client, out: Out, args: HostArgs) -> Result<(), Strin
 /// The LUN's id and size (or the snapshot's size), from the API.
 fn lun_facts(client: &Client, name: &str) -> Result<attach::LunFacts, String> {
     if let Some((lun, snapshot)) = name.split_once('@') {
-        let list = client.get(&format!("/snapshots?lun={}", super::encode(lun)))?;
-        let size = list
-            .as_array()
-            .and_then(|all| {
-                all.iter()
-                    .find(|s| s.get("name").and_then(Value::as_str) == Some(snapshot))
-            })
-            .and_then(|s| s.get("size_bytes").and_then(Value::as_u64))
+        let size = client
+            .list_snapshots(Some(lun))?
+            .into_iter()
+            .find(|s| s.name == snapshot)
+            .map(|s| s.size_bytes)
             .ok_or_else(|| format!("LUN \"{lun}\" has no snapshot \"{snapshot}\""))?;
         return Ok(attach::LunFacts {
             name: name.to_string(),
@@ -203,14 +201,11 @@ fn lun_facts(client: &Client, name: &str) -> Result<attach::LunFacts, String> {
             read_only: true,
         });
     }
-    let info = client.get(&lun_path(name))?;
+    let info = client.lun(name)?;
     Ok(attach::LunFacts {
         name: name.to_string(),
-        id: info.get("id").and_then(Value::as_u64),
-        size: info
-            .get("size_bytes")
-            .and_then(Value::as_u64)
-            .ok_or("the server's LUN info has no size; is it the same version as this client?")?,
+        id: Some(info.id),
+        size: info.size_bytes,
         read_only: false,
     })
 }
@@ -239,7 +234,7 @@ fn attachment_table(all: &[Attachment]) -> String {
             ]
         })
         .collect();
-    super::table(
+    crate::cli::table(
         &[
             ("DEVICE", Align::Left),
             ("LUN", Align::Left),
@@ -291,9 +286,9 @@ mod tests {
     #[command(name = "blockfork")]
     struct TestCli {
         #[command(flatten)]
-        global: super::super::GlobalOpts,
+        global: crate::cli::GlobalOpts,
         #[command(subcommand)]
-        command: super::super::Command,
+        command: crate::cli::Command,
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub struct LunInfo {
     pub maps: Vec<String>,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::LunInfo> for LunInfo {
     fn from(l: engine::LunInfo) -> Self {
         LunInfo {
@@ -84,6 +85,7 @@ pub struct SnapshotInfo {
     pub clones: Vec<String>,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::SnapshotInfo> for SnapshotInfo {
     fn from(s: engine::SnapshotInfo) -> Self {
         SnapshotInfo {
@@ -117,6 +119,7 @@ pub struct GroupInfo {
     pub members: Vec<String>,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::GroupInfo> for GroupInfo {
     fn from(g: engine::GroupInfo) -> Self {
         GroupInfo {
@@ -160,6 +163,7 @@ pub enum SplitPhase {
     Independent,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::SplitPhase> for SplitPhase {
     fn from(p: engine::SplitPhase) -> Self {
         match p {
@@ -198,6 +202,7 @@ pub struct JobInfo {
     pub started: u64,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::JobInfo> for JobInfo {
     fn from(j: engine::JobInfo) -> Self {
         JobInfo {
@@ -234,6 +239,7 @@ pub struct PoolStatus {
     pub access: String,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::PoolStatus> for PoolStatus {
     fn from(p: engine::PoolStatus) -> Self {
         PoolStatus {
@@ -270,6 +276,7 @@ pub struct PoolCheck {
     pub longest_hold_us: u64,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::PoolCheck> for PoolCheck {
     fn from(c: engine::PoolCheck) -> Self {
         PoolCheck {
@@ -310,6 +317,7 @@ pub struct SplitInfo {
     pub message: Option<String>,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::SplitInfo> for SplitInfo {
     fn from(s: engine::SplitInfo) -> Self {
         SplitInfo {

@@ -1,6 +1,8 @@
-//! The types that cross the wire, shared by the server and the CLI so that
-//! the two cannot drift. Requests refuse unknown fields; responses mirror the
-//! engine's info types field for field.
+//! The types that cross the REST API, shared by the server (`api`) and its
+//! clients (`client`: the CLI, tests, benchmarks, mirror peers) so that the
+//! two cannot drift. Requests refuse unknown fields; responses mirror the
+//! engine's info types field for field (the conversions are behind the
+//! `engine` feature, which only the server turns on).
 //!
 //! Sizes are always whole numbers of bytes (`u64`): units like "10G" are the
 //! CLI's business, and a string where a size belongs is a 400 that says so.

@@ -162,6 +162,7 @@ pub struct IgroupInfo {
     pub luns: Vec<String>,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::IgroupInfo> for IgroupInfo {
     fn from(g: engine::IgroupInfo) -> Self {
         IgroupInfo {
@@ -266,6 +267,7 @@ pub struct CloneRangeReport {
     pub shared_bytes: u64,
 }
 
+#[cfg(feature = "engine")]
 impl From<engine::RangeCloneReport> for CloneRangeReport {
     fn from(r: engine::RangeCloneReport) -> Self {
         CloneRangeReport {
