@@ -146,7 +146,7 @@ pub(crate) fn resolve_through(
 pub(crate) fn push_seg(out: &mut Segments, n: u64, src: Src) {
     if let Some((len, last)) = out.last_mut() {
         let merged = match (*last, src) {
-            (Src::Data(a), Src::Data(b)) => a + *len == b,
+            (Src::Data(a), Src::Data(b)) => a.plus(*len) == b,
             (Src::Zero, Src::Zero) | (Src::Hole, Src::Hole) => true,
             _ => false,
         };
@@ -197,7 +197,7 @@ pub(crate) fn exclusive_runs_chunk(
             if let (Some(e), None) = (seers.next(), seers.next()) {
                 only.entry(e).or_default().push(Run {
                     start: pba,
-                    len: r.len,
+                    len: BlockCount::new(r.len),
                 });
             }
         }

@@ -283,7 +283,7 @@ mod tests {
                 Version {
                     birth: 1,
                     death: 2,
-                    val: Val::Data(9),
+                    val: Val::Data(crate::types::Pba::new(9)),
                 },
                 Version {
                     birth: 2,

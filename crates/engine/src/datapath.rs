@@ -79,7 +79,7 @@ impl Engine {
             match src {
                 Src::Data(pba) => self
                     .data
-                    .read_at(out, pba * BLOCK_SIZE + (seg_start - lba * BLOCK_SIZE))?,
+                    .read_at(out, pba.bytes() + (seg_start - lba * BLOCK_SIZE))?,
                 Src::Zero | Src::Hole => out.fill(0),
             }
             lba += n;
@@ -194,11 +194,11 @@ impl Engine {
                 let (len, hit) = l.head.lookup(pos, end);
                 match hit {
                     Some((Val::Data(pba), birth))
-                        if !l.head_is_seen(birth) && !s.refs.any_shared(pba, len) =>
+                        if !l.head_is_seen(birth) && !s.refs.any_shared(Run::at(pba, len)) =>
                     {
                         plan.push(Step {
-                            lba: pos,
-                            len,
+                            lba: Lba::new(pos),
+                            len: BlockCount::new(len),
                             pba,
                             fresh: false,
                             piece: i,
@@ -226,8 +226,8 @@ impl Engine {
             for p in lay_out(&runs, redirect.iter().map(|r| r.1)) {
                 let (at, _, piece) = redirect[p.range];
                 plan.push(Step {
-                    lba: at + p.offset,
-                    len: p.len,
+                    lba: Lba::new(at + p.offset),
+                    len: BlockCount::new(p.len),
                     pba: p.pba,
                     fresh: true,
                     piece,
@@ -251,9 +251,9 @@ impl Engine {
         let mut result = Ok(());
         for step in &plan {
             let (lba, data) = pieces[step.piece];
-            let from = ((step.lba - lba) * BLOCK_SIZE) as usize;
-            let bytes = &data[from..from + (step.len * BLOCK_SIZE) as usize];
-            if let Err(e) = self.data.write_at(bytes, step.pba * BLOCK_SIZE) {
+            let from = (step.lba - Lba::new(lba)).bytes() as usize;
+            let bytes = &data[from..from + step.len.bytes() as usize];
+            if let Err(e) = self.data.write_at(bytes, step.pba.bytes()) {
                 result = Err(self.data_write_error(e));
                 break;
             }
@@ -261,7 +261,7 @@ impl Engine {
         // Even a failed write may have changed blocks written in place.
         self.data_dirty.store(true, Ordering::Release);
         let mut s = self.state.lock();
-        let reserved: u64 = fresh_runs.iter().map(|r| r.len).sum();
+        let reserved: u64 = fresh_runs.iter().map(|r| r.len.get()).sum();
         s.reserved_blocks -= reserved;
         if let Err(e) = result {
             // Nothing points at the new blocks: they are free at once.
@@ -272,7 +272,12 @@ impl Engine {
         }
         if s.luns.contains_key(&id) {
             for step in plan.into_iter().filter(|p| p.fresh) {
-                s.set_head(id, step.lba, step.len, Some(Val::Data(step.pba)));
+                s.set_head(
+                    id,
+                    step.lba.get(),
+                    step.len.get(),
+                    Some(Val::Data(step.pba)),
+                );
             }
             for (at, n) in zero_runs {
                 s.set_head(id, at, n, Some(Val::Zero));
@@ -489,9 +494,9 @@ pub(crate) fn stripe_of(lun: LunId, lba: u64) -> usize {
 /// `piece`, written to physical block `pba` (in place, or `fresh`: newly
 /// allocated, mapped once the data is written).
 struct Step {
-    lba: u64,
-    len: u64,
-    pba: u64,
+    lba: Lba,
+    len: BlockCount,
+    pba: Pba,
     fresh: bool,
     piece: usize,
 }

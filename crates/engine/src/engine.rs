@@ -173,7 +173,7 @@ pub(crate) type Segments = smallvec::SmallVec<[(u64, Src); 4]>;
 /// Where a range of blocks reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Src {
-    Data(u64),
+    Data(Pba),
     /// Zeros recorded in a map (allocated zeros).
     Zero,
     /// Nothing mapped: zeros, no space.

@@ -277,7 +277,7 @@ pub(crate) fn referenced_runs(luns: &LunMap<Lun>) -> Vec<Run> {
             if let Val::Data(p) = e.val {
                 runs.push(Run {
                     start: p,
-                    len: e.len,
+                    len: BlockCount::new(e.len),
                 });
             }
         }
@@ -286,7 +286,7 @@ pub(crate) fn referenced_runs(luns: &LunMap<Lun>) -> Vec<Run> {
                 if let Val::Data(p) = v.val {
                     runs.push(Run {
                         start: p,
-                        len: r.len,
+                        len: BlockCount::new(r.len),
                     });
                 }
             }
@@ -311,22 +311,25 @@ pub(crate) fn union_runs(sorted: &[Run]) -> Vec<Run> {
 }
 
 /// Per-block reference multiplicity as disjoint runs: (start, len, count).
-pub(crate) fn multiplicity(sorted: &[Run]) -> Vec<(u64, u64, u32)> {
+/// The runs covered by `sorted`, each with how many of them cover it.
+pub(crate) fn multiplicity(sorted: &[Run]) -> Vec<(Run, u32)> {
     // Sweep over start/end events.
     let mut events: Vec<(u64, i32)> = Vec::with_capacity(sorted.len() * 2);
     for r in sorted {
-        events.push((r.start, 1));
-        events.push((r.start + r.len, -1));
+        events.push((r.start.get(), 1));
+        events.push((r.end().get(), -1));
     }
     events.sort_unstable();
-    let mut out = Vec::new();
+    let mut out: Vec<(Run, u32)> = Vec::new();
     let mut depth = 0i32;
     let mut last = 0u64;
     for (at, d) in events {
         if at > last && depth > 0 {
             match out.last_mut() {
-                Some((s, l, c)) if *s + *l == last && *c == depth as u32 => *l += at - last,
-                _ => out.push((last, at - last, depth as u32)),
+                Some((r, c)) if r.end().get() == last && *c == depth as u32 => {
+                    r.len += BlockCount::new(at - last)
+                }
+                _ => out.push((Run::new(last, at - last), depth as u32)),
             }
         }
         depth += d;
@@ -339,9 +342,9 @@ pub(crate) fn check_state(s: &State) -> Result<(), String> {
     let refs = referenced_runs(&s.luns);
     let multi = multiplicity(&refs);
     // Reference counts equal references.
-    let mut expected_shared: Vec<(u64, u64, u32)> =
-        multi.iter().copied().filter(|&(_, _, c)| c >= 2).collect();
-    let mut stored: Vec<(u64, u64, u32)> = s.refs.entries().collect();
+    let mut expected_shared: Vec<(Run, u32)> =
+        multi.iter().copied().filter(|&(_, c)| c >= 2).collect();
+    let mut stored: Vec<(Run, u32)> = s.refs.entries().collect();
     normalize(&mut expected_shared);
     normalize(&mut stored);
     if expected_shared != stored {
@@ -350,12 +353,12 @@ pub(crate) fn check_state(s: &State) -> Result<(), String> {
         ));
     }
     // Free, referenced, pending and reserved blocks partition the pool.
-    let referenced: u64 = union_runs(&refs).iter().map(|r| r.len).sum();
+    let referenced: u64 = union_runs(&refs).iter().map(|r| r.len.get()).sum();
     let pending: u64 = s
         .pending_free
         .iter()
         .chain(&s.committing_free)
-        .map(|r| r.len)
+        .map(|r| r.len.get())
         .sum();
     let free = s.alloc.free_blocks();
     let capacity = s.alloc.capacity_blocks();
@@ -457,13 +460,13 @@ pub(crate) fn check_lun(s: &State, l: &Lun) -> Result<(), String> {
 }
 
 /// Splits runs into unit-free canonical form: merge adjacent equal counts.
-pub(crate) fn normalize(v: &mut Vec<(u64, u64, u32)>) {
+pub(crate) fn normalize(v: &mut Vec<(Run, u32)>) {
     v.sort_unstable();
-    let mut out: Vec<(u64, u64, u32)> = Vec::with_capacity(v.len());
-    for &(s, l, c) in v.iter() {
+    let mut out: Vec<(Run, u32)> = Vec::with_capacity(v.len());
+    for &(r, c) in v.iter() {
         match out.last_mut() {
-            Some((ps, pl, pc)) if *ps + *pl == s && *pc == c => *pl += l,
-            _ => out.push((s, l, c)),
+            Some((prev, pc)) if prev.end() == r.start && *pc == c => prev.len += r.len,
+            _ => out.push((r, c)),
         }
     }
     *v = out;

@@ -10,13 +10,14 @@
 //! search, whatever the number of snapshots.
 
 use crate::pages::PagedMap;
+use crate::types::{BlockCount, Pba};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a version of a block holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Val {
     /// Data in physical block `pba` (for the extent's first block).
-    Data(u64),
+    Data(Pba),
     /// Zeros, without space (write-zeroes, or a trim that must hide a parent).
     Zero,
 }
@@ -25,7 +26,7 @@ impl Val {
     /// The value `by` blocks further into an extent.
     pub fn offset(self, by: u64) -> Val {
         match self {
-            Val::Data(p) => Val::Data(p + by),
+            Val::Data(p) => Val::Data(p + BlockCount::new(by)),
             Val::Zero => Val::Zero,
         }
     }
@@ -33,7 +34,7 @@ impl Val {
     /// Whether `next` continues `self` after `len` blocks (so the extents merge).
     fn continues(self, len: u64, next: Val) -> bool {
         match (self, next) {
-            (Val::Data(a), Val::Data(b)) => a + len == b,
+            (Val::Data(a), Val::Data(b)) => a + BlockCount::new(len) == b,
             (Val::Zero, Val::Zero) => true,
             _ => false,
         }
@@ -43,7 +44,7 @@ impl Val {
 
     pub fn encode(self) -> u64 {
         match self {
-            Val::Data(p) => p,
+            Val::Data(p) => p.get(),
             Val::Zero => Self::ZERO_CODE,
         }
     }
@@ -52,7 +53,7 @@ impl Val {
         if code == Self::ZERO_CODE {
             Val::Zero
         } else {
-            Val::Data(code)
+            Val::Data(Pba::new(code))
         }
     }
 }
@@ -482,10 +483,10 @@ mod tests {
     #[test]
     fn head_insert_merges_and_cut_splits() {
         let mut h = HeadMap::default();
-        h.insert(0, 4, Val::Data(100), 1);
-        h.insert(4, 4, Val::Data(104), 1);
+        h.insert(0, 4, Val::Data(Pba::new(100)), 1);
+        h.insert(4, 4, Val::Data(Pba::new(104)), 1);
         assert_eq!(h.len(), 1, "contiguous extents merge");
-        h.insert(8, 2, Val::Data(104), 1);
+        h.insert(8, 2, Val::Data(Pba::new(104)), 1);
         assert_eq!(h.len(), 2, "a non-contiguous physical run does not merge");
         let cut = h.cut(2, 3);
         assert_eq!(
@@ -493,13 +494,13 @@ mod tests {
             vec![Piece {
                 lba: 2,
                 len: 3,
-                val: Val::Data(102),
+                val: Val::Data(Pba::new(102)),
                 birth: 1
             }]
         );
-        assert_eq!(h.lookup(0, 20), (2, Some((Val::Data(100), 1))));
+        assert_eq!(h.lookup(0, 20), (2, Some((Val::Data(Pba::new(100)), 1))));
         assert_eq!(h.lookup(2, 20), (3, None));
-        assert_eq!(h.lookup(5, 20), (3, Some((Val::Data(105), 1))));
+        assert_eq!(h.lookup(5, 20), (3, Some((Val::Data(Pba::new(105)), 1))));
         assert_eq!(h.lookup(10, 20), (10, None));
     }
 
@@ -511,7 +512,7 @@ mod tests {
             Piece {
                 lba: 0,
                 len: 10,
-                val: Val::Data(0),
+                val: Val::Data(Pba::new(0)),
                 birth: 1,
             },
             3,
@@ -520,17 +521,20 @@ mod tests {
             Piece {
                 lba: 5,
                 len: 10,
-                val: Val::Data(50),
+                val: Val::Data(Pba::new(50)),
                 birth: 3,
             },
             6,
         );
-        assert_eq!(y.lookup(0, 2, 100), (5, Some((Val::Data(0), 1))));
-        assert_eq!(y.lookup(6, 2, 100), (4, Some((Val::Data(6), 1))));
-        assert_eq!(y.lookup(6, 4, 100), (4, Some((Val::Data(51), 3))));
+        assert_eq!(y.lookup(0, 2, 100), (5, Some((Val::Data(Pba::new(0)), 1))));
+        assert_eq!(y.lookup(6, 2, 100), (4, Some((Val::Data(Pba::new(6)), 1))));
+        assert_eq!(y.lookup(6, 4, 100), (4, Some((Val::Data(Pba::new(51)), 3))));
         assert_eq!(y.lookup(6, 6, 100), (4, None));
         assert_eq!(y.lookup(12, 2, 100), (3, None));
-        assert_eq!(y.lookup(12, 5, 100), (3, Some((Val::Data(57), 3))));
+        assert_eq!(
+            y.lookup(12, 5, 100),
+            (3, Some((Val::Data(Pba::new(57)), 3)))
+        );
         let (dropped, next) = y.collect_garbage(0, 100, |v| v.birth != 1);
         assert_eq!(next, None);
         assert_eq!(dropped.iter().map(|p| p.len).sum::<u64>(), 10);
@@ -544,7 +548,7 @@ mod tests {
             Piece {
                 lba: 0,
                 len: 4,
-                val: Val::Data(0),
+                val: Val::Data(Pba::new(0)),
                 birth: 5,
             },
             8,
@@ -555,12 +559,18 @@ mod tests {
             Version {
                 birth: 1,
                 death: 5,
-                val: Val::Data(100),
+                val: Val::Data(Pba::new(100)),
             },
         );
-        assert_eq!(y.lookup(2, 3, 100), (2, Some((Val::Data(100), 1))));
-        assert_eq!(y.lookup(4, 3, 100), (2, Some((Val::Data(102), 1))));
-        assert_eq!(y.lookup(2, 6, 100), (2, Some((Val::Data(2), 5))));
+        assert_eq!(
+            y.lookup(2, 3, 100),
+            (2, Some((Val::Data(Pba::new(100)), 1)))
+        );
+        assert_eq!(
+            y.lookup(4, 3, 100),
+            (2, Some((Val::Data(Pba::new(102)), 1)))
+        );
+        assert_eq!(y.lookup(2, 6, 100), (2, Some((Val::Data(Pba::new(2)), 5))));
         assert_eq!(y.lookup(0, 3, 100), (2, None));
     }
 
@@ -572,7 +582,7 @@ mod tests {
             Piece {
                 lba: 0,
                 len: 1,
-                val: Val::Data(0),
+                val: Val::Data(Pba::new(0)),
                 birth: 5,
             },
             8,
@@ -583,7 +593,7 @@ mod tests {
             Version {
                 birth: 1,
                 death: 6,
-                val: Val::Data(1),
+                val: Val::Data(Pba::new(1)),
             },
         );
     }
@@ -596,7 +606,7 @@ mod tests {
             Piece {
                 lba: 0,
                 len: 1,
-                val: Val::Data(0),
+                val: Val::Data(Pba::new(0)),
                 birth: 1,
             },
             5,
@@ -605,7 +615,7 @@ mod tests {
             Piece {
                 lba: 0,
                 len: 1,
-                val: Val::Data(1),
+                val: Val::Data(Pba::new(1)),
                 birth: 4,
             },
             6,

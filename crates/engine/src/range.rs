@@ -89,7 +89,7 @@ impl Engine {
             for p in &planned {
                 for &(n, src) in &p.segs {
                     if let Src::Data(pba) = src {
-                        s.refs.incref(Run { start: pba, len: n });
+                        s.refs.incref(Run::at(pba, n));
                         report.shared_bytes += n * BLOCK_SIZE;
                     }
                 }

@@ -110,7 +110,7 @@ impl Engine {
                 s.check_open()?;
                 let blocks: u64 = chunk
                     .iter()
-                    .map(|&(start, len, count)| s.refs.blocks_with_refs_at_most(start, len, count))
+                    .map(|&(run, count)| s.refs.blocks_with_refs_at_most(run, count))
                     .sum();
                 *exclusive.entry(epoch).or_default() += blocks;
                 s.bump();
@@ -253,7 +253,7 @@ impl Engine {
             }
             for &(lba, len, val) in &changes {
                 if let Some(Val::Data(pba)) = val {
-                    s.refs.incref(Run { start: pba, len });
+                    s.refs.incref(Run::at(pba, len));
                 }
                 s.set_head(id, lba, len, val);
             }

@@ -4,13 +4,35 @@
 //! complement of what the committed maps reference, so space allocated but
 //! never committed is free again after a crash.
 
+use crate::types::{BlockCount, Pba};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A run of physical blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Run {
-    pub start: u64,
-    pub len: u64,
+    pub start: Pba,
+    pub len: BlockCount,
+}
+
+impl Run {
+    pub fn new(start: u64, len: u64) -> Run {
+        Run {
+            start: Pba::new(start),
+            len: BlockCount::new(len),
+        }
+    }
+
+    /// `len` blocks from `start`.
+    pub fn at(start: Pba, len: u64) -> Run {
+        Run {
+            start,
+            len: BlockCount::new(len),
+        }
+    }
+
+    pub fn end(self) -> Pba {
+        self.start + self.len
+    }
 }
 
 /// Free physical blocks as extents, allocated next-fit from a cursor so that
@@ -33,15 +55,12 @@ impl Allocator {
         };
         let mut pos = 0;
         for run in used {
-            assert!(
-                run.start >= pos,
-                "used runs overlap or are unsorted at {}",
-                run.start
-            );
-            if run.start > pos {
-                alloc.insert_free(pos, run.start - pos);
+            let (start, len) = (run.start.get(), run.len.get());
+            assert!(start >= pos, "used runs overlap or are unsorted at {start}");
+            if start > pos {
+                alloc.insert_free(pos, start - pos);
             }
-            pos = run.start + run.len;
+            pos = start + len;
         }
         assert!(
             pos <= capacity_blocks,
@@ -67,10 +86,7 @@ impl Allocator {
         let old = self.capacity_blocks;
         self.capacity_blocks = capacity_blocks;
         if capacity_blocks > old {
-            self.release(Run {
-                start: old,
-                len: capacity_blocks - old,
-            });
+            self.release(Run::new(old, capacity_blocks - old));
         }
     }
 
@@ -80,7 +96,7 @@ impl Allocator {
         if count > self.free_blocks {
             return None;
         }
-        let mut runs = Vec::new();
+        let mut runs: Vec<Run> = Vec::new();
         let mut needed = count;
         while needed > 0 {
             let (start, len) = match self.free.range(self.cursor..).next() {
@@ -104,8 +120,8 @@ impl Allocator {
             needed -= take;
             self.cursor = start + take;
             match runs.last_mut() {
-                Some(Run { start: s, len: l }) if *s + *l == start => *l += take,
-                _ => runs.push(Run { start, len: take }),
+                Some(r) if r.end().get() == start => r.len += BlockCount::new(take),
+                _ => runs.push(Run::new(start, take)),
             }
         }
         Some(runs)
@@ -113,14 +129,14 @@ impl Allocator {
 
     /// Returns a run to the free space, merging with its neighbours.
     pub fn release(&mut self, run: Run) {
-        if run.len == 0 {
+        if run.len == BlockCount::ZERO {
             return;
         }
         assert!(
-            run.start + run.len <= self.capacity_blocks,
+            run.end().get() <= self.capacity_blocks,
             "released run beyond capacity"
         );
-        self.insert_free(run.start, run.len);
+        self.insert_free(run.start.get(), run.len.get());
     }
 
     fn insert_free(&mut self, mut start: u64, mut len: u64) {
@@ -148,7 +164,7 @@ impl Allocator {
     pub fn free_runs(&self) -> Vec<Run> {
         self.free
             .iter()
-            .map(|(&start, &len)| Run { start, len })
+            .map(|(&start, &len)| Run::new(start, len))
             .collect()
     }
 }
@@ -214,8 +230,9 @@ impl RefCounts {
         self.shared.get(&start).copied()
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
-        self.shared.iter().map(|(&s, &(l, r))| (s, l, r))
+    /// Every shared run with its reference count.
+    pub fn entries(&self) -> impl Iterator<Item = (Run, u32)> + '_ {
+        self.shared.iter().map(|(&s, &(l, r))| (Run::new(s, l), r))
     }
 
     /// A commit begins: the blocks unshared so far are what it records.
@@ -233,7 +250,8 @@ impl RefCounts {
 
     /// True when any block of the run is referenced more than once, or was
     /// until a commit that is not yet durable.
-    pub fn any_shared(&self, start: u64, len: u64) -> bool {
+    pub fn any_shared(&self, run: Run) -> bool {
+        let (start, len) = (run.start.get(), run.len.get());
         if self.unshared.overlaps(start, len) || self.committing_unshared.overlaps(start, len) {
             return true;
         }
@@ -257,7 +275,8 @@ impl RefCounts {
     }
 
     /// How many blocks of the run have at most `count` references.
-    pub fn blocks_with_refs_at_most(&self, start: u64, len: u64, count: u32) -> u64 {
+    pub fn blocks_with_refs_at_most(&self, run: Run, count: u32) -> u64 {
+        let (start, len) = (run.start.get(), run.len.get());
         let end = start + len;
         let first = self
             .shared
@@ -276,13 +295,13 @@ impl RefCounts {
 
     /// Adds one reference to every block of the run (each must be in use).
     pub fn incref(&mut self, run: Run) {
-        self.split_at(run.start);
-        self.split_at(run.start + run.len);
-        let mut pos = run.start;
-        let end = run.start + run.len;
+        let (start, end) = (run.start.get(), run.end().get());
+        self.split_at(start);
+        self.split_at(end);
+        let mut pos = start;
         let covered: Vec<(u64, u64)> = self
             .shared
-            .range(run.start..end)
+            .range(start..end)
             .map(|(&s, &(l, _))| (s, l))
             .collect();
         for (s, l) in covered {
@@ -304,22 +323,19 @@ impl RefCounts {
     /// Drops one reference from every block of the run; returns the runs that
     /// nobody references any more.
     pub fn decref(&mut self, run: Run) -> Vec<Run> {
-        self.split_at(run.start);
-        self.split_at(run.start + run.len);
+        let (start, end) = (run.start.get(), run.end().get());
+        self.split_at(start);
+        self.split_at(end);
         let mut freed = Vec::new();
-        let mut pos = run.start;
-        let end = run.start + run.len;
+        let mut pos = start;
         let covered: Vec<(u64, u64, u32)> = self
             .shared
-            .range(run.start..end)
+            .range(start..end)
             .map(|(&s, &(l, r))| (s, l, r))
             .collect();
         for (s, l, r) in covered {
             if s > pos {
-                freed.push(Run {
-                    start: pos,
-                    len: s - pos,
-                });
+                freed.push(Run::new(pos, s - pos));
             }
             if r == 2 {
                 self.shared.remove(&s);
@@ -331,10 +347,7 @@ impl RefCounts {
             pos = s + l;
         }
         if pos < end {
-            freed.push(Run {
-                start: pos,
-                len: end - pos,
-            });
+            freed.push(Run::new(pos, end - pos));
         }
         freed
     }
@@ -348,7 +361,7 @@ pub struct Placed {
     pub range: usize,
     pub offset: u64,
     pub len: u64,
-    pub pba: u64,
+    pub pba: Pba,
 }
 
 /// Lays `runs` over ranges of the given lengths, in order: the one layout
@@ -364,16 +377,16 @@ pub fn lay_out(runs: &[Run], lens: impl IntoIterator<Item = u64>) -> Vec<Placed>
         let mut offset = 0;
         while offset < len {
             let r = run.expect("allocated exactly what the ranges need");
-            let take = (r.len - used).min(len - offset);
+            let take = (r.len.get() - used).min(len - offset);
             out.push(Placed {
                 range,
                 offset,
                 len: take,
-                pba: r.start + used,
+                pba: r.start + BlockCount::new(used),
             });
             used += take;
             offset += take;
-            if used == r.len {
+            if used == r.len.get() {
                 run = runs.next();
                 used = 0;
             }
@@ -404,28 +417,28 @@ mod tests {
     #[test]
     fn unshared_blocks_count_as_shared_until_durable() {
         let mut rc = RefCounts::default();
-        rc.incref(Run { start: 8, len: 4 });
-        assert!(rc.any_shared(9, 1));
-        assert!(rc.decref(Run { start: 8, len: 4 }).is_empty());
+        rc.incref(Run::new(8, 4));
+        assert!(rc.any_shared(Run::new(9, 1)));
+        assert!(rc.decref(Run::new(8, 4)).is_empty());
         assert!(
-            rc.any_shared(9, 1),
+            rc.any_shared(Run::new(9, 1)),
             "the other reference may come back in a crash"
         );
         rc.begin_commit();
-        assert!(rc.any_shared(9, 1));
+        assert!(rc.any_shared(Run::new(9, 1)));
         rc.end_commit();
-        assert!(!rc.any_shared(9, 1));
+        assert!(!rc.any_shared(Run::new(9, 1)));
     }
 
     #[test]
     fn lay_out_fills_ranges_in_order_across_runs() {
-        let runs = [Run { start: 100, len: 3 }, Run { start: 10, len: 4 }];
+        let runs = [Run::new(100, 3), Run::new(10, 4)];
         let placed = lay_out(&runs, [2, 4, 1]);
         let p = |range, offset, len, pba| Placed {
             range,
             offset,
             len,
-            pba,
+            pba: Pba::new(pba),
         };
         assert_eq!(
             placed,
@@ -440,20 +453,17 @@ mod tests {
 
     #[test]
     fn allocate_and_release() {
-        let mut a = Allocator::from_used(100, &[Run { start: 10, len: 10 }]);
+        let mut a = Allocator::from_used(100, &[Run::new(10, 10)]);
         assert_eq!(a.free_blocks(), 90);
         let runs = a.allocate(15).unwrap();
-        assert_eq!(
-            runs,
-            vec![Run { start: 0, len: 10 }, Run { start: 20, len: 5 }]
-        );
+        assert_eq!(runs, vec![Run::new(0, 10), Run::new(20, 5)]);
         assert_eq!(a.free_blocks(), 75);
         assert!(a.allocate(76).is_none());
         assert_eq!(a.free_blocks(), 75);
-        a.release(Run { start: 0, len: 10 });
+        a.release(Run::new(0, 10));
         assert_eq!(a.free_blocks(), 85);
         let all = a.allocate(85).unwrap();
-        assert_eq!(all.iter().map(|r| r.len).sum::<u64>(), 85);
+        assert_eq!(all.iter().map(|r| r.len.get()).sum::<u64>(), 85);
         assert_eq!(a.free_blocks(), 0);
         a.grow(120);
         assert_eq!(a.free_blocks(), 20);
@@ -463,29 +473,23 @@ mod tests {
     #[should_panic(expected = "double free")]
     fn double_free_is_loud() {
         let mut a = Allocator::from_used(10, &[]);
-        a.release(Run { start: 2, len: 2 });
+        a.release(Run::new(2, 2));
     }
 
     #[test]
     fn refcounts() {
         let mut r = RefCounts::default();
-        r.incref(Run { start: 10, len: 10 });
-        assert!(r.any_shared(15, 1));
-        assert!(!r.any_shared(20, 5));
-        r.incref(Run { start: 15, len: 10 });
+        r.incref(Run::new(10, 10));
+        assert!(r.any_shared(Run::new(15, 1)));
+        assert!(!r.any_shared(Run::new(20, 5)));
+        r.incref(Run::new(15, 10));
         // 10..15 refs 2, 15..20 refs 3, 20..25 refs 2
-        let freed = r.decref(Run { start: 5, len: 25 });
-        assert_eq!(
-            freed,
-            vec![Run { start: 5, len: 5 }, Run { start: 25, len: 5 }]
-        );
-        let freed = r.decref(Run { start: 10, len: 15 });
-        assert_eq!(
-            freed,
-            vec![Run { start: 10, len: 5 }, Run { start: 20, len: 5 }]
-        );
-        let freed = r.decref(Run { start: 15, len: 5 });
-        assert_eq!(freed, vec![Run { start: 15, len: 5 }]);
+        let freed = r.decref(Run::new(5, 25));
+        assert_eq!(freed, vec![Run::new(5, 5), Run::new(25, 5)]);
+        let freed = r.decref(Run::new(10, 15));
+        assert_eq!(freed, vec![Run::new(10, 5), Run::new(20, 5)]);
+        let freed = r.decref(Run::new(15, 5));
+        assert_eq!(freed, vec![Run::new(15, 5)]);
         assert_eq!(r.entries().count(), 0);
     }
 }

@@ -74,7 +74,7 @@ type Planned = (Vec<Fill>, Vec<Run>);
 struct Fill {
     lba: u64,
     len: u64,
-    src: u64,
+    src: Pba,
     gaps: Vec<Gap>,
 }
 
@@ -318,11 +318,8 @@ impl Engine {
             pba: dst,
         } in &placed
         {
-            let src = fills[i].src + off;
-            if let Err(e) = self
-                .data
-                .copy(src * BLOCK_SIZE, dst * BLOCK_SIZE, len * BLOCK_SIZE)
-            {
+            let src = fills[i].src.plus(off);
+            if let Err(e) = self.data.copy(src.bytes(), dst.bytes(), len * BLOCK_SIZE) {
                 copy_result = Err(e);
                 break;
             }
@@ -411,7 +408,7 @@ impl Engine {
             let lba = f.lba + off;
             for (n, &(g0, g1)) in f.gaps.iter().enumerate() {
                 if n > 0 {
-                    s.refs.incref(Run { start: dst, len });
+                    s.refs.incref(Run::at(dst, len));
                 }
                 let l = s.luns.get_mut(&id).expect("fenced LUN exists");
                 match g1 {

@@ -41,6 +41,132 @@ newtype_u64!(
     Epoch
 );
 
+/// Typed block quantities: a logical block of a LUN (`Lba`), a physical
+/// block of the pool (`Pba`) and a number of blocks (`BlockCount`). Their
+/// fields are private and only meaningful arithmetic is defined (an address
+/// plus a count is an address, an address minus an address is a count), so
+/// a logical block cannot be passed where a physical one is expected, nor
+/// a count where an address is.
+macro_rules! block_address {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        pub struct $name(u64);
+        impl $name {
+            pub const fn new(block: u64) -> $name {
+                $name(block)
+            }
+            pub const fn get(self) -> u64 {
+                self.0
+            }
+            /// Its byte offset.
+            pub const fn bytes(self) -> u64 {
+                self.0 * BLOCK_SIZE
+            }
+            /// `n` blocks further, unless that overflows.
+            pub fn checked_add(self, n: u64) -> Option<$name> {
+                self.0.checked_add(n).map($name)
+            }
+            /// `n` blocks further.
+            pub fn plus(self, n: u64) -> $name {
+                $name(self.0 + n)
+            }
+        }
+        impl std::ops::Add<BlockCount> for $name {
+            type Output = $name;
+            fn add(self, n: BlockCount) -> $name {
+                $name(self.0 + n.0)
+            }
+        }
+        impl std::ops::AddAssign<BlockCount> for $name {
+            fn add_assign(&mut self, n: BlockCount) {
+                self.0 += n.0;
+            }
+        }
+        impl std::ops::Sub<BlockCount> for $name {
+            type Output = $name;
+            fn sub(self, n: BlockCount) -> $name {
+                $name(self.0 - n.0)
+            }
+        }
+        impl std::ops::Sub for $name {
+            type Output = BlockCount;
+            fn sub(self, earlier: $name) -> BlockCount {
+                BlockCount(self.0 - earlier.0)
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+block_address!(
+    /// A physical block of the pool's data file.
+    Pba
+);
+block_address!(
+    /// A logical block of a LUN.
+    Lba
+);
+
+/// A number of blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BlockCount(u64);
+
+impl BlockCount {
+    pub const ZERO: BlockCount = BlockCount(0);
+    pub const fn new(blocks: u64) -> BlockCount {
+        BlockCount(blocks)
+    }
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+    pub const fn bytes(self) -> u64 {
+        self.0 * BLOCK_SIZE
+    }
+}
+
+impl std::ops::Add for BlockCount {
+    type Output = BlockCount;
+    fn add(self, n: BlockCount) -> BlockCount {
+        BlockCount(self.0 + n.0)
+    }
+}
+
+impl std::ops::AddAssign for BlockCount {
+    fn add_assign(&mut self, n: BlockCount) {
+        self.0 += n.0;
+    }
+}
+
+impl std::ops::Sub for BlockCount {
+    type Output = BlockCount;
+    fn sub(self, n: BlockCount) -> BlockCount {
+        BlockCount(self.0 - n.0)
+    }
+}
+
+impl std::ops::SubAssign for BlockCount {
+    fn sub_assign(&mut self, n: BlockCount) {
+        self.0 -= n.0;
+    }
+}
+
+impl std::iter::Sum for BlockCount {
+    fn sum<I: Iterator<Item = BlockCount>>(iter: I) -> BlockCount {
+        BlockCount(iter.map(|n| n.0).sum())
+    }
+}
+
+impl fmt::Display for BlockCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// Where a failure came from, so that the NBD layer can pick an errno and the
 /// API a status code.
 #[derive(Debug, thiserror::Error)]
