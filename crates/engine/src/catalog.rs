@@ -119,9 +119,14 @@ pub(crate) fn resolve_through(
         Some((g, ix)) if *g == gens => ix.as_deref(),
         _ => {
             drop(cached);
-            let ix = s.chain_index(t);
-            *l.chain_cache.lock() = Some((gens, ix));
-            return resolve_through(s, l, t, pos, end, out);
+            match s.chain_index(t) {
+                crate::chain::Cached::Known(ix) => {
+                    *l.chain_cache.lock() = Some((gens, ix));
+                    return resolve_through(s, l, t, pos, end, out);
+                }
+                // Until the background build is done: level by level.
+                crate::chain::Cached::Pending => None,
+            }
         }
     };
     let Some(ix) = ix else {

@@ -11,9 +11,11 @@
 //! whatever the depth; on chains of up to 2^25 blocks a bitmap of the
 //! upper levels' blocks sends most reads to the bottom with no search.
 //!
-//! Indexes are built lazily on the first read through a chain of at least
-//! `State::chain_index_min_levels` levels, shared by every clone reading
-//! through the same snapshot, and dropped together whenever `chain_gen`
+//! Indexes are asked for by the first read through a chain of at least
+//! `State::chain_index_min_levels` levels and built by a background job
+//! (`Engine::build_chain_index`, beside reclaim), not by the read; they are
+//! shared by every clone reading through the same snapshot, and dropped
+//! together whenever `chain_gen`
 //! moves: a parent link is dropped (split completion), a hidden snapshot is
 //! finally removed, a head is restored. Nothing else changes what a snapshot
 //! sees; a running split only adds copies of what a level already read
@@ -138,18 +140,44 @@ impl ChainIndex {
 /// A LUN's cached chain index: valid while `(shape_gen, chain_gen)` match.
 pub type CachedIndex = ((u64, u64), Option<Arc<ChainIndex>>);
 
+/// Chain tops whose index is wanted, at most this many at a time (a read
+/// that finds the queue full reads level by level, as it would anyway).
+pub const CHAIN_BUILDS_QUEUED_MAX: usize = 64;
+
 #[derive(Default)]
 pub struct ChainCache {
     gen: u64,
     bytes: usize,
     /// `None`: looked at, not worth an index (short, or too large).
     by_top: HashMap<Through, Option<Arc<ChainIndex>>>,
+    /// Tops a read asked for that no build has answered yet.
+    wanted: Vec<Through>,
+}
+
+/// What a read learns about a chain's index.
+pub enum Cached {
+    /// Built (or found not worth building): valid until `chain_gen` moves.
+    Known(Option<Arc<ChainIndex>>),
+    /// Asked for; a background job builds it. Read level by level meanwhile.
+    Pending,
+}
+
+/// What a build collects under the state lock: the chain's levels and,
+/// for each upper level, the runs it maps at its epoch, unsorted.
+pub struct ChainSource {
+    top: Through,
+    gen: u64,
+    levels: Vec<Through>,
+    covers: Vec<Vec<(u64, u64)>>,
 }
 
 impl State {
-    /// The owner index for reads falling through to `top`, built on first
-    /// use; `None` where the chain is short or too large to index.
-    pub fn chain_index(&self, top: Through) -> Option<Arc<ChainIndex>> {
+    /// The owner index for reads falling through to `top`. A read never
+    /// builds one: a chain of up to `CHAIN_INDEX_SOURCE_MAX` map entries
+    /// would hold the read (and, behind the shared lock, every writer) for
+    /// the whole build; it queues the chain for `Engine::build_chain_index`
+    /// and reads level by level until the index is there.
+    pub fn chain_index(&self, top: Through) -> Cached {
         let mut cache = self.chains.lock();
         if cache.gen != self.chain_gen {
             *cache = ChainCache {
@@ -158,21 +186,66 @@ impl State {
             };
         }
         if let Some(hit) = cache.by_top.get(&top) {
-            return hit.clone();
+            return Cached::Known(hit.clone());
         }
-        let built = self.build_chain_index(top).map(Arc::new);
+        if !cache.wanted.contains(&top) && cache.wanted.len() < CHAIN_BUILDS_QUEUED_MAX {
+            cache.wanted.push(top);
+        }
+        Cached::Pending
+    }
+
+    /// Takes a wanted chain and collects what its index is built from (one
+    /// pass over the upper levels' maps); `None` when nothing is wanted.
+    /// A chain not worth an index is recorded as such at once.
+    pub fn take_chain_source(&self) -> Option<ChainSource> {
+        let top = {
+            let mut cache = self.chains.lock();
+            if cache.gen != self.chain_gen {
+                return None;
+            }
+            cache.wanted.pop()?
+        };
+        let Some(levels) = self.chain_levels(top) else {
+            self.install_chain_index(top, self.chain_gen, None);
+            return Some(ChainSource {
+                top,
+                gen: self.chain_gen,
+                levels: Vec::new(),
+                covers: Vec::new(),
+            });
+        };
+        let covers = levels[..levels.len() - 1]
+            .iter()
+            .map(|t| self.level_cover(t))
+            .collect();
+        Some(ChainSource {
+            top,
+            gen: self.chain_gen,
+            levels,
+            covers,
+        })
+    }
+
+    /// Records a built index, unless what chains read through changed
+    /// since its source was collected.
+    pub fn install_chain_index(&self, top: Through, gen: u64, built: Option<Arc<ChainIndex>>) {
+        let mut cache = self.chains.lock();
+        if cache.gen != gen || self.chain_gen != gen {
+            return;
+        }
         let bytes = built.as_ref().map_or(0, |ix| ix.bytes());
         if cache.bytes + bytes > CHAIN_CACHE_BYTES_MAX {
             cache.by_top.clear();
             cache.bytes = 0;
         }
         cache.bytes += bytes;
-        cache.by_top.insert(top, built.clone());
-        built
+        cache.by_top.insert(top, built);
     }
 
-    fn build_chain_index(&self, top: Through) -> Option<ChainIndex> {
-        // The levels, nearest first, as the level-by-level walk visits them.
+    /// The levels of the chain below `top`, nearest first, as the
+    /// level-by-level walk visits them; `None` when the chain is too short
+    /// or its upper levels map too much to index.
+    fn chain_levels(&self, top: Through) -> Option<Vec<Through>> {
         let mut levels = vec![top];
         let mut source = 0usize;
         loop {
@@ -192,34 +265,49 @@ impl State {
                 ..next
             });
         }
-        if levels.len() < self.chain_index_min_levels.max(2) {
-            return None;
+        (levels.len() >= self.chain_index_min_levels.max(2)).then_some(levels)
+    }
+
+    /// The runs level `t` maps at its epoch: head versions born by then,
+    /// history versions alive then. Unsorted, possibly touching.
+    fn level_cover(&self, t: &Through) -> Vec<(u64, u64)> {
+        let l = &self.luns[&t.lun];
+        let mut cover: Vec<(u64, u64)> = Vec::new();
+        for (lba, ext) in l.head.iter() {
+            if ext.birth <= t.epoch {
+                cover.push((lba, ext.len));
+            }
+        }
+        for (lba, r) in l.history.iter() {
+            let i = r.versions.partition_point(|v| v.death <= t.epoch);
+            if r.versions.get(i).is_some_and(|v| v.birth <= t.epoch) {
+                cover.push((lba, r.len));
+            }
+        }
+        cover
+    }
+}
+
+impl ChainSource {
+    /// Builds the index, with no lock held: sorting and merging the runs
+    /// and filling the bitmap are most of a build's time.
+    pub fn build(self) -> (Through, u64, Option<Arc<ChainIndex>>) {
+        if self.levels.is_empty() {
+            return (self.top, self.gen, None);
         }
         // Top down: each upper level owns what it maps at its epoch and no
         // nearer level mapped.
         let mut runs: Vec<(u64, u64, u32)> = Vec::new();
         let mut taken: Vec<(u64, u64)> = Vec::new();
-        for (k, t) in levels[..levels.len() - 1].iter().enumerate() {
-            let l = &self.luns[&t.lun];
-            let mut cover: Vec<(u64, u64)> = Vec::new();
-            for (lba, ext) in l.head.iter() {
-                if ext.birth <= t.epoch {
-                    cover.push((lba, ext.len));
-                }
-            }
-            for (lba, r) in l.history.iter() {
-                let i = r.versions.partition_point(|v| v.death <= t.epoch);
-                if r.versions.get(i).is_some_and(|v| v.birth <= t.epoch) {
-                    cover.push((lba, r.len));
-                }
-            }
+        for (k, (cover, t)) in self.covers.into_iter().zip(&self.levels).enumerate() {
             let cover = merge(cover, t.limit_blocks);
             for (s, len) in subtract(&cover, &taken) {
                 runs.push((s, len, k as u32));
             }
             taken = union(&taken, &cover);
         }
-        Some(ChainIndex::new(levels, runs))
+        let ix = ChainIndex::new(self.levels, runs);
+        (self.top, self.gen, Some(Arc::new(ix)))
     }
 }
 

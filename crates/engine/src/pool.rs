@@ -37,8 +37,12 @@ impl Engine {
         }
     }
 
-    /// Runs one batch of one job; false when there is nothing to do.
+    /// Runs one batch of one job (a chain index a read asked for, or a
+    /// batch of a reclaim); false when there is nothing to do.
     pub fn run_job_batch(&self) -> bool {
+        if self.build_chain_index() {
+            return true;
+        }
         let mut s = self.state.lock();
         if s.check_open().is_err() {
             return false;
@@ -111,6 +115,27 @@ impl Engine {
     /// Runs jobs until none is left (tests; `serve` runs them in the background).
     pub fn run_jobs(&self) {
         while self.run_job_batch() {}
+    }
+
+    /// Builds one chain index a read asked for: its source is collected
+    /// under the shared state lock (reads go on; a writer waits for one
+    /// pass over the upper levels' maps), the index itself is built with
+    /// no lock held, and installed only if nothing it depends on changed
+    /// meanwhile. False when no index is wanted.
+    pub(crate) fn build_chain_index(&self) -> bool {
+        let source = {
+            let s = self.state.read();
+            if s.check_open().is_err() {
+                return false;
+            }
+            s.take_chain_source()
+        };
+        let Some(source) = source else {
+            return false;
+        };
+        let (top, gen, built) = source.build();
+        self.state.read().install_chain_index(top, gen, built);
+        true
     }
 
     pub fn jobs(&self) -> Vec<JobInfo> {

@@ -91,7 +91,16 @@ impl Chain {
         self.model.get_mut(lun).unwrap().resize(blocks * BS, 0);
     }
 
+    /// Reads everything twice: level by level while the first reads queue
+    /// the chains' owner indexes, and through the indexes once the
+    /// background job (`run_jobs` here) has built them.
     fn check(&self, e: &Engine, when: &str) {
+        self.check_pass(e, &format!("{when}, before the indexes"));
+        e.run_jobs();
+        self.check_pass(e, &format!("{when}, through the indexes"));
+    }
+
+    fn check_pass(&self, e: &Engine, when: &str) {
         for (name, want) in &self.model {
             let got = read_all(e, name);
             if &got != want {
