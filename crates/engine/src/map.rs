@@ -10,7 +10,7 @@
 //! search, whatever the number of snapshots.
 
 use crate::pages::PagedMap;
-use crate::types::{BlockCount, Pba};
+use crate::types::{BlockCount, Lba, Pba};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What a version of a block holds.
@@ -69,8 +69,8 @@ pub struct HeadExt {
 /// A piece cut out of a map: logical start, length, value, birth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
-    pub lba: u64,
-    pub len: u64,
+    pub lba: Lba,
+    pub len: BlockCount,
     pub val: Val,
     pub birth: u64,
 }
@@ -175,8 +175,8 @@ impl HeadMap {
             self.data_blocks -= data_len(&e);
             self.dirty.insert(k);
             pieces.push(Piece {
-                lba: k,
-                len: e.len,
+                lba: Lba::new(k),
+                len: BlockCount::new(e.len),
                 val: e.val,
                 birth: e.birth,
             });
@@ -227,8 +227,8 @@ impl HeadMap {
             .map(|(k, e)| {
                 self.dirty.insert(k);
                 Piece {
-                    lba: k,
-                    len: e.len,
+                    lba: Lba::new(k),
+                    len: BlockCount::new(e.len),
                     val: e.val,
                     birth: e.birth,
                 }
@@ -345,7 +345,7 @@ impl HistoryMap {
             death,
             val: piece.val,
         };
-        self.insert_version(piece.lba, piece.len, version);
+        self.insert_version(piece.lba.get(), piece.len.get(), version);
     }
 
     /// The range covering `pos`, or how far the gap at `pos` reaches (up to `end`).
@@ -440,8 +440,8 @@ impl HistoryMap {
                 let kept = keep(v);
                 if !kept {
                     dropped.push(Piece {
-                        lba: k,
-                        len,
+                        lba: Lba::new(k),
+                        len: BlockCount::new(len),
                         val: v.val,
                         birth: v.birth,
                     });
@@ -465,8 +465,8 @@ impl HistoryMap {
             self.dirty.insert(k);
             for v in r.versions {
                 pieces.push(Piece {
-                    lba: k,
-                    len: r.len,
+                    lba: Lba::new(k),
+                    len: BlockCount::new(r.len),
                     val: v.val,
                     birth: v.birth,
                 });
@@ -492,8 +492,8 @@ mod tests {
         assert_eq!(
             cut,
             vec![Piece {
-                lba: 2,
-                len: 3,
+                lba: Lba::new(2),
+                len: BlockCount::new(3),
                 val: Val::Data(Pba::new(102)),
                 birth: 1
             }]
@@ -510,8 +510,8 @@ mod tests {
         // block range 0..10 born at 1, died at 3; then 5..15 born 3 died 6.
         y.push(
             Piece {
-                lba: 0,
-                len: 10,
+                lba: Lba::new(0),
+                len: BlockCount::new(10),
                 val: Val::Data(Pba::new(0)),
                 birth: 1,
             },
@@ -519,8 +519,8 @@ mod tests {
         );
         y.push(
             Piece {
-                lba: 5,
-                len: 10,
+                lba: Lba::new(5),
+                len: BlockCount::new(10),
                 val: Val::Data(Pba::new(50)),
                 birth: 3,
             },
@@ -537,7 +537,7 @@ mod tests {
         );
         let (dropped, next) = y.collect_garbage(0, 100, |v| v.birth != 1);
         assert_eq!(next, None);
-        assert_eq!(dropped.iter().map(|p| p.len).sum::<u64>(), 10);
+        assert_eq!(dropped.iter().map(|p| p.len.get()).sum::<u64>(), 10);
         assert_eq!(y.lookup(0, 2, 100), (5, None));
     }
 
@@ -546,8 +546,8 @@ mod tests {
         let mut y = HistoryMap::default();
         y.push(
             Piece {
-                lba: 0,
-                len: 4,
+                lba: Lba::new(0),
+                len: BlockCount::new(4),
                 val: Val::Data(Pba::new(0)),
                 birth: 5,
             },
@@ -580,8 +580,8 @@ mod tests {
         let mut y = HistoryMap::default();
         y.push(
             Piece {
-                lba: 0,
-                len: 1,
+                lba: Lba::new(0),
+                len: BlockCount::new(1),
                 val: Val::Data(Pba::new(0)),
                 birth: 5,
             },
@@ -604,8 +604,8 @@ mod tests {
         let mut y = HistoryMap::default();
         y.push(
             Piece {
-                lba: 0,
-                len: 1,
+                lba: Lba::new(0),
+                len: BlockCount::new(1),
                 val: Val::Data(Pba::new(0)),
                 birth: 1,
             },
@@ -613,8 +613,8 @@ mod tests {
         );
         y.push(
             Piece {
-                lba: 0,
-                len: 1,
+                lba: Lba::new(0),
+                len: BlockCount::new(1),
                 val: Val::Data(Pba::new(1)),
                 birth: 4,
             },

@@ -80,7 +80,7 @@ impl Engine {
         for piece in &dropped {
             s.release(piece);
             if let Val::Data(_) = piece.val {
-                job.freed_blocks += piece.len;
+                job.freed_blocks += piece.len.get();
             }
         }
         s.dirty.map_keys += dropped.len();

@@ -377,7 +377,7 @@ impl State {
         if let Val::Data(pba) = piece.val {
             let freed = self.refs.decref(Run {
                 start: pba,
-                len: crate::types::BlockCount::new(piece.len),
+                len: piece.len,
             });
             self.pending_free.extend(freed);
         }
