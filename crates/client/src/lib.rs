@@ -235,11 +235,11 @@ impl Client {
 
     /// Removes the member `member` names by address or, else, by CN.
     pub fn remove_igroup_member(&self, name: &str, member: &IgroupMember) -> Result<IgroupInfo> {
-        let query = [
-            ("address", member.address.as_deref()),
-            ("cert_cn", member.cert_cn.as_deref()),
-        ];
-        let path = with_query(&igroup_path(name, "/members"), &query);
+        let query = match (&member.address, &member.cert_cn) {
+            (Some(address), _) => ("address", Some(address.as_str())),
+            (None, cert_cn) => ("cert_cn", cert_cn.as_deref()),
+        };
+        let path = with_query(&igroup_path(name, "/members"), &[query]);
         self.call("DELETE", &path, None).and_then(parse)
     }
 

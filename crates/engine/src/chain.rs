@@ -195,8 +195,8 @@ impl State {
     }
 
     /// Takes a wanted chain and collects what its index is built from (one
-    /// pass over the upper levels' maps); `None` when nothing is wanted.
-    /// A chain not worth an index is recorded as such at once.
+    /// pass over the upper levels' maps); `None` when nothing is wanted. A
+    /// chain not worth an index has no levels (and builds to "none").
     pub fn take_chain_source(&self) -> Option<ChainSource> {
         let top = {
             let mut cache = self.chains.lock();
@@ -205,17 +205,10 @@ impl State {
             }
             cache.wanted.pop()?
         };
-        let Some(levels) = self.chain_levels(top) else {
-            self.install_chain_index(top, self.chain_gen, None);
-            return Some(ChainSource {
-                top,
-                gen: self.chain_gen,
-                levels: Vec::new(),
-                covers: Vec::new(),
-            });
-        };
-        let covers = levels[..levels.len() - 1]
+        let levels = self.chain_levels(top).unwrap_or_default();
+        let covers = levels
             .iter()
+            .take(levels.len().saturating_sub(1))
             .map(|t| self.level_cover(t))
             .collect();
         Some(ChainSource {
