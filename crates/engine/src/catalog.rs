@@ -40,6 +40,18 @@ pub(crate) fn target_blocks(s: &State, target: Target) -> Result<u64> {
     }
 }
 
+/// Blocks a reader of `target` sees (a replica shows its view's size).
+pub(crate) fn visible_target_blocks(s: &State, target: Target) -> Result<u64> {
+    match target {
+        Target::Lun(id) => {
+            Ok(crate::replica::visible_blocks(s.lun(id).map_err(|_| {
+                Error::not_found("LUN", format!("#{id} (deleted)"))
+            })?))
+        }
+        Target::Snapshot(..) => target_blocks(s, target),
+    }
+}
+
 /// Appends `(blocks, source)` segments covering `[pos, end)` of `lun` as
 /// seen at epoch `at` (`None`: now), following the parent for what the LUN
 /// itself does not map.
@@ -54,6 +66,18 @@ pub(crate) fn resolve_blocks(
     let Some(l) = s.luns.get(&lun) else {
         out.push((end - pos, Src::Hole));
         return;
+    };
+    // A replica's readers see its last complete transfer, not the head a
+    // transfer is changing (none yet: zeros).
+    let at = match (at, l.replica) {
+        (None, Some(r)) => match r.view {
+            Some(view) => Some(view),
+            None => {
+                out.push((end - pos, Src::Hole));
+                return;
+            }
+        },
+        _ => at,
     };
     // A clone level that maps nothing of its own (typical of golden-image
     // chains) passes the whole range to its parent in one step, so deep
@@ -234,6 +258,7 @@ pub(crate) fn new_lun(
         history: HistoryMap::default(),
         fence: Arc::new(RwLock::new(())),
         maps: Default::default(),
+        replica: None,
     }
 }
 
@@ -258,6 +283,12 @@ pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
         }),
         clones: clones_of(s, |(p, _)| p == l.id),
         maps: l.maps.iter().cloned().collect(),
+        replica: l.replica.is_some(),
+        replica_view: l
+            .replica
+            .and_then(|r| r.view)
+            .and_then(|v| l.snapshots.get(&v))
+            .map(|sn| sn.name.clone()),
     }
 }
 
@@ -285,6 +316,7 @@ pub(crate) fn snapshot_info(s: &State, id: LunId, epoch: u64) -> Option<Snapshot
         exclusive_bytes: 0,
         group: sn.group.clone(),
         clones: clones_of(s, |(p, e)| p == id && e.0 == epoch),
+        holds: sn.holds.iter().cloned().collect(),
     })
 }
 

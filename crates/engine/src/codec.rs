@@ -217,9 +217,18 @@ pub struct LunRecord {
     /// Igroups the LUN is mapped to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub maps: Vec<String>,
+    /// A mirror destination (absent in pools written before mirroring:
+    /// none was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<ReplicaRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaRecord {
+    pub view: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotRecord {
     pub name: String,
     pub created: u64,
@@ -229,6 +238,9 @@ pub struct SnapshotRecord {
     /// kept until the last dependent clone is split or deleted.
     #[serde(default)]
     pub hidden: bool,
+    /// Holders that keep it from deletion (absent before mirroring).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holds: Vec<String>,
 }
 
 /// A split's persisted state: the JSON strings `"running"` and `"stopped"`

@@ -10,6 +10,28 @@ use parking_lot::{MutexGuard, RwLock};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+fn within(size_blocks: u64, offset: u64, len: u64) -> Result<()> {
+    let size = size_blocks * BLOCK_SIZE;
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfRange(format!(
+            "range {offset}+{len} lies outside the {size}-byte volume"
+        ))),
+    }
+}
+
+/// What zeroing leaves in the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Zeroing {
+    /// Reads zeros, holds no space where it can (a clone records zeros to
+    /// hide its parent).
+    Trim,
+    /// Zeros recorded in the map.
+    Allocated,
+    /// Nothing of the LUN's own: a clone reads its parent there.
+    Unmap,
+}
+
 impl Engine {
     // ------------------------------------------------------------------- I/O
 
@@ -24,30 +46,35 @@ impl Engine {
     pub fn target_size(&self, target: Target) -> Result<u64> {
         let s = self.state.read();
         s.check_open()?;
-        Ok(target_blocks(&s, target)? * BLOCK_SIZE)
+        Ok(visible_target_blocks(&s, target)? * BLOCK_SIZE)
     }
 
     /// A read or write: within the volume and the per-request size limit.
     pub(crate) fn check_range(s: &State, target: Target, offset: u64, len: u64) -> Result<()> {
+        Self::check_size(len)?;
+        Self::check_bounds(s, target, offset, len)
+    }
+
+    fn check_size(len: u64) -> Result<()> {
         if len > IO_BYTES_MAX {
             return Err(Error::InvalidArgument(format!(
                 "request of {len} bytes exceeds the {IO_BYTES_MAX}-byte limit"
             )));
         }
-        Self::check_bounds(s, target, offset, len)
+        Ok(())
     }
 
     /// The one bounds check: `[offset, offset+len)` lies within `target`
     /// (metadata-only requests, zeroing and block status, have no size
     /// limit but the volume's).
     pub(crate) fn check_bounds(s: &State, target: Target, offset: u64, len: u64) -> Result<()> {
-        let size = target_blocks(s, target)? * BLOCK_SIZE;
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(Error::OutOfRange(format!(
-                "range {offset}+{len} lies outside the {size}-byte volume"
-            ))),
-        }
+        within(target_blocks(s, target)?, offset, len)
+    }
+
+    /// Bounds as a reader sees them: a replica's view may be smaller or
+    /// larger than the head a transfer is changing.
+    fn check_visible(s: &State, target: Target, offset: u64, len: u64) -> Result<()> {
+        within(visible_target_blocks(s, target)?, offset, len)
     }
 
     /// Reads `buf.len()` bytes at `offset`.
@@ -62,7 +89,8 @@ impl Engine {
         {
             let s = self.state.read();
             s.check_open()?;
-            Self::check_range(&s, target, offset, len)?;
+            Self::check_size(len)?;
+            Self::check_visible(&s, target, offset, len)?;
             let first = offset / BLOCK_SIZE;
             let end = (offset + len).div_ceil(BLOCK_SIZE);
             let (lun, at) = match target {
@@ -123,6 +151,28 @@ impl Engine {
 
     /// Writes `data` at `offset`; with `fua`, durable before returning.
     pub fn write(&self, target: Target, offset: u64, data: &[u8], fua: bool) -> Result<()> {
+        self.write_inner(target, offset, data, fua, false)
+    }
+
+    /// A write that may change a replica's head: a transfer's.
+    pub(crate) fn write_unchecked(
+        &self,
+        target: Target,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> Result<()> {
+        self.write_inner(target, offset, data, fua, true)
+    }
+
+    fn write_inner(
+        &self,
+        target: Target,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+        replica_ok: bool,
+    ) -> Result<()> {
         let id = self.writable(target)?;
         let len = data.len() as u64;
         if len == 0 {
@@ -133,6 +183,9 @@ impl Engine {
             let s = self.state.lock();
             s.check_open()?;
             Self::check_range(&s, target, offset, len)?;
+            if !replica_ok {
+                crate::replica::check_not_replica(s.lun(id)?)?;
+            }
         }
         let first = offset / BLOCK_SIZE;
         let end = (offset + len).div_ceil(BLOCK_SIZE);
@@ -307,7 +360,7 @@ impl Engine {
     /// Trim: the range reads back as zeros and its space is freed when
     /// nothing else sees it. Partial blocks at the edges are zeroed.
     pub fn trim(&self, target: Target, offset: u64, len: u64, fua: bool) -> Result<()> {
-        self.zero_range(target, offset, len, false, fua)
+        self.zero_range(target, offset, len, Zeroing::Trim, fua, false)
     }
 
     /// Write-zeroes without writing data: with `no_hole` the range stays
@@ -320,22 +373,44 @@ impl Engine {
         no_hole: bool,
         fua: bool,
     ) -> Result<()> {
-        self.zero_range(target, offset, len, no_hole, fua)
+        let how = if no_hole {
+            Zeroing::Allocated
+        } else {
+            Zeroing::Trim
+        };
+        self.zero_range(target, offset, len, how, fua, false)
     }
 
-    pub(crate) fn zero_range(
+    /// Zeroing that may change a replica's head: a transfer's.
+    pub(crate) fn zero_range_unchecked(
         &self,
         target: Target,
         offset: u64,
         len: u64,
-        keep_allocated: bool,
+        how: Zeroing,
         fua: bool,
+    ) -> Result<()> {
+        self.zero_range(target, offset, len, how, fua, true)
+    }
+
+    fn zero_range(
+        &self,
+        target: Target,
+        offset: u64,
+        len: u64,
+        how: Zeroing,
+        fua: bool,
+        replica_ok: bool,
     ) -> Result<()> {
         let id = self.writable(target)?;
         // Zeroing is metadata only, so its size limit is the volume's.
         let check = |s: &State| -> Result<()> {
             s.check_open()?;
-            Self::check_bounds(s, target, offset, len)
+            Self::check_bounds(s, target, offset, len)?;
+            if !replica_ok {
+                crate::replica::check_not_replica(s.lun(id)?)?;
+            }
+            Ok(())
         };
         check(&self.state.lock())?;
         if len == 0 {
@@ -377,11 +452,12 @@ impl Engine {
             let count = end_full - first_full;
             let mut s = self.state.lock();
             s.check_open()?;
-            // A clone must hide its parent's data, so it records zeros.
-            let val = if keep_allocated || s.lun(id)?.parent.is_some() {
-                Some(Val::Zero)
-            } else {
-                None
+            // A clone must hide its parent's data, so it records zeros
+            // (unless the transfer it applies says to read the parent).
+            let val = match how {
+                Zeroing::Allocated => Some(Val::Zero),
+                Zeroing::Trim if s.lun(id)?.parent.is_some() => Some(Val::Zero),
+                Zeroing::Trim | Zeroing::Unmap => None,
             };
             s.set_head(id, first_full, count, val);
         }
@@ -404,7 +480,7 @@ impl Engine {
     ) -> Result<Vec<(u64, Allocation)>> {
         let s = self.state.read();
         s.check_open()?;
-        Self::check_bounds(&s, target, offset, len)?;
+        Self::check_visible(&s, target, offset, len)?;
         if len == 0 {
             return Ok(Vec::new());
         }

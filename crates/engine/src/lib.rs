@@ -18,6 +18,7 @@ mod map;
 mod pages;
 mod pool;
 mod range;
+mod replica;
 pub mod sched;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -33,5 +34,6 @@ pub use access::{
 };
 pub use engine::{Engine, EngineConfig, Target};
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
+pub use replica::{DiffChunk, DiffExtent, DiffKind, ReplicaSnapshot, DIFF_EXTENTS_MAX};
 pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};
 pub use types::*;

@@ -144,6 +144,7 @@ impl Loaded {
         l.gc_needed = r.gc_needed;
         l.created_epoch = r.created_epoch;
         l.maps = r.maps.into_iter().collect();
+        l.replica = r.replica.map(|r| crate::state::Replica { view: r.view });
         self.luns.insert(id, l);
         Ok(())
     }
@@ -233,6 +234,7 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
                 size_blocks: r.size_blocks,
                 group: r.group,
                 hidden: r.hidden,
+                holds: r.holds.into_iter().collect(),
             },
         );
     }

@@ -2,13 +2,22 @@
 
 use crate::codec;
 use crate::engine::*;
-use crate::map::Val;
 use crate::types::*;
 
 impl Engine {
     // ------------------------------------------------------------------ LUNs
 
     pub fn create_lun(&self, name: &str, size_bytes: u64) -> Result<LunInfo> {
+        self.create_lun_with(name, size_bytes, false)
+    }
+
+    /// Creates a LUN; with `replica`, as a mirror destination.
+    pub(crate) fn create_lun_with(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        replica: bool,
+    ) -> Result<LunInfo> {
         validate_lun_name(name)?;
         validate_lun_size(size_bytes)?;
         let id = {
@@ -23,16 +32,17 @@ impl Engine {
             let id = LunId(s.next_lun_id);
             s.next_lun_id += 1;
             s.dirty.pool = true;
-            s.luns.insert(
+            let mut l = new_lun(
                 id,
-                new_lun(
-                    id,
-                    name.to_string(),
-                    bytes_to_blocks(size_bytes),
-                    now_secs(),
-                    None,
-                ),
+                name.to_string(),
+                bytes_to_blocks(size_bytes),
+                now_secs(),
+                None,
             );
+            if replica {
+                l.replica = Some(crate::state::Replica { view: None });
+            }
+            s.luns.insert(id, l);
             s.names.insert(name.to_string(), id);
             s.dirty.luns.insert(id);
             id
@@ -54,7 +64,7 @@ impl Engine {
             out.push(ExportEntry {
                 lun: name.clone(),
                 snapshot: None,
-                size_bytes: l.size_blocks * BLOCK_SIZE,
+                size_bytes: crate::replica::visible_blocks(l) * BLOCK_SIZE,
             });
             for (_, snap) in l.visible_snapshots() {
                 out.push(ExportEntry {
@@ -93,28 +103,16 @@ impl Engine {
         {
             let mut s = self.state.lock();
             s.check_open()?;
+            crate::replica::check_not_replica(&s.luns[&id])?;
             let new_blocks = bytes_to_blocks(size_bytes);
             let old_blocks = s.luns[&id].size_blocks;
-            if new_blocks < old_blocks {
-                if !allow_shrink {
-                    return Err(Error::InvalidArgument(format!(
-                        "shrinking LUN \"{name}\" from {} to {size_bytes} bytes discards its tail; pass the shrink flag to confirm",
-                        old_blocks * BLOCK_SIZE
-                    )));
-                }
-                s.set_head(id, new_blocks, old_blocks - new_blocks, None);
-            } else if new_blocks > old_blocks {
-                // A clone regrown over blocks it once read through its parent
-                // must read zeros there now; its older snapshots still read
-                // the parent (the zeros are a newer version).
-                let l = s.lun(id)?;
-                if l.parent.is_some() && old_blocks < l.parent_limit_blocks {
-                    let end = new_blocks.min(l.parent_limit_blocks);
-                    s.set_head(id, old_blocks, end - old_blocks, Some(Val::Zero));
-                }
+            if new_blocks < old_blocks && !allow_shrink {
+                return Err(Error::InvalidArgument(format!(
+                    "shrinking LUN \"{name}\" from {} to {size_bytes} bytes discards its tail; pass the shrink flag to confirm",
+                    old_blocks * BLOCK_SIZE
+                )));
             }
-            s.lun_mut(id)?.size_blocks = new_blocks;
-            s.dirty.luns.insert(id);
+            crate::replica::resize_head(&mut s, id, new_blocks, true);
         }
         self.flush()?;
         self.lun_info(name)
@@ -129,6 +127,21 @@ impl Engine {
             let mut s = self.state.lock();
             s.check_open()?;
             let l = &s.luns[&id];
+            if l.replica.is_some() {
+                return Err(Error::HasDependents(format!(
+                    "LUN \"{name}\" is a mirror destination; `blockfork mirror delete {name}` ends the relationship first"
+                )));
+            }
+            if let Some((sn, holder)) = l
+                .snapshots
+                .values()
+                .find_map(|sn| sn.holds.iter().next().map(|h| (sn, h)))
+            {
+                return Err(Error::HasDependents(format!(
+                    "snapshot \"{name}@{}\" of LUN \"{name}\" is held by mirror \"{holder}\"; delete the mirror relationship first",
+                    sn.name
+                )));
+            }
             if let Some((_, snap)) = l.snapshots.iter().find(|(_, sn)| sn.group.is_some()) {
                 return Err(Error::HasDependents(format!(
                     "LUN \"{name}\" is part of group snapshot \"{}\"; delete the group snapshot first",

@@ -117,6 +117,7 @@ fn plan_ranges(
     // Everything is checked again under the lock: LUNs may have gone
     // or changed size while we waited for the fences.
     let tid = s.lun_id(target)?;
+    crate::replica::check_not_replica(&s.luns[&tid])?;
     let tsize = s.lun(tid)?.size_blocks;
     let mut planned = Vec::with_capacity(entries.len());
     let mut target_ranges = Vec::with_capacity(entries.len());

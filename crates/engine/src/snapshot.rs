@@ -1,8 +1,6 @@
 //! Snapshots, restores and group (consistency) snapshots.
 
 use crate::engine::*;
-use crate::map::Val;
-use crate::space::Run;
 use crate::state::{GcJob, Group, Snapshot, State};
 
 use crate::types::*;
@@ -34,7 +32,11 @@ impl Engine {
             let mut s = self.state.lock();
             s.check_open()?;
             let planned = plan_snapshots(&s, requests, group)?;
-            record_snapshots(&mut s, planned, group)
+            for (id, _) in &planned {
+                crate::replica::check_not_replica(&s.luns[id])?;
+            }
+            let created = vec![now_secs(); planned.len()];
+            record_snapshots(&mut s, planned, group, &created)
         };
         drop(fenced);
         self.flush()?;
@@ -142,6 +144,11 @@ impl Engine {
             let epoch = l
                 .snapshot_by_name(snapshot)
                 .ok_or_else(|| Error::not_found("snapshot", format!("{lun}@{snapshot}")))?;
+            if let Some(holder) = l.snapshots[&epoch].holds.iter().next() {
+                return Err(Error::HasDependents(format!(
+                    "snapshot \"{lun}@{snapshot}\" is held by mirror \"{holder}\", which needs it as a common base; it is released when the mirror moves past it or is deleted"
+                )));
+            }
             if let Some(g) = &l.snapshots[&epoch].group {
                 return Err(Error::HasDependents(format!(
                     "snapshot \"{lun}@{snapshot}\" belongs to group snapshot \"{g}\"; delete the group snapshot instead"
@@ -220,46 +227,11 @@ impl Engine {
             let mut s = self.state.lock();
             s.check_open()?;
             let l = &s.luns[&id];
+            crate::replica::check_not_replica(l)?;
             let at = l
                 .snapshot_by_name(snapshot)
                 .ok_or_else(|| Error::not_found("snapshot", format!("{lun}@{snapshot}")))?;
-            // Defensive: a restore changes a head, not what a snapshot sees.
-            s.chain_gen += 1;
-            let l = &s.luns[&id];
-            let snap_blocks = l.snapshots[&at].size_blocks;
-            let end = l.size_blocks.max(snap_blocks);
-            // Where the head differs from what the snapshot sees: the head
-            // version is newer than the snapshot, or absent.
-            let mut changes: Vec<(u64, u64, Option<Val>)> = Vec::new();
-            let mut pos = 0;
-            while pos < end {
-                if pos >= snap_blocks {
-                    changes.push((pos, end - pos, None));
-                    break;
-                }
-                let (len, hit) = l.head.lookup(pos, snap_blocks);
-                match hit {
-                    Some((_, birth)) if birth <= at => {}
-                    _ => {
-                        let mut p = pos;
-                        while p < pos + len {
-                            let (hl, old) = l.history.lookup(p, at, pos + len);
-                            changes.push((p, hl, old.map(|(v, _)| v)));
-                            p += hl;
-                        }
-                    }
-                }
-                pos += len;
-            }
-            for &(lba, len, val) in &changes {
-                if let Some(Val::Data(pba)) = val {
-                    s.refs.incref(Run::at(pba, len));
-                }
-                s.set_head(id, lba, len, val);
-            }
-            let l = s.lun_mut(id)?;
-            l.size_blocks = snap_blocks;
-            s.dirty.luns.insert(id);
+            crate::replica::restore_head(&mut s, id, at);
         }
         self.flush()
     }
@@ -305,6 +277,18 @@ impl Engine {
                 .ok_or_else(|| Error::not_found("group snapshot", name))?;
             let epoch = g.epoch;
             let members: Vec<LunId> = g.members.iter().map(|(id, _)| *id).collect();
+            for id in &members {
+                if let Some((l, holder)) = s
+                    .luns
+                    .get(id)
+                    .and_then(|l| Some((l, l.snapshots.get(&epoch)?.holds.iter().next()?)))
+                {
+                    return Err(Error::HasDependents(format!(
+                        "group snapshot \"{name}\" is held by mirror \"{holder}\" (member \"{}\"), which needs it as a common base",
+                        l.name
+                    )));
+                }
+            }
             let mut removed = Vec::new();
             for id in members {
                 if !s
@@ -339,7 +323,7 @@ impl Engine {
 
 /// Checks a snapshot request against the state before anything changes:
 /// returns the snapshots to take, in order, or why none can be.
-fn plan_snapshots(
+pub(crate) fn plan_snapshots(
     s: &State,
     requests: &[(String, String)],
     group: Option<&str>,
@@ -381,18 +365,20 @@ fn plan_snapshots(
     Ok(planned)
 }
 
-/// Records planned snapshots (and their group); returns `(LUN, epoch)` of
-/// each.
-fn record_snapshots(
+/// Records planned snapshots (and their group), created at `created[i]`
+/// (Unix seconds); returns `(LUN, epoch)` of each.
+pub(crate) fn record_snapshots(
     s: &mut State,
     planned: Vec<(LunId, String)>,
     group: Option<&str>,
+    created: &[u64],
 ) -> Vec<(LunId, u64)> {
-    let created = now_secs();
+    assert_eq!(planned.len(), created.len(), "a creation time per snapshot");
+    let group_created = created.iter().copied().max().unwrap_or_else(now_secs);
     let group_epoch = s.epoch;
     let mut used = std::collections::HashSet::new();
     let mut taken = Vec::new();
-    for (id, snap) in planned {
+    for ((id, snap), &created) in planned.into_iter().zip(created) {
         // A second snapshot of the same LUN in one call needs its own
         // epoch; nothing is written in between, so it is the same point.
         if !used.insert(id) {
@@ -411,6 +397,7 @@ fn record_snapshots(
                 size_blocks,
                 group: group.map(str::to_string),
                 hidden: false,
+                holds: Default::default(),
             },
         );
         s.dirty.snapshots.insert((id, epoch));
@@ -427,7 +414,7 @@ fn record_snapshots(
             g.to_string(),
             Group {
                 epoch: group_epoch,
-                created,
+                created: group_created,
                 members,
             },
         );

@@ -87,6 +87,17 @@ impl Engine {
         names: &[String],
         split: bool,
     ) -> Result<Vec<LunInfo>> {
+        self.create_clones_with(source, names, split, false)
+    }
+
+    /// Creates clones; with `replica`, as mirror destinations.
+    pub(crate) fn create_clones_with(
+        &self,
+        source: &str,
+        names: &[String],
+        split: bool,
+        replica: bool,
+    ) -> Result<Vec<LunInfo>> {
         let (lun, snap) = source.split_once('@').ok_or_else(|| {
             Error::InvalidArgument(format!(
                 "clone source \"{source}\" must name a snapshot: LUN@SNAPSHOT"
@@ -131,6 +142,9 @@ impl Engine {
                     Some((parent, Epoch(epoch))),
                 );
                 l.created_epoch = s.epoch;
+                if replica {
+                    l.replica = Some(crate::state::Replica { view: None });
+                }
                 s.luns.insert(id, l);
                 s.names.insert(n.clone(), id);
                 s.dirty.luns.insert(id);
@@ -162,6 +176,7 @@ impl Engine {
                     "LUN \"{name}\" is not a clone (or its split already finished): nothing to split"
                 )));
             }
+            crate::replica::check_not_replica(&s.luns[&id])?;
             match s.splits.get_mut(&id) {
                 Some(job) if job.state == SplitState::Stopped => job.state = SplitState::Running,
                 Some(_) => {}

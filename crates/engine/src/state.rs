@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub group: Option<String>,
     /// Deleted, but a clone still reads through it.
     pub hidden: bool,
+    /// Who needs this snapshot kept (a mirror relationship's name): while
+    /// any holds it, deleting it is refused.
+    pub holds: BTreeSet<String>,
 }
 
 pub struct Lun {
@@ -73,6 +76,17 @@ pub struct Lun {
     /// Writes hold it shared; snapshot, restore, resize and delete hold it
     /// exclusive, so that they see no write half done.
     pub fence: Arc<RwLock<()>>,
+    /// A mirror destination: read-only to clients, who read the last
+    /// complete snapshot while transfers change the head.
+    pub replica: Option<Replica>,
+}
+
+/// What makes a LUN a mirror destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replica {
+    /// Epoch of the snapshot readers see: the newest complete transfer
+    /// (None until the baseline completes: readers see zeros).
+    pub view: Option<u64>,
 }
 
 /// Where reads that fall through a clone's own maps go: the nearest
@@ -131,6 +145,7 @@ impl Lun {
             gc_needed: self.gc_needed,
             created_epoch: self.created_epoch,
             maps: self.maps.iter().cloned().collect(),
+            replica: self.replica.map(|r| codec::ReplicaRecord { view: r.view }),
         }
     }
 }
@@ -495,6 +510,7 @@ impl State {
                         size_blocks: s.size_blocks,
                         group: s.group.clone(),
                         hidden: s.hidden,
+                        holds: s.holds.iter().cloned().collect(),
                     })
                 });
             puts.push((codec::key_u64_u64(codec::TAG_SNAPSHOT, id.0, epoch), value));

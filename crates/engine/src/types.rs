@@ -347,6 +347,10 @@ pub struct LunInfo {
     pub clones: Vec<String>,
     /// Igroups the LUN is mapped to.
     pub maps: Vec<String>,
+    /// A mirror destination: read-only, readers see `replica_view`.
+    pub replica: bool,
+    /// The snapshot a replica's readers see (its newest complete transfer).
+    pub replica_view: Option<String>,
 }
 
 /// One export: a LUN, or one of its snapshots (read-only).
@@ -400,6 +404,8 @@ pub struct SnapshotInfo {
     pub group: Option<String>,
     /// Clones that read through this snapshot.
     pub clones: Vec<String>,
+    /// Who keeps it from deletion (mirror relationships).
+    pub holds: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

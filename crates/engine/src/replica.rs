@@ -1,0 +1,599 @@
+//! What mirroring needs of the engine (decision 024): the difference
+//! between two snapshots of a LUN found from the maps' epochs, holds that
+//! keep snapshots from deletion, and destination LUNs (replicas) whose
+//! readers see the last complete snapshot while a transfer changes the
+//! head.
+//!
+//! A replica's head is the receiving side of a transfer: only the
+//! `apply_*` calls write it. Clients read it through `view`, the newest
+//! snapshot a transfer completed (`publish_replica`), so that a reader
+//! never sees a transfer half applied; for a group, one commit moves every
+//! member's view at once.
+
+use crate::engine::*;
+use crate::map::Val;
+use crate::space::Run;
+use crate::state::{Lun, Replica, State};
+use crate::types::*;
+
+/// Most extents one `snapshot_diff` call returns.
+pub const DIFF_EXTENTS_MAX: usize = 4096;
+
+/// Blocks a flattened baseline resolves per step (64 MiB): bounds the
+/// work one call does under the shared lock.
+const BASELINE_STEP_BLOCKS: u64 = 16_384;
+
+/// How a range differs: what the newer side holds there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiffKind {
+    /// Data: its bytes must travel.
+    Data,
+    /// Zeros recorded in the map (allocated zeros, or zeros hiding a
+    /// clone's parent).
+    Zero,
+    /// Nothing of the LUN's own: zeros without space, or for a clone what
+    /// its parent holds.
+    Unmap,
+}
+
+/// One changed range, in blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffExtent {
+    pub lba: u64,
+    pub blocks: u64,
+    pub kind: DiffKind,
+}
+
+/// One call's share of a difference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffChunk {
+    /// Size of the newer side, in blocks.
+    pub size_blocks: u64,
+    pub extents: Vec<DiffExtent>,
+    /// Where the next call starts; None when this was the last chunk.
+    pub next_block: Option<u64>,
+}
+
+/// A snapshot a transfer completed on a destination: its name, creation
+/// time and group as the source has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSnapshot {
+    pub lun: String,
+    pub snapshot: String,
+    pub created: u64,
+}
+
+use serde::{Deserialize, Serialize};
+
+/// Changed extents, adjacent ones of a kind merged.
+#[derive(Default)]
+struct Extents(Vec<DiffExtent>);
+
+impl Extents {
+    fn push(&mut self, lba: u64, blocks: u64, kind: DiffKind) {
+        match self.0.last_mut() {
+            Some(e) if e.kind == kind && e.lba + e.blocks == lba => e.blocks += blocks,
+            _ => self.0.push(DiffExtent { lba, blocks, kind }),
+        }
+    }
+}
+
+/// The version a LUN's own maps hold at `pos` as epoch `at` sees it (None:
+/// the head), and for how many blocks (up to `end`) that answer holds.
+fn own_version(l: &Lun, pos: u64, end: u64, at: Option<u64>) -> (u64, Option<(Val, u64)>) {
+    let (len, hit) = l.head.lookup(pos, end);
+    match (hit, at) {
+        (Some(v), None) => (len, Some(v)),
+        (Some((v, birth)), Some(e)) if birth <= e => (len, Some((v, birth))),
+        (_, None) => (len, None),
+        (_, Some(e)) => l.history.lookup(pos, e, pos + len),
+    }
+}
+
+/// Refuses a change to a replica's content or shape by anyone but a
+/// transfer.
+pub(crate) fn check_not_replica(l: &Lun) -> Result<()> {
+    if l.replica.is_some() {
+        return Err(Error::ReadOnly(format!(
+            "LUN \"{}\" (a mirror destination; `blockfork mirror break {}` makes it writable)",
+            l.name, l.name
+        )));
+    }
+    Ok(())
+}
+
+/// Blocks a client sees in LUN `l`: a replica shows its view's size.
+pub(crate) fn visible_blocks(l: &Lun) -> u64 {
+    match l.replica {
+        Some(Replica { view: Some(v) }) => l
+            .snapshots
+            .get(&v)
+            .map(|sn| sn.size_blocks)
+            .unwrap_or(l.size_blocks),
+        _ => l.size_blocks,
+    }
+}
+
+fn replica_id(s: &State, lun: &str) -> Result<LunId> {
+    let id = s.lun_id(lun)?;
+    if s.luns[&id].replica.is_none() {
+        return Err(Error::InvalidArgument(format!(
+            "LUN \"{lun}\" is not a mirror destination"
+        )));
+    }
+    Ok(id)
+}
+
+fn snapshot_epoch(l: &Lun, name: &str) -> Result<u64> {
+    l.snapshot_by_name(name)
+        .ok_or_else(|| Error::not_found("snapshot", format!("{}@{name}", l.name)))
+}
+
+/// Makes LUN `id`'s head what epoch `at` of it sees, as a restore does:
+/// metadata only, in the changed ranges only.
+pub(crate) fn restore_head(s: &mut State, id: LunId, at: u64) {
+    // Defensive: a restore changes a head, not what a snapshot sees.
+    s.chain_gen += 1;
+    let l = &s.luns[&id];
+    let snap_blocks = l.snapshots[&at].size_blocks;
+    let end = l.size_blocks.max(snap_blocks);
+    // Where the head differs from what the snapshot sees: the head version
+    // is newer than the snapshot, or absent.
+    let mut changes: Vec<(u64, u64, Option<Val>)> = Vec::new();
+    let mut pos = 0;
+    while pos < end {
+        if pos >= snap_blocks {
+            changes.push((pos, end - pos, None));
+            break;
+        }
+        let (len, hit) = l.head.lookup(pos, snap_blocks);
+        match hit {
+            Some((_, birth)) if birth <= at => {}
+            _ => {
+                let mut p = pos;
+                while p < pos + len {
+                    let (hl, old) = l.history.lookup(p, at, pos + len);
+                    changes.push((p, hl, old.map(|(v, _)| v)));
+                    p += hl;
+                }
+            }
+        }
+        pos += len;
+    }
+    for &(lba, len, val) in &changes {
+        if let Some(Val::Data(pba)) = val {
+            s.refs.incref(Run::at(pba, len));
+        }
+        s.set_head(id, lba, len, val);
+    }
+    let l = s.lun_mut(id).expect("restored LUN is live");
+    l.size_blocks = snap_blocks;
+    s.dirty.luns.insert(id);
+}
+
+impl Engine {
+    // ------------------------------------------------------------- holds
+
+    /// Keeps `lun@snapshot` from deletion until `holder` releases it.
+    pub fn hold_snapshot(&self, lun: &str, snapshot: &str, holder: &str) -> Result<()> {
+        validate_snapshot_name(holder)?;
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(lun)?;
+            let epoch = snapshot_epoch(&s.luns[&id], snapshot)?;
+            let sn = s.lun_mut(id)?.snapshots.get_mut(&epoch).expect("found");
+            if !sn.holds.insert(holder.to_string()) {
+                return Ok(());
+            }
+            s.dirty.snapshots.insert((id, epoch));
+        }
+        self.flush()
+    }
+
+    /// Lets go of `holder`'s hold on `lun@snapshot` (nothing if it held
+    /// none, or the snapshot is gone).
+    pub fn release_snapshot(&self, lun: &str, snapshot: &str, holder: &str) -> Result<()> {
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let id = s.lun_id(lun)?;
+            let Some(epoch) = s.luns[&id].snapshot_by_name(snapshot) else {
+                return Ok(());
+            };
+            let sn = s.lun_mut(id)?.snapshots.get_mut(&epoch).expect("found");
+            if !sn.holds.remove(holder) {
+                return Ok(());
+            }
+            s.dirty.snapshots.insert((id, epoch));
+        }
+        self.flush()
+    }
+
+    /// Lets go of every hold of `holder`; returns how many there were.
+    pub fn release_holds(&self, holder: &str) -> Result<u64> {
+        let released;
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let mut changed = Vec::new();
+            for l in s.luns.values_mut() {
+                for (&epoch, sn) in l.snapshots.iter_mut() {
+                    if sn.holds.remove(holder) {
+                        changed.push((l.id, epoch));
+                    }
+                }
+            }
+            released = changed.len() as u64;
+            s.dirty.snapshots.extend(changed);
+        }
+        if released > 0 {
+            self.flush()?;
+        }
+        Ok(released)
+    }
+
+    // -------------------------------------------------------------- diff
+
+    /// What changed in `lun` from snapshot `base` (None: from nothing) to
+    /// `target` (None: the head), from block `from_block` on, at most
+    /// `extents_max` extents. Found from the maps' versions, never from
+    /// data: a range differs where the version either side sees differs.
+    ///
+    /// `flatten`: the receiver does not hold this LUN's parent, so what a
+    /// clone reads through its parent travels as the parent's content.
+    /// Otherwise only the LUN's own maps count and `Unmap` means "read the
+    /// parent" on a receiver that is a clone of the same snapshot.
+    pub fn snapshot_diff(
+        &self,
+        lun: &str,
+        base: Option<&str>,
+        target: Option<&str>,
+        flatten: bool,
+        from_block: u64,
+        extents_max: usize,
+    ) -> Result<DiffChunk> {
+        let extents_max = extents_max.clamp(1, DIFF_EXTENTS_MAX);
+        let s = self.state.read();
+        s.check_open()?;
+        let id = s.lun_id(lun)?;
+        let l = &s.luns[&id];
+        let base = base.map(|b| snapshot_epoch(l, b)).transpose()?;
+        let target = target.map(|t| snapshot_epoch(l, t)).transpose()?;
+        if let (Some(b), Some(t)) = (base, target) {
+            if b > t {
+                return Err(Error::InvalidArgument(format!(
+                    "snapshot \"{lun}@{}\" is newer than \"{lun}@{}\"; a difference runs from older to newer",
+                    l.snapshots[&b].name, l.snapshots[&t].name
+                )));
+            }
+        }
+        let size_blocks = match target {
+            Some(t) => l.snapshots[&t].size_blocks,
+            None => l.size_blocks,
+        };
+        let base_blocks = base.map_or(0, |b| l.snapshots[&b].size_blocks);
+        let mut out = Extents::default();
+        // What a reader of the target sees in [pos, end), parent included.
+        let resolved = |pos: u64, end: u64, out: &mut Extents| {
+            let mut segs = Segments::new();
+            let at = Some(target.unwrap_or(u64::MAX));
+            resolve_blocks(&s, id, at, pos, end, &mut segs);
+            let mut p = pos;
+            for (n, src) in segs {
+                match src {
+                    Src::Data(_) => out.push(p, n, DiffKind::Data),
+                    Src::Zero => out.push(p, n, DiffKind::Zero),
+                    Src::Hole if base.is_some() => out.push(p, n, DiffKind::Unmap),
+                    Src::Hole => {}
+                }
+                p += n;
+            }
+        };
+        let mut pos = from_block.min(size_blocks);
+        // Bounded work per call: extents out, and positions looked at.
+        let mut steps = 0usize;
+        while pos < size_blocks && out.0.len() < extents_max && steps < extents_max * 4 {
+            steps += 1;
+            if flatten && base.is_none() {
+                // A baseline of everything the LUN reads, its parent's
+                // included, a bounded stretch at a time.
+                let end = size_blocks.min(pos + BASELINE_STEP_BLOCKS);
+                resolved(pos, end, &mut out);
+                pos = end;
+                continue;
+            }
+            let (tn, tv) = own_version(l, pos, size_blocks, target);
+            let (bn, bv) = match base {
+                Some(b) if pos < base_blocks => own_version(l, pos, base_blocks, Some(b)),
+                _ => (size_blocks - pos, None),
+            };
+            let n = tn.min(bn);
+            if flatten && tv.is_none() && pos >= base_blocks && l.parent.is_some() {
+                // Grown since the base: the receiver has zeros there, the
+                // LUN reads its parent.
+                resolved(pos, pos + n, &mut out);
+            } else if tv != bv {
+                match tv {
+                    Some((Val::Data(_), _)) => out.push(pos, n, DiffKind::Data),
+                    Some((Val::Zero, _)) => out.push(pos, n, DiffKind::Zero),
+                    None if flatten && l.parent.is_some() => resolved(pos, pos + n, &mut out),
+                    None => out.push(pos, n, DiffKind::Unmap),
+                }
+            }
+            pos += n;
+        }
+        Ok(DiffChunk {
+            size_blocks,
+            extents: out.0,
+            next_block: (pos < size_blocks).then_some(pos),
+        })
+    }
+
+    // ---------------------------------------------------------- replicas
+
+    /// Creates LUN `name` as a mirror destination: empty, or with `parent`
+    /// (`LUN@SNAPSHOT`) a clone of a snapshot already mirrored here.
+    pub fn create_replica(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        parent: Option<&str>,
+    ) -> Result<LunInfo> {
+        match parent {
+            None => self.create_lun_with(name, size_bytes, true),
+            Some(p) => {
+                let mut v = self.create_clones_with(p, &[name.to_string()], false, true)?;
+                Ok(v.remove(0))
+            }
+        }
+    }
+
+    /// Checks that `lun` is a replica and returns what to write to.
+    pub fn replica_target(&self, lun: &str) -> Result<Target> {
+        let s = self.state.read();
+        s.check_open()?;
+        Ok(Target::Lun(replica_id(&s, lun)?))
+    }
+
+    fn replica_of(&self, target: Target) -> Result<LunId> {
+        let id = self.writable(target)?;
+        let s = self.state.read();
+        s.check_open()?;
+        match s.lun(id)?.replica {
+            Some(_) => Ok(id),
+            None => Err(Error::InvalidArgument(format!(
+                "LUN \"{}\" is not a mirror destination",
+                s.luns[&id].name
+            ))),
+        }
+    }
+
+    /// A transfer's data: whole blocks at block `lba` of a replica's head.
+    pub fn apply_data(&self, target: Target, lba: u64, data: &[u8]) -> Result<()> {
+        self.replica_of(target)?;
+        if !(data.len() as u64).is_multiple_of(BLOCK_SIZE) {
+            return Err(Error::InvalidArgument(format!(
+                "a transfer writes whole blocks, not {} bytes",
+                data.len()
+            )));
+        }
+        let offset = lba
+            .checked_mul(BLOCK_SIZE)
+            .ok_or_else(|| Error::OutOfRange(format!("block {lba} lies outside any volume")))?;
+        self.write_unchecked(target, offset, data, false)
+    }
+
+    /// A transfer's zeros or unmapped range at a replica's head.
+    pub fn apply_extent(
+        &self,
+        target: Target,
+        lba: u64,
+        blocks: u64,
+        kind: DiffKind,
+    ) -> Result<()> {
+        self.replica_of(target)?;
+        let (offset, len) = lba
+            .checked_mul(BLOCK_SIZE)
+            .zip(blocks.checked_mul(BLOCK_SIZE))
+            .ok_or_else(|| {
+                Error::OutOfRange(format!("blocks {lba}+{blocks} lie outside any volume"))
+            })?;
+        let how = match kind {
+            DiffKind::Zero => Zeroing::Allocated,
+            DiffKind::Unmap => Zeroing::Unmap,
+            DiffKind::Data => {
+                return Err(Error::InvalidArgument(
+                    "data travels with its bytes (apply_data)".into(),
+                ))
+            }
+        };
+        self.zero_range_unchecked(target, offset, len, how, false)
+    }
+
+    /// Sets a replica's head size to what the transfer's source has.
+    pub fn apply_size(&self, target: Target, size_blocks: u64) -> Result<()> {
+        let id = self.replica_of(target)?;
+        validate_lun_size(size_blocks.saturating_mul(BLOCK_SIZE))?;
+        let fenced = self.fence_luns(|_| Ok(vec![id]))?;
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            // Plain: what a regrown clone reads there comes with the
+            // transfer (the source's own zeros travel as a Zero extent).
+            resize_head(&mut s, id, size_blocks, false);
+        }
+        drop(fenced);
+        self.flush()
+    }
+
+    /// Completes a transfer: a snapshot of each replica's head with the
+    /// source's name and creation time (and group), held by `holder`
+    /// instead of the view before, and every reader moved to it, in one
+    /// durable commit.
+    pub fn publish_replica(
+        &self,
+        snaps: &[ReplicaSnapshot],
+        group: Option<&str>,
+        holder: &str,
+    ) -> Result<()> {
+        validate_snapshot_name(holder)?;
+        let requests: Vec<(String, String)> = snaps
+            .iter()
+            .map(|r| (r.lun.clone(), r.snapshot.clone()))
+            .collect();
+        for (lun, snap) in &requests {
+            validate_lun_name(lun)?;
+            validate_snapshot_name(snap)?;
+        }
+        let fenced = self.fence_luns(|s| snaps.iter().map(|r| replica_id(s, &r.lun)).collect())?;
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let planned = crate::snapshot::plan_snapshots(&s, &requests, group)?;
+            let created: Vec<u64> = snaps.iter().map(|r| r.created).collect();
+            let taken = crate::snapshot::record_snapshots(&mut s, planned, group, &created);
+            for (id, epoch) in taken {
+                let l = s.lun_mut(id)?;
+                l.replica = Some(Replica { view: Some(epoch) });
+                let mut changed = Vec::new();
+                for (&e, sn) in l.snapshots.iter_mut() {
+                    let held = if e == epoch {
+                        sn.holds.insert(holder.to_string())
+                    } else {
+                        sn.holds.remove(holder)
+                    };
+                    if held {
+                        changed.push((id, e));
+                    }
+                }
+                s.dirty.snapshots.extend(changed);
+                s.dirty.luns.insert(id);
+            }
+        }
+        drop(fenced);
+        self.flush()
+    }
+
+    /// Discards what a transfer wrote to a replica's head since its view
+    /// (an aborted or mismatched transfer).
+    pub fn rollback_replica(&self, lun: &str) -> Result<()> {
+        let fenced = self.fence_luns(|s| Ok(vec![replica_id(s, lun)?]))?;
+        let id = fenced.id();
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            match s.lun(id)?.replica.and_then(|r| r.view) {
+                Some(view) => restore_head(&mut s, id, view),
+                None => {
+                    let blocks = s.lun(id)?.size_blocks;
+                    s.set_head(id, 0, blocks, None);
+                }
+            }
+        }
+        drop(fenced);
+        self.flush()
+    }
+
+    /// Makes a replica an ordinary writable LUN at its last complete
+    /// snapshot (what a transfer had half written is discarded). Local and
+    /// metadata only. Returns the snapshot's name (None: no transfer had
+    /// completed, and the LUN is empty).
+    pub fn break_replica(&self, lun: &str) -> Result<Option<String>> {
+        self.rollback_replica(lun)?;
+        let fenced = self.fence_luns(|s| Ok(vec![replica_id(s, lun)?]))?;
+        let id = fenced.id();
+        let view = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let l = s.lun_mut(id)?;
+            let view = l.replica.and_then(|r| r.view);
+            let name = view
+                .and_then(|v| l.snapshots.get(&v))
+                .map(|sn| sn.name.clone());
+            l.replica = None;
+            s.dirty.luns.insert(id);
+            name
+        };
+        drop(fenced);
+        self.flush()?;
+        Ok(view)
+    }
+
+    /// Turns a writable LUN (back) into a replica whose readers see
+    /// `snapshot`: for a resync or a reverse. With `safety`, first keeps
+    /// the head as it was in a snapshot of that name, when it differs from
+    /// `snapshot`. The head goes back to `snapshot`.
+    /// Returns whether it took the safety snapshot.
+    pub fn make_replica(&self, lun: &str, snapshot: &str, safety: Option<&str>) -> Result<bool> {
+        if let Some(name) = safety {
+            validate_snapshot_name(name)?;
+        }
+        let fenced = self.fence_lun(lun)?;
+        let id = fenced.id();
+        let safety_taken = {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let at = snapshot_epoch(&s.luns[&id], snapshot)?;
+            let l = &s.luns[&id];
+            let changed = l.size_blocks != l.snapshots[&at].size_blocks || head_differs(l, at);
+            let safety_taken = match safety {
+                Some(name) if changed => {
+                    let planned = crate::snapshot::plan_snapshots(
+                        &s,
+                        &[(lun.to_string(), name.to_string())],
+                        None,
+                    )?;
+                    crate::snapshot::record_snapshots(&mut s, planned, None, &[now_secs()]);
+                    true
+                }
+                _ => false,
+            };
+            restore_head(&mut s, id, at);
+            s.lun_mut(id)?.replica = Some(Replica { view: Some(at) });
+            s.dirty.luns.insert(id);
+            safety_taken
+        };
+        drop(fenced);
+        self.flush()?;
+        Ok(safety_taken)
+    }
+}
+
+/// Whether `l`'s head differs anywhere from what epoch `at` sees.
+fn head_differs(l: &Lun, at: u64) -> bool {
+    let blocks = l.size_blocks.min(l.snapshots[&at].size_blocks);
+    let mut pos = 0;
+    while pos < blocks {
+        let (tn, tv) = own_version(l, pos, blocks, None);
+        let (bn, bv) = own_version(l, pos, blocks, Some(at));
+        if tv != bv {
+            return true;
+        }
+        pos += tn.min(bn);
+    }
+    false
+}
+
+/// Sets LUN `id`'s size to `size_blocks` as a resize does; with
+/// `hide_parent`, a clone regrown over blocks it once read through its
+/// parent reads zeros there.
+pub(crate) fn resize_head(s: &mut State, id: LunId, new_blocks: u64, hide_parent: bool) {
+    let old_blocks = s.luns[&id].size_blocks;
+    if new_blocks < old_blocks {
+        s.set_head(id, new_blocks, old_blocks - new_blocks, None);
+    } else if new_blocks > old_blocks && hide_parent {
+        // A clone regrown over blocks it once read through its parent
+        // must read zeros there now; its older snapshots still read the
+        // parent (the zeros are a newer version).
+        let l = &s.luns[&id];
+        if l.parent.is_some() && old_blocks < l.parent_limit_blocks {
+            let end = new_blocks.min(l.parent_limit_blocks);
+            s.set_head(id, old_blocks, end - old_blocks, Some(Val::Zero));
+        }
+    }
+    let l = s.luns.get_mut(&id).expect("resized LUN is live");
+    l.size_blocks = new_blocks;
+    s.dirty.luns.insert(id);
+}
