@@ -55,6 +55,7 @@ mod error;
 mod extract;
 mod group_snapshots;
 mod luns;
+mod mirrors;
 mod pool;
 mod settings;
 mod snapshots;
@@ -69,7 +70,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use engine::Engine;
 use std::future::Future;
@@ -126,6 +127,27 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         pool::grow,
         settings::show,
         settings::update,
+        mirrors::create_token,
+        mirrors::list_tokens,
+        mirrors::delete_token,
+        mirrors::replication_lun,
+        mirrors::take_snapshot,
+        mirrors::hold,
+        mirrors::release,
+        mirrors::stream,
+        mirrors::accept_reverse,
+        mirrors::create_peer,
+        mirrors::list_peers,
+        mirrors::delete_peer,
+        mirrors::create_mirror,
+        mirrors::list_mirrors,
+        mirrors::show_mirror,
+        mirrors::delete_mirror,
+        mirrors::update,
+        mirrors::abort,
+        mirrors::break_off,
+        mirrors::resync,
+        mirrors::reverse,
         openapi_json,
     ),
     components(schemas(wire::ErrorBody)),
@@ -214,6 +236,21 @@ pub(crate) struct AppState {
     engine: Arc<Engine>,
     in_flight: Arc<Semaphore>,
     openapi: Arc<String>,
+    mirrors: Option<Arc<mirror::Mirrors>>,
+    /// This server's API URL as peers reach it (for a mirror reverse).
+    self_url: Option<Arc<str>>,
+}
+
+/// What the API serves beside the engine.
+#[derive(Default, Clone)]
+pub struct ApiConfig {
+    /// The admin token every request needs (None: open, for tests).
+    pub token: Option<String>,
+    /// Mirroring: peers, mirrors, and the replication routes that
+    /// replication tokens open.
+    pub mirrors: Option<Arc<mirror::Mirrors>>,
+    /// This server's API URL as peers reach it.
+    pub self_url: Option<String>,
 }
 
 /// Runs a blocking engine call off the async runtime.
@@ -244,6 +281,17 @@ pub fn router(engine: Arc<Engine>) -> Router {
 /// The API's routes; with a token, every request must carry
 /// `Authorization: Bearer TOKEN` or gets 401.
 pub fn router_with_token(engine: Arc<Engine>, token: Option<String>) -> Router {
+    router_with(
+        engine,
+        ApiConfig {
+            token,
+            ..Default::default()
+        },
+    )
+}
+
+/// The API's routes with everything `config` adds.
+pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
     let openapi = ApiDoc::openapi()
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
@@ -251,6 +299,8 @@ pub fn router_with_token(engine: Arc<Engine>, token: Option<String>) -> Router {
         engine,
         in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         openapi: Arc::new(openapi),
+        mirrors: config.mirrors.clone(),
+        self_url: config.self_url.as_deref().map(Arc::from),
     };
     let v1 = Router::new()
         .route("/luns", get(luns::list).post(luns::create))
@@ -294,6 +344,50 @@ pub fn router_with_token(engine: Arc<Engine>, token: Option<String>) -> Router {
         .route("/pool", get(pool::status).patch(pool::grow))
         .route("/pool/check", get(pool::check))
         .route("/settings", get(settings::show).patch(settings::update))
+        .route(
+            "/peer-tokens",
+            get(mirrors::list_tokens).post(mirrors::create_token),
+        )
+        .route("/peer-tokens/{name}", delete(mirrors::delete_token))
+        .route("/replication/luns", get(mirrors::replication_lun))
+        .route("/replication/snapshots", post(mirrors::take_snapshot))
+        .route("/replication/hold", post(mirrors::hold))
+        .route("/replication/release", post(mirrors::release))
+        .route("/replication/stream", get(mirrors::stream))
+        .route("/replication/reverse", post(mirrors::accept_reverse))
+        .route(
+            "/peers",
+            get(mirrors::list_peers).post(mirrors::create_peer),
+        )
+        .route("/peers/{name}", delete(mirrors::delete_peer))
+        .route(
+            "/mirrors",
+            get(mirrors::list_mirrors).post(mirrors::create_mirror),
+        )
+        .route(
+            "/mirrors/update",
+            post(mirrors::update).get(mirrors::show_mirror_named),
+        )
+        .route(
+            "/mirrors/abort",
+            post(mirrors::abort).get(mirrors::show_mirror_named),
+        )
+        .route(
+            "/mirrors/break",
+            post(mirrors::break_off).get(mirrors::show_mirror_named),
+        )
+        .route(
+            "/mirrors/resync",
+            post(mirrors::resync).get(mirrors::show_mirror_named),
+        )
+        .route(
+            "/mirrors/reverse",
+            post(mirrors::reverse).get(mirrors::show_mirror_named),
+        )
+        .route(
+            "/mirrors/{*name}",
+            get(mirrors::show_mirror).delete(mirrors::delete_mirror),
+        )
         .route("/openapi.json", get(openapi_json));
     Router::new()
         .nest("/api/v1", v1)
@@ -302,28 +396,59 @@ pub fn router_with_token(engine: Arc<Engine>, token: Option<String>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), admit_and_log))
         .layer(middleware::from_fn_with_state(
-            token.map(Arc::<str>::from),
+            Auth {
+                token: config.token.map(Arc::<str>::from),
+                mirrors: config.mirrors,
+            },
             authenticate,
         ))
         .with_state(state)
 }
 
+/// Who may call: the admin token anywhere; a replication token only on
+/// `/api/v1/replication/`.
+#[derive(Clone)]
+struct Auth {
+    token: Option<Arc<str>>,
+    mirrors: Option<Arc<mirror::Mirrors>>,
+}
+
+/// Where a replication token is let in.
+const REPLICATION_PREFIX: &str = "/api/v1/replication/";
+
 /// Checks the bearer token before anything else runs (no body is read, no
 /// permit taken), comparing in constant time.
-async fn authenticate(
-    State(token): State<Option<Arc<str>>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let Some(token) = token else {
+async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+    let Some(token) = auth.token else {
         return next.run(request).await;
     };
-    let given = request
+    let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
+    if let (Some(given), Some(m)) = (bearer, &auth.mirrors) {
+        if given.starts_with(mirror::tokens::TOKEN_PREFIX) {
+            let peer = m.tokens.verify(given);
+            if peer.is_some() && request.uri().path().starts_with(REPLICATION_PREFIX) {
+                return next.run(request).await;
+            }
+            tracing::warn!(
+                method = %request.method(),
+                uri = %request.uri(),
+                peer = ?peer,
+                "API request refused: a replication token opens only the replication routes"
+            );
+            let message = if peer.is_some() {
+                "a replication token may only call /api/v1/replication/; use the API token for anything else"
+            } else {
+                "the replication token is unknown (deleted, or never made here)"
+            };
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response();
+        }
+    }
+    let given = bearer;
     let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));
     if ok {
         return next.run(request).await;
@@ -360,13 +485,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
-    token: Option<String>,
+    config: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::debug!(%addr, "REST API listening");
     }
-    axum::serve(listener, router_with_token(engine, token))
+    axum::serve(listener, router_with(engine, config))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -376,11 +501,11 @@ pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     config: tokio_rustls::rustls::ServerConfig,
     engine: Arc<Engine>,
-    token: Option<String>,
+    api: ApiConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tls::TlsListener::new(listener, config)?;
-    axum::serve(listener, router_with_token(engine, token))
+    axum::serve(listener, router_with(engine, api))
         .with_graceful_shutdown(shutdown)
         .await
 }

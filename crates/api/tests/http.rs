@@ -44,7 +44,11 @@ impl Server {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 addr_tx.send(listener.local_addr()?).unwrap();
-                api::serve(listener, served, token, async {
+                let config = api::ApiConfig {
+                    token,
+                    ..Default::default()
+                };
+                api::serve(listener, served, config, async {
                     let _ = shutdown_rx.await;
                 })
                 .await
@@ -1372,6 +1376,23 @@ fn openapi_lists_every_route() {
         ("/api/v1/pool", &["get", "patch"]),
         ("/api/v1/pool/check", &["get"]),
         ("/api/v1/settings", &["get", "patch"]),
+        ("/api/v1/peer-tokens", &["get", "post"]),
+        ("/api/v1/peer-tokens/{name}", &["delete"]),
+        ("/api/v1/replication/luns", &["get"]),
+        ("/api/v1/replication/snapshots", &["post"]),
+        ("/api/v1/replication/hold", &["post"]),
+        ("/api/v1/replication/release", &["post"]),
+        ("/api/v1/replication/stream", &["get"]),
+        ("/api/v1/replication/reverse", &["post"]),
+        ("/api/v1/peers", &["get", "post"]),
+        ("/api/v1/peers/{name}", &["delete"]),
+        ("/api/v1/mirrors", &["get", "post"]),
+        ("/api/v1/mirrors/{name}", &["get", "delete"]),
+        ("/api/v1/mirrors/update", &["post"]),
+        ("/api/v1/mirrors/abort", &["post"]),
+        ("/api/v1/mirrors/break", &["post"]),
+        ("/api/v1/mirrors/resync", &["post"]),
+        ("/api/v1/mirrors/reverse", &["post"]),
         ("/api/v1/openapi.json", &["get"]),
     ];
     assert_eq!(

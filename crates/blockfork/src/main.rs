@@ -55,6 +55,14 @@ struct ServeArgs {
     /// Adjustable at run time through the API.
     #[arg(long, default_value_t = 128)]
     split_rate: u64,
+    /// Pool-wide mirror transfer rate limit in MB/s (10^6 bytes); 0 for
+    /// none. Each mirror may have its own `--rate` too.
+    #[arg(long, default_value_t = 0)]
+    mirror_rate: u64,
+    /// This server's API URL as mirror peers reach it (a `mirror reverse`
+    /// gives it to the old source). Default: the --api address.
+    #[arg(long, value_name = "URL")]
+    advertise_url: Option<String>,
     /// Commit metadata at least this often when anything changed (FLUSH and
     /// FUA always commit at once).
     #[arg(long, default_value_t = 20)]
@@ -89,7 +97,7 @@ struct ServeArgs {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::parse_from(cli::peer_create_flags(std::env::args_os()));
     match args.command {
         Top::Serve(serve_args) => match serve(serve_args, &args.global.data) {
             Ok(()) => ExitCode::SUCCESS,
@@ -176,7 +184,15 @@ fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
         .thread_name("blockfork-io")
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let result = runtime.block_on(run_servers(&args, engine.clone(), token));
+    let mirrors = mirror::Mirrors::open(data, engine.clone())?;
+    if args.mirror_rate > 0 {
+        mirrors
+            .set_mirror_rate(args.mirror_rate.saturating_mul(1_000_000))
+            .map_err(|e| e.to_string())?;
+    }
+    let result = runtime.block_on(run_servers(&args, engine.clone(), token, mirrors.clone()));
+    // Transfers stop at their checkpoints; the next start resumes them.
+    mirrors.shutdown();
     // Stop accepting was done above; now make everything durable.
     let closed = engine
         .close()
@@ -239,7 +255,12 @@ fn api_token(data: &Path) -> Result<String, String> {
     }
 }
 
-async fn run_servers(args: &ServeArgs, engine: Arc<Engine>, token: String) -> Result<(), String> {
+async fn run_servers(
+    args: &ServeArgs,
+    engine: Arc<Engine>,
+    token: String,
+    mirrors: Arc<mirror::Mirrors>,
+) -> Result<(), String> {
     let token_value = token;
     let shutdown = CancellationToken::new();
     let nbd_listener = tokio::net::TcpListener::bind(args.nbd)
@@ -288,14 +309,21 @@ async fn run_servers(args: &ServeArgs, engine: Arc<Engine>, token: String) -> Re
     {
         let token = shutdown.clone();
         let engine = engine.clone();
-        let api_token = token_value;
+        let scheme = if api_tls.is_some() { "https" } else { "http" };
+        let config = api::ApiConfig {
+            token: Some(token_value),
+            mirrors: Some(mirrors),
+            self_url: Some(
+                args.advertise_url
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{}", args.api)),
+            ),
+        };
         tasks.spawn(async move {
             let stop = async move { token.cancelled().await };
             match api_tls {
-                None => api::serve(api_listener, engine, Some(api_token), stop).await,
-                Some(config) => {
-                    api::serve_tls(api_listener, config, engine, Some(api_token), stop).await
-                }
+                None => api::serve(api_listener, engine, config, stop).await,
+                Some(tls) => api::serve_tls(api_listener, tls, engine, config, stop).await,
             }
             .map_err(|e| format!("REST API failed: {e}"))
         });

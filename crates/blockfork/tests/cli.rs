@@ -36,7 +36,7 @@ impl ApiServer {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
-                api::serve(listener, served, None, async {
+                api::serve(listener, served, api::ApiConfig::default(), async {
                     let _ = shutdown_rx.await;
                 })
                 .await

@@ -69,6 +69,30 @@ impl Client {
     /// A client of the server at `server` (`http://` or `https://`),
     /// authorised by `token`, trusting `ca_cert` (PEM) for HTTPS.
     pub fn new(server: &str, token: Option<String>, ca_cert: Option<&Path>) -> Result<Client> {
+        let certs = ca_cert.map(read_certs).transpose()?;
+        Client::with_certs(server, token, certs, REQUEST_TIMEOUT_MS)
+    }
+
+    /// Like [`Client::new`] with the CA given as PEM text (a mirror peer's,
+    /// kept in the destination's state), each call bounded by `timeout_ms`.
+    pub fn with_ca_pem(
+        server: &str,
+        token: Option<String>,
+        ca_pem: Option<&str>,
+        timeout_ms: u64,
+    ) -> Result<Client> {
+        let certs = ca_pem
+            .map(|pem| parse_certs(pem.as_bytes(), "the peer's CA certificate"))
+            .transpose()?;
+        Client::with_certs(server, token, certs, timeout_ms)
+    }
+
+    fn with_certs(
+        server: &str,
+        token: Option<String>,
+        certs: Option<Vec<ureq::tls::Certificate<'static>>>,
+        timeout_ms: u64,
+    ) -> Result<Client> {
         let trimmed = server.trim_end_matches('/');
         let scheme = ["http://", "https://"]
             .into_iter()
@@ -79,16 +103,14 @@ impl Client {
             )));
         }
         let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(path) = ca_cert {
-            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(
-                read_certs(path)?,
-            )));
+        if let Some(certs) = certs {
+            tls = tls.root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)));
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_millis(CONNECT_TIMEOUT_MS)))
-            .timeout_global(Some(Duration::from_millis(REQUEST_TIMEOUT_MS)))
+            .timeout_global(Some(Duration::from_millis(timeout_ms)))
             .build()
             .into();
         Ok(Client {
@@ -288,6 +310,131 @@ impl Client {
         self.send("PATCH", "/settings", body)
     }
 
+    // ------------------------------------------------- replication tokens
+
+    /// Makes a replication token; its secret is in the answer, once.
+    pub fn create_peer_token(&self, name: &str) -> Result<PeerTokenInfo> {
+        self.send(
+            "POST",
+            "/peer-tokens",
+            &CreatePeerToken { name: name.into() },
+        )
+    }
+
+    pub fn list_peer_tokens(&self) -> Result<Vec<PeerTokenInfo>> {
+        self.get("/peer-tokens")
+    }
+
+    pub fn delete_peer_token(&self, name: &str) -> Result<()> {
+        self.call("DELETE", &format!("/peer-tokens/{}", encode(name)), None)
+            .map(drop)
+    }
+
+    // ------------------------------------ replication (a source, for a peer)
+
+    pub fn replication_lun(&self, lun: &str) -> Result<ReplicationLun> {
+        self.get(&with_query("/replication/luns", &[("lun", Some(lun))]))
+    }
+
+    pub fn take_mirror_snapshot(&self, body: &TakeMirrorSnapshot) -> Result<Vec<SnapshotInfo>> {
+        self.send("POST", "/replication/snapshots", body)
+    }
+
+    pub fn hold_mirror_snapshot(&self, body: &HoldMirrorSnapshot) -> Result<()> {
+        let body = serde_json::to_vec(body).expect("request types serialize");
+        self.call("POST", "/replication/hold", Some(body)).map(drop)
+    }
+
+    pub fn release_mirror_snapshot(&self, body: &ReleaseMirrorSnapshot) -> Result<()> {
+        let body = serde_json::to_vec(body).expect("request types serialize");
+        self.call("POST", "/replication/release", Some(body))
+            .map(drop)
+    }
+
+    /// Asks this server, the old source of a broken mirror, to become its
+    /// destination (the body is `mirror::ReverseRequest`).
+    pub fn reverse_mirror<B: Serialize>(&self, body: &B) -> Result<MirrorPlan> {
+        self.send("POST", "/replication/reverse", body)
+    }
+
+    /// A mirror stream (see `wire::stream`), to read as it arrives.
+    pub fn replication_stream(
+        &self,
+        query: &StreamQuery,
+        max_bytes: u64,
+    ) -> Result<Box<dyn std::io::Read + Send>> {
+        let from = query.from.to_string();
+        let max = max_bytes.to_string();
+        let flatten = query.flatten.to_string();
+        let path = with_query(
+            "/replication/stream",
+            &[
+                ("lun", Some(&query.lun)),
+                ("base", query.base.as_deref()),
+                ("target", Some(&query.target)),
+                ("flatten", Some(&flatten)),
+                ("from", Some(&from)),
+                ("max_bytes", Some(&max)),
+            ],
+        );
+        let response = self.request("GET", &path, None)?;
+        if !response.status().is_success() {
+            return Err(self.error_of(response, "GET", &path));
+        }
+        Ok(Box::new(response.into_body().into_reader()))
+    }
+
+    // --------------------------------------------------------------- peers
+
+    pub fn create_peer(&self, body: &CreatePeer) -> Result<PeerInfo> {
+        self.send("POST", "/peers", body)
+    }
+
+    pub fn list_peers(&self) -> Result<Vec<PeerInfo>> {
+        self.get("/peers")
+    }
+
+    pub fn delete_peer(&self, name: &str) -> Result<()> {
+        self.call("DELETE", &format!("/peers/{}", encode(name)), None)
+            .map(drop)
+    }
+
+    // ------------------------------------------------------------- mirrors
+
+    pub fn create_mirror(&self, body: &CreateMirror) -> Result<MirrorInfo> {
+        self.send("POST", "/mirrors", body)
+    }
+
+    pub fn list_mirrors(&self) -> Result<Vec<MirrorInfo>> {
+        self.get("/mirrors")
+    }
+
+    pub fn mirror(&self, name: &str) -> Result<MirrorInfo> {
+        self.get(&format!("/mirrors/{}", encode(name)))
+    }
+
+    pub fn delete_mirror(&self, name: &str) -> Result<()> {
+        self.call("DELETE", &format!("/mirrors/{}", encode(name)), None)
+            .map(drop)
+    }
+
+    /// `update`, `abort` or `break`: answers the relationship as it is now.
+    pub fn mirror_action(&self, action: &str, name: &str) -> Result<MirrorInfo> {
+        let body = MirrorAction {
+            name: name.into(),
+            force: false,
+            dry_run: false,
+            url: None,
+            ca_cert: None,
+        };
+        self.send("POST", &format!("/mirrors/{action}"), &body)
+    }
+
+    /// `resync` or `reverse`: the plan, done or not.
+    pub fn mirror_plan_action(&self, action: &str, body: &MirrorAction) -> Result<MirrorPlan> {
+        self.send("POST", &format!("/mirrors/{action}"), body)
+    }
+
     // ------------------------------------------------------------ plumbing
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -308,9 +455,13 @@ impl Client {
         self.call(method, path, Some(body)).and_then(parse)
     }
 
-    /// One API call: the response's JSON (`Null` for none), or the error
-    /// to show, which for an API error is the server's own sentence.
-    fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<serde_json::Value> {
+    /// Sends one request; the response, whatever its status.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
         let url = format!("{}{path}", self.base);
         let mut request = ureq::http::Request::builder()
             .method(method)
@@ -330,7 +481,7 @@ impl Client {
             ),
             None => self.agent.run(request.body(()).map_err(invalid)?),
         };
-        let mut response = sent.map_err(|e| {
+        sent.map_err(|e| {
             ClientError::local(match e {
                 ureq::Error::Timeout(_) => format!(
                     "the blockfork server at {} did not answer in time ({e})",
@@ -341,9 +492,11 @@ impl Client {
                     self.server
                 ),
             })
-        })?;
-        let status = response.status();
-        let text = response
+        })
+    }
+
+    fn read_text(&self, response: &mut ureq::http::Response<ureq::Body>) -> Result<String> {
+        response
             .body_mut()
             .with_config()
             .limit(RESPONSE_BYTES_MAX)
@@ -353,19 +506,22 @@ impl Client {
                     "cannot read the response of the blockfork server at {}: {e}",
                     self.server
                 ))
-            })?;
-        if status.is_success() {
-            if text.is_empty() {
-                return Ok(serde_json::Value::Null);
-            }
-            return serde_json::from_str(&text).map_err(|e| {
-                ClientError::local(format!(
-                    "the server at {} answered {method} {path} with something that is not JSON ({e}); is it a blockfork server?",
-                    self.server
-                ))
-            });
-        }
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            })
+    }
+
+    /// The error an unsuccessful response carries.
+    fn error_of(
+        &self,
+        mut response: ureq::http::Response<ureq::Body>,
+        method: &str,
+        path: &str,
+    ) -> ClientError {
+        let status = response.status();
+        let text = match self.read_text(&mut response) {
+            Ok(text) => text,
+            Err(e) => return e,
+        };
+        match serde_json::from_str::<ErrorBody>(&text) {
             Ok(error) => ClientError {
                 status: Some(status.as_u16()),
                 code: Some(error.code),
@@ -379,6 +535,25 @@ impl Client {
                     self.server
                 ),
             },
+        }
+    }
+
+    /// One API call: the response's JSON (`Null` for none), or the error
+    /// to show, which for an API error is the server's own sentence.
+    fn call(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<serde_json::Value> {
+        let mut response = self.request(method, path, body)?;
+        if !response.status().is_success() {
+            return Err(self.error_of(response, method, path));
+        }
+        let text = self.read_text(&mut response)?;
+        if text.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| {
+            ClientError::local(format!(
+                "the server at {} answered {method} {path} with something that is not JSON ({e}); is it a blockfork server?",
+                self.server
+            ))
         })
     }
 }
@@ -387,21 +562,24 @@ fn read_certs(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>> {
     let pem = std::fs::read(path).map_err(|e| {
         ClientError::local(format!("cannot read --ca-cert {}: {e}", path.display()))
     })?;
-    let certs = ureq::tls::parse_pem(&pem)
+    parse_certs(&pem, &format!("--ca-cert {}", path.display()))
+}
+
+fn parse_certs(pem: &[u8], what: &str) -> Result<Vec<ureq::tls::Certificate<'static>>> {
+    let certs = ureq::tls::parse_pem(pem)
         .filter_map(|item| match item {
             Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ClientError::local(format!("--ca-cert {} is not PEM: {e}", path.display())))?;
+        .map_err(|e| ClientError::local(format!("{what} is not PEM: {e}")))?;
     if certs.is_empty() {
         return Err(ClientError::local(format!(
-            "--ca-cert {} holds no PEM certificate",
-            path.display()
+            "{what} holds no PEM certificate"
         )));
     }
-    Ok(certs)
+    Ok(certs.into_iter().map(|c| c.to_owned()).collect())
 }
 
 /// A response as the type the operation answers.

@@ -31,7 +31,11 @@ impl Server {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                 addr_tx.send(listener.local_addr()?).unwrap();
-                api::serve(listener, engine, Some(TOKEN.into()), async {
+                let config = api::ApiConfig {
+                    token: Some(TOKEN.into()),
+                    ..Default::default()
+                };
+                api::serve(listener, engine, config, async {
                     let _ = shutdown_rx.await;
                 })
                 .await

@@ -183,17 +183,20 @@ impl Engine {
             let s = self.state.lock();
             s.check_open()?;
             Self::check_range(&s, target, offset, len)?;
-            if !replica_ok {
-                crate::replica::check_not_replica(s.lun(id)?)?;
-            }
+            crate::replica::check_writer(s.lun(id)?, replica_ok)?;
         }
         let first = offset / BLOCK_SIZE;
         let end = (offset + len).div_ceil(BLOCK_SIZE);
         let _stripes = self.lock_stripes(id, first, end - first);
         let fence = self.fence_of_id(id)?;
         let _fenced = sched::acquire("fence.read", || fence.try_read(), || fence.read());
-        // The size may have changed while we waited for the fence.
-        Self::check_range(&self.state.lock(), target, offset, len)?;
+        // The size, or whether the LUN is a replica, may have changed while
+        // we waited for the fence.
+        {
+            let s = self.state.lock();
+            Self::check_range(&s, target, offset, len)?;
+            crate::replica::check_writer(s.lun(id)?, replica_ok)?;
+        }
         let aligned = offset.is_multiple_of(BLOCK_SIZE) && len.is_multiple_of(BLOCK_SIZE);
         if aligned {
             self.write_blocks(id, first, data)?;
@@ -407,10 +410,7 @@ impl Engine {
         let check = |s: &State| -> Result<()> {
             s.check_open()?;
             Self::check_bounds(s, target, offset, len)?;
-            if !replica_ok {
-                crate::replica::check_not_replica(s.lun(id)?)?;
-            }
-            Ok(())
+            crate::replica::check_writer(s.lun(id)?, replica_ok)
         };
         check(&self.state.lock())?;
         if len == 0 {

@@ -103,6 +103,19 @@ pub(crate) fn check_not_replica(l: &Lun) -> Result<()> {
     Ok(())
 }
 
+/// A client (`transfer` false) may not change a replica; a transfer may
+/// change nothing else.
+pub(crate) fn check_writer(l: &Lun, transfer: bool) -> Result<()> {
+    match (transfer, l.replica.is_some()) {
+        (false, _) => check_not_replica(l),
+        (true, true) => Ok(()),
+        (true, false) => Err(Error::InvalidArgument(format!(
+            "LUN \"{}\" is no longer a mirror destination (the mirror was broken or deleted)",
+            l.name
+        ))),
+    }
+}
+
 /// Blocks a client sees in LUN `l`: a replica shows its view's size.
 pub(crate) fn visible_blocks(l: &Lun) -> u64 {
     match l.replica {
@@ -113,6 +126,16 @@ pub(crate) fn visible_blocks(l: &Lun) -> u64 {
             .unwrap_or(l.size_blocks),
         _ => l.size_blocks,
     }
+}
+
+/// A hold's holder: 1 to 255 printable ASCII characters, no spaces.
+fn validate_holder(holder: &str) -> Result<()> {
+    if holder.is_empty() || holder.len() > 255 || !holder.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument(format!(
+            "holder {holder:?} must be 1 to 255 printable characters without spaces"
+        )));
+    }
+    Ok(())
 }
 
 fn replica_id(s: &State, lun: &str) -> Result<LunId> {
@@ -177,7 +200,7 @@ impl Engine {
 
     /// Keeps `lun@snapshot` from deletion until `holder` releases it.
     pub fn hold_snapshot(&self, lun: &str, snapshot: &str, holder: &str) -> Result<()> {
-        validate_snapshot_name(holder)?;
+        validate_holder(holder)?;
         {
             let mut s = self.state.lock();
             s.check_open()?;
@@ -232,6 +255,21 @@ impl Engine {
             self.flush()?;
         }
         Ok(released)
+    }
+
+    /// A LUN and its visible snapshots, oldest first, without the space
+    /// accounting `list_snapshots` walks the maps for: what a mirror asks
+    /// of a source before every transfer.
+    pub fn snapshots_brief(&self, lun: &str) -> Result<(LunInfo, Vec<SnapshotInfo>)> {
+        let s = self.state.read();
+        s.check_open()?;
+        let id = s.lun_id(lun)?;
+        let l = &s.luns[&id];
+        let snaps = l
+            .visible_snapshots()
+            .filter_map(|(e, _)| snapshot_info(&s, id, e))
+            .collect();
+        Ok((lun_info(&s, l), snaps))
     }
 
     // -------------------------------------------------------------- diff
@@ -438,7 +476,7 @@ impl Engine {
         group: Option<&str>,
         holder: &str,
     ) -> Result<()> {
-        validate_snapshot_name(holder)?;
+        validate_holder(holder)?;
         let requests: Vec<(String, String)> = snaps
             .iter()
             .map(|r| (r.lun.clone(), r.snapshot.clone()))
@@ -496,19 +534,42 @@ impl Engine {
         self.flush()
     }
 
+    /// Makes a replica's head what `snapshot` holds (readers keep their
+    /// view): an incremental from an older common snapshot than the view.
+    pub fn rebase_replica(&self, lun: &str, snapshot: &str) -> Result<()> {
+        let fenced = self.fence_luns(|s| Ok(vec![replica_id(s, lun)?]))?;
+        let id = fenced.id();
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            let at = snapshot_epoch(&s.luns[&id], snapshot)?;
+            restore_head(&mut s, id, at);
+        }
+        drop(fenced);
+        self.flush()
+    }
+
     /// Makes a replica an ordinary writable LUN at its last complete
     /// snapshot (what a transfer had half written is discarded). Local and
     /// metadata only. Returns the snapshot's name (None: no transfer had
     /// completed, and the LUN is empty).
     pub fn break_replica(&self, lun: &str) -> Result<Option<String>> {
-        self.rollback_replica(lun)?;
+        // One fenced change: no transfer write lands between the rollback
+        // and the end of the replica (those re-check under the fence).
         let fenced = self.fence_luns(|s| Ok(vec![replica_id(s, lun)?]))?;
         let id = fenced.id();
         let view = {
             let mut s = self.state.lock();
             s.check_open()?;
+            let view = s.lun(id)?.replica.and_then(|r| r.view);
+            match view {
+                Some(v) => restore_head(&mut s, id, v),
+                None => {
+                    let blocks = s.lun(id)?.size_blocks;
+                    s.set_head(id, 0, blocks, None);
+                }
+            }
             let l = s.lun_mut(id)?;
-            let view = l.replica.and_then(|r| r.view);
             let name = view
                 .and_then(|v| l.snapshots.get(&v))
                 .map(|sn| sn.name.clone());
@@ -525,8 +586,16 @@ impl Engine {
     /// `snapshot`: for a resync or a reverse. With `safety`, first keeps
     /// the head as it was in a snapshot of that name, when it differs from
     /// `snapshot`. The head goes back to `snapshot`.
-    /// Returns whether it took the safety snapshot.
-    pub fn make_replica(&self, lun: &str, snapshot: &str, safety: Option<&str>) -> Result<bool> {
+    /// `holder` holds `snapshot` (and nothing else of the LUN) from now
+    /// on. Returns whether it took the safety snapshot.
+    pub fn make_replica(
+        &self,
+        lun: &str,
+        snapshot: &str,
+        safety: Option<&str>,
+        holder: &str,
+    ) -> Result<bool> {
+        validate_holder(holder)?;
         if let Some(name) = safety {
             validate_snapshot_name(name)?;
         }
@@ -551,7 +620,20 @@ impl Engine {
                 _ => false,
             };
             restore_head(&mut s, id, at);
-            s.lun_mut(id)?.replica = Some(Replica { view: Some(at) });
+            let l = s.lun_mut(id)?;
+            l.replica = Some(Replica { view: Some(at) });
+            let mut changed = Vec::new();
+            for (&e, sn) in l.snapshots.iter_mut() {
+                let differs = if e == at {
+                    sn.holds.insert(holder.to_string())
+                } else {
+                    sn.holds.remove(holder)
+                };
+                if differs {
+                    changed.push((id, e));
+                }
+            }
+            s.dirty.snapshots.extend(changed);
             s.dirty.luns.insert(id);
             safety_taken
         };

@@ -10,10 +10,13 @@
 //! `responses` are what the server answers, `requests` what it accepts,
 //! `sizes` how request sizes are parsed (and refused).
 
+mod mirror;
 mod requests;
 mod responses;
 mod sizes;
+pub mod stream;
 
+pub use mirror::*;
 pub use requests::*;
 pub use responses::*;
 

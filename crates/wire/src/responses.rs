@@ -45,6 +45,13 @@ pub struct LunInfo {
     /// closed one.
     #[serde(default)]
     pub maps: Vec<String>,
+    /// A mirror destination: read-only; readers see `replica_view`.
+    #[serde(default)]
+    pub replica: bool,
+    /// The snapshot a mirror destination's readers see: its newest
+    /// complete transfer (none until the baseline completes).
+    #[serde(default)]
+    pub replica_view: Option<String>,
 }
 
 #[cfg(feature = "engine")]
@@ -60,6 +67,8 @@ impl From<engine::LunInfo> for LunInfo {
             parent: l.parent,
             clones: l.clones,
             maps: l.maps,
+            replica: l.replica,
+            replica_view: l.replica_view,
         }
     }
 }
@@ -83,6 +92,10 @@ pub struct SnapshotInfo {
     /// Clones that read through this snapshot: deleting it only hides it
     /// until the last of them is split or deleted.
     pub clones: Vec<String>,
+    /// Mirror relationships that need it (a common base, or a transfer in
+    /// flight): deleting it is refused until they let go.
+    #[serde(default)]
+    pub holds: Vec<String>,
 }
 
 #[cfg(feature = "engine")]
@@ -97,6 +110,7 @@ impl From<engine::SnapshotInfo> for SnapshotInfo {
             exclusive_bytes: s.exclusive_bytes,
             group: s.group,
             clones: s.clones,
+            holds: s.holds,
         }
     }
 }

@@ -45,6 +45,18 @@ pub enum Command {
         #[command(subcommand)]
         command: IgroupCommand,
     },
+    /// Mirroring peers: replication tokens on a source, sources on a
+    /// destination.
+    Peer {
+        #[command(subcommand)]
+        command: super::mirror::PeerCommand,
+    },
+    /// Mirrors: a disaster-recovery copy of LUNs from a peer, kept current
+    /// by transferring only what changed; break, resync and reverse.
+    Mirror {
+        #[command(subcommand)]
+        command: super::mirror::MirrorCommand,
+    },
     /// On a host that mounts LUNs: attach LUNs as block devices, and clone
     /// files of their file systems without copying bytes.
     Host(crate::host::HostArgs),

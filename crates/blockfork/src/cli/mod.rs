@@ -21,10 +21,12 @@ use std::time::Duration;
 
 mod args;
 mod commands;
+mod mirror;
 mod output;
 
 pub use args::*;
 use commands::*;
+pub use mirror::peer_create_flags;
 pub use output::*;
 /// How often `snapshot delete --wait` asks for the reclaim job's progress.
 const JOB_POLL_INTERVAL_MS: u64 = 200;
@@ -112,6 +114,8 @@ pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
                 command: JobCommand::List,
             } => jobs(&client, out),
             Command::Igroup { command } => igroup(&client, out, command),
+            Command::Peer { command } => mirror::peer(&client, out, command),
+            Command::Mirror { command } => mirror::mirror(&client, out, command),
             Command::Host(args) => crate::host::run(&client, out, args),
         }
     });
@@ -247,6 +251,8 @@ mod tests {
                 parent: None,
                 clones: vec!["vol0/clone".into()],
                 maps: Vec::new(),
+                replica: false,
+                replica_view: None,
             },
             LunInfo {
                 id: 2,
@@ -258,6 +264,8 @@ mod tests {
                 parent: Some("vol0/db@nightly".into()),
                 clones: Vec::new(),
                 maps: Vec::new(),
+                replica: false,
+                replica_view: None,
             },
         ];
         assert_eq!(

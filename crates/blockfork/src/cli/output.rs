@@ -60,7 +60,7 @@ impl Out {
 }
 
 pub(crate) fn lun_details(l: &LunInfo) -> String {
-    details(&[
+    let mut text = details(&[
         ("name", l.name.clone()),
         ("id", l.id.to_string()),
         ("size", size_with_bytes(l.size_bytes)),
@@ -76,7 +76,21 @@ pub(crate) fn lun_details(l: &LunInfo) -> String {
         ("clones", list_or_dash(&l.clones)),
         ("maps", list_or_dash(&l.maps)),
         ("created", format_time(l.created)),
-    ])
+    ]);
+    if l.replica {
+        text.push_str(&details(&[(
+            "mirror",
+            format!(
+                "destination, read-only; readers see {}",
+                l.replica_view
+                    .as_deref()
+                    .map_or("nothing yet (baseline running)".into(), |v| format!(
+                        "snapshot \"{v}\""
+                    ))
+            ),
+        )]));
+    }
+    text
 }
 
 pub(crate) fn list_or_dash(names: &[String]) -> String {
@@ -146,6 +160,7 @@ pub(crate) fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
                 } else {
                     s.clones.join(",")
                 },
+                list_or_dash(&s.holds),
                 format_time(s.created),
             ]
         })
@@ -158,6 +173,7 @@ pub(crate) fn snapshot_table(snapshots: &[SnapshotInfo]) -> String {
             ("EXCLUSIVE", Align::Right),
             ("GROUP", Align::Left),
             ("CLONES", Align::Left),
+            ("HELD BY", Align::Left),
             ("CREATED", Align::Left),
         ],
         &rows,

@@ -1,0 +1,1662 @@
+//! Peers and mirror relationships on the destination: their durable
+//! records, the worker that runs a relationship's transfer, the schedule
+//! that starts them, and break, resync, reverse and delete.
+
+use crate::planner::{self, Sides, Snap, Update};
+use crate::tokens::PeerTokens;
+use crate::transfer::{self, Ctx, Failure};
+use crate::{now_secs, store, Limiter, MIRROR_SNAPSHOT_PREFIX};
+use engine::{Engine, Error, ReplicaSnapshot, BLOCK_SIZE};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use wire::{
+    CreateMirror, CreatePeer, MirrorInfo, MirrorMember, MirrorPlan, MirrorState, PeerInfo,
+    ReleaseMirrorSnapshot, ReverseRequest, TakeMirrorSnapshot, TransferInfo,
+};
+
+/// Most peers, and most relationships, one server keeps.
+pub const PEERS_MAX: usize = 64;
+pub const MIRRORS_MAX: usize = 1024;
+/// Most LUNs one group mirror holds.
+pub const GROUP_MEMBERS_MAX: usize = 64;
+/// Attempts at a transfer that keeps getting cut, each resuming from the
+/// last checkpoint, before the relationship is marked failed.
+pub const CUT_RETRIES_MAX: u32 = 5;
+/// Timeout of one call to a peer (a stream piece is sized to fit).
+pub const PEER_CALL_TIMEOUT_MS: u64 = 120_000;
+/// Longest `abort`, `resync` and `delete` wait for a transfer to stop.
+pub const STOP_WAIT_MS: u64 = 15_000;
+/// The schedule's tick.
+const SCHEDULE_TICK_MS: u64 = 500;
+/// Default mirror snapshots kept on the destination.
+pub const KEEP_DEFAULT: u32 = 2;
+/// Shortest schedule.
+pub const SCHEDULE_SECS_MIN: u64 = 1;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct State {
+    /// This server's name in the holds it takes on sources.
+    site: String,
+    peers: Vec<Peer>,
+    mirrors: Vec<Relationship>,
+    /// Pool-wide mirror rate (bytes/s, 0: none).
+    #[serde(default)]
+    mirror_rate_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Peer {
+    name: String,
+    url: String,
+    token: String,
+    ca_cert: Option<String>,
+    created: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Member {
+    source: String,
+    destination: String,
+    /// `LUN@SNAPSHOT` on this side the destination is a clone of: only the
+    /// member's own blocks travel.
+    clone_of: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SnapRecord {
+    name: String,
+    created: u64,
+}
+
+impl SnapRecord {
+    fn snap(&self) -> Snap {
+        Snap {
+            name: self.name.clone(),
+            created: self.created,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct InFlight {
+    base: Option<String>,
+    target: SnapRecord,
+    /// Members before this one are complete.
+    member: usize,
+    /// Where `member`'s stream resumes.
+    next_block: u64,
+    bytes: u64,
+    bytes_expected: u64,
+    started: u64,
+    resumes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Relationship {
+    name: String,
+    /// Short id, in the names of the mirror snapshots it takes.
+    id: String,
+    peer: String,
+    group: bool,
+    members: Vec<Member>,
+    state: MirrorState,
+    common: Option<SnapRecord>,
+    in_flight: Option<InFlight>,
+    /// The mirror snapshot the running update is heading for.
+    #[serde(default)]
+    goal: Option<SnapRecord>,
+    /// Source snapshots to release (and delete) when the source is next
+    /// reached: what a break left behind.
+    #[serde(default)]
+    release_later: Vec<SnapRecord>,
+    seq: u64,
+    schedule_secs: Option<u64>,
+    rate_bytes: Option<u64>,
+    keep: u32,
+    last_success: Option<u64>,
+    last_error: Option<String>,
+    last_transfer_bytes: u64,
+    last_transfer_secs: f64,
+    created: u64,
+}
+
+impl Relationship {
+    /// The holder of this relationship's snapshots on this side.
+    fn holder(&self) -> String {
+        format!("mirror:{}", self.name)
+    }
+}
+
+/// A running transfer, as the API sees it.
+struct Worker {
+    cancel: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    bytes: Arc<AtomicU64>,
+    /// (when, bytes) a few seconds apart, for the rate.
+    window: Mutex<(Instant, u64, f64)>,
+}
+
+pub struct Mirrors {
+    engine: Arc<Engine>,
+    path: PathBuf,
+    pub tokens: PeerTokens,
+    state: Mutex<State>,
+    workers: Mutex<HashMap<String, Arc<Worker>>>,
+    pool_limiter: Arc<Limiter>,
+    limiters: Mutex<HashMap<String, Arc<Limiter>>>,
+    stop: AtomicBool,
+    scheduler: Mutex<Option<JoinHandle<()>>>,
+    /// Last time each scheduled relationship started.
+    last_start: Mutex<HashMap<String, Instant>>,
+}
+
+fn not_found(kind: &'static str, name: &str) -> Error {
+    Error::NotFound {
+        kind,
+        name: name.into(),
+    }
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("randomness");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Mirrors {
+    /// Opens mirroring's state in `data/mirror` and starts the schedule;
+    /// transfers interrupted by a stop resume.
+    pub fn open(data: &Path, engine: Arc<Engine>) -> Result<Arc<Mirrors>, String> {
+        let dir = data.join("mirror");
+        let path = dir.join("state.json");
+        let mut state: State = store::load(&path)?;
+        if state.site.is_empty() {
+            state.site = random_hex(4);
+            store::save(&path, &state)?;
+        }
+        let mirrors = Arc::new(Mirrors {
+            tokens: PeerTokens::open(&dir)?,
+            pool_limiter: Arc::new(Limiter::new(state.mirror_rate_bytes)),
+            engine,
+            path,
+            state: Mutex::new(state),
+            workers: Mutex::new(HashMap::new()),
+            limiters: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            scheduler: Mutex::new(None),
+            last_start: Mutex::new(HashMap::new()),
+        });
+        let weak = Arc::downgrade(&mirrors);
+        let handle = std::thread::Builder::new()
+            .name("mirror-schedule".into())
+            .spawn(move || schedule_loop(weak))
+            .map_err(|e| format!("cannot start the mirror schedule: {e}"))?;
+        *mirrors.scheduler.lock() = Some(handle);
+        // Interrupted transfers resume.
+        let resume: Vec<String> = mirrors
+            .state
+            .lock()
+            .mirrors
+            .iter()
+            .filter(|r| r.in_flight.is_some() && r.state != MirrorState::Broken)
+            .map(|r| r.name.clone())
+            .collect();
+        for name in resume {
+            tracing::info!(mirror = %name, "resuming the transfer a stop interrupted");
+            let _ = mirrors.start(&name);
+        }
+        Ok(mirrors)
+    }
+
+    /// Stops every transfer (each resumes from its checkpoint at the next
+    /// start) and the schedule.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let workers: Vec<Arc<Worker>> = self.workers.lock().values().cloned().collect();
+        for w in &workers {
+            w.cancel.store(true, Ordering::Relaxed);
+        }
+        if let Some(h) = self.scheduler.lock().take() {
+            let _ = h.join();
+        }
+        for name in self.workers.lock().keys().cloned().collect::<Vec<_>>() {
+            self.wait_stopped(&name, Duration::from_millis(STOP_WAIT_MS));
+        }
+    }
+
+    pub fn mirror_rate(&self) -> u64 {
+        self.pool_limiter.rate()
+    }
+
+    pub fn set_mirror_rate(&self, bytes_per_sec: u64) -> Result<(), Error> {
+        self.change_state(|s| {
+            s.mirror_rate_bytes = bytes_per_sec;
+            Ok(())
+        })?;
+        self.pool_limiter.set_rate(bytes_per_sec);
+        Ok(())
+    }
+
+    /// Applies `f` to the state and saves it; nothing changes if either
+    /// fails.
+    fn change_state<R>(&self, f: impl FnOnce(&mut State) -> Result<R, Error>) -> Result<R, Error> {
+        let mut guard = self.state.lock();
+        let mut next = guard.clone();
+        let r = f(&mut next)?;
+        store::save(&self.path, &next).map_err(Error::Store)?;
+        *guard = next;
+        Ok(r)
+    }
+
+    fn change(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Relationship) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.change_state(|s| {
+            let r = s
+                .mirrors
+                .iter_mut()
+                .find(|r| r.name == name)
+                .ok_or_else(|| not_found("mirror", name))?;
+            f(r)
+        })
+    }
+
+    fn relationship(&self, name: &str) -> Result<Relationship, Error> {
+        self.state
+            .lock()
+            .mirrors
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                kind: "mirror",
+                name: name.into(),
+            })
+    }
+
+    fn site(&self) -> String {
+        self.state.lock().site.clone()
+    }
+
+    /// The holder of a relationship's snapshots on its source.
+    fn source_holder(&self, r: &Relationship) -> String {
+        format!("mirror:{}:{}", self.site(), r.name)
+    }
+
+    // --------------------------------------------------------------- peers
+
+    pub fn create_peer(&self, req: &CreatePeer) -> Result<PeerInfo, Error> {
+        engine::validate_snapshot_name(&req.name).map_err(|_| {
+            invalid(format!(
+                "peer name {:?} must be 1 to 255 characters of [A-Za-z0-9._-]",
+                req.name
+            ))
+        })?;
+        // The URL and the CA must make a client.
+        client::Client::with_ca_pem(
+            &req.url,
+            Some(req.token.clone()),
+            req.ca_cert.as_deref(),
+            1_000,
+        )
+        .map_err(|e| invalid(e.message.replace("--server", "the peer URL")))?;
+        if req.token.trim().is_empty() {
+            return Err(invalid("a peer needs its replication token".into()));
+        }
+        let peer = Peer {
+            name: req.name.clone(),
+            url: req.url.trim_end_matches('/').to_string(),
+            token: req.token.trim().to_string(),
+            ca_cert: req.ca_cert.clone(),
+            created: now_secs(),
+        };
+        self.change_state(|s| {
+            if s.peers.iter().any(|p| p.name == peer.name) {
+                return Err(Error::AlreadyExists {
+                    kind: "peer",
+                    name: peer.name.clone(),
+                });
+            }
+            if s.peers.len() >= PEERS_MAX {
+                return Err(invalid(format!(
+                    "this server already has {PEERS_MAX} peers, the most it keeps"
+                )));
+            }
+            s.peers.push(peer.clone());
+            Ok(())
+        })?;
+        Ok(self.peer_info(&self.state.lock(), &peer))
+    }
+
+    fn peer_info(&self, s: &State, p: &Peer) -> PeerInfo {
+        PeerInfo {
+            name: p.name.clone(),
+            url: p.url.clone(),
+            tls: p.url.starts_with("https://"),
+            created: p.created,
+            mirrors: s
+                .mirrors
+                .iter()
+                .filter(|r| r.peer == p.name)
+                .map(|r| r.name.clone())
+                .collect(),
+        }
+    }
+
+    pub fn list_peers(&self) -> Vec<PeerInfo> {
+        let s = self.state.lock();
+        s.peers.iter().map(|p| self.peer_info(&s, p)).collect()
+    }
+
+    pub fn delete_peer(&self, name: &str) -> Result<(), Error> {
+        self.change_state(|s| {
+            let i = s
+                .peers
+                .iter()
+                .position(|p| p.name == name)
+                .ok_or_else(|| not_found("peer", name))?;
+            if let Some(r) = s.mirrors.iter().find(|r| r.peer == name) {
+                return Err(Error::HasDependents(format!(
+                    "peer \"{name}\" is used by mirror \"{}\"; delete the mirror first",
+                    r.name
+                )));
+            }
+            s.peers.remove(i);
+            Ok(())
+        })
+    }
+
+    fn client(&self, peer: &str) -> Result<client::Client, Error> {
+        let p = self
+            .state
+            .lock()
+            .peers
+            .iter()
+            .find(|p| p.name == peer)
+            .cloned()
+            .ok_or_else(|| not_found("peer", peer))?;
+        client::Client::with_ca_pem(
+            &p.url,
+            Some(p.token),
+            p.ca_cert.as_deref(),
+            PEER_CALL_TIMEOUT_MS,
+        )
+        .map_err(|e| invalid(e.message))
+    }
+
+    // ------------------------------------------------------------- mirrors
+
+    /// Creates a relationship, its read-only destination LUNs, and starts
+    /// the baseline.
+    pub fn create(self: &Arc<Self>, req: &CreateMirror) -> Result<MirrorInfo, Error> {
+        if req.members.is_empty() || req.members.len() > GROUP_MEMBERS_MAX {
+            return Err(invalid(format!(
+                "a mirror has 1 to {GROUP_MEMBERS_MAX} members, not {}",
+                req.members.len()
+            )));
+        }
+        if req.group.is_none() && req.members.len() > 1 {
+            return Err(invalid(
+                "several LUNs are mirrored as one unit only with --group NAME".into(),
+            ));
+        }
+        if let Some(g) = &req.group {
+            engine::validate_snapshot_name(g)?;
+        }
+        if req.schedule_secs.is_some_and(|s| s < SCHEDULE_SECS_MIN) {
+            return Err(invalid(format!(
+                "a schedule is at least {SCHEDULE_SECS_MIN} s"
+            )));
+        }
+        if req.keep == Some(0) {
+            return Err(invalid(
+                "--keep must be at least 1: the newest mirror snapshot is what readers see".into(),
+            ));
+        }
+        for m in &req.members {
+            engine::validate_lun_name(&m.source)?;
+            engine::validate_lun_name(&m.destination)?;
+        }
+        let name = req
+            .group
+            .clone()
+            .unwrap_or_else(|| req.members[0].destination.clone());
+        {
+            let s = self.state.lock();
+            if s.mirrors.iter().any(|r| r.name == name) {
+                return Err(Error::AlreadyExists {
+                    kind: "mirror",
+                    name,
+                });
+            }
+            if s.mirrors.len() >= MIRRORS_MAX {
+                return Err(invalid(format!(
+                    "this server already has {MIRRORS_MAX} mirrors, the most it keeps"
+                )));
+            }
+            if !s.peers.iter().any(|p| p.name == req.peer) {
+                return Err(not_found("peer", &req.peer));
+            }
+        }
+        let peer = self.client(&req.peer)?;
+        // Every source must exist; a clone whose parent snapshot is
+        // already mirrored here travels as a clone.
+        let mut members = Vec::new();
+        let mut sizes = Vec::new();
+        for m in &req.members {
+            let src = peer
+                .replication_lun(&m.source)
+                .map_err(|e| invalid(format!("peer \"{}\": {}", req.peer, e.message)))?;
+            if self.engine.lun_info(&m.destination).is_ok() {
+                return Err(Error::AlreadyExists {
+                    kind: "LUN",
+                    name: m.destination.clone(),
+                });
+            }
+            let clone_of = src
+                .parent
+                .as_deref()
+                .and_then(|p| self.mirrored_parent(&req.peer, p));
+            members.push(Member {
+                source: m.source.clone(),
+                destination: m.destination.clone(),
+                clone_of,
+            });
+            sizes.push(src.size_bytes);
+        }
+        let mut created = Vec::new();
+        for (m, size) in members.iter().zip(&sizes) {
+            match self.engine.create_replica(
+                &m.destination,
+                (*size).max(BLOCK_SIZE),
+                m.clone_of.as_deref(),
+            ) {
+                Ok(_) => created.push(m.destination.clone()),
+                Err(e) => {
+                    for d in created {
+                        let _ = self.engine.break_replica(&d);
+                        let _ = self.engine.delete_lun(&d, true);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let r = Relationship {
+            name: name.clone(),
+            id: random_hex(3),
+            peer: req.peer.clone(),
+            group: req.group.is_some(),
+            members,
+            state: MirrorState::Baselining,
+            common: None,
+            in_flight: None,
+            goal: None,
+            release_later: Vec::new(),
+            seq: 0,
+            schedule_secs: req.schedule_secs,
+            rate_bytes: req.rate_bytes,
+            keep: req.keep.unwrap_or(KEEP_DEFAULT),
+            last_success: None,
+            last_error: None,
+            last_transfer_bytes: 0,
+            last_transfer_secs: 0.0,
+            created: now_secs(),
+        };
+        self.change_state(|s| {
+            s.mirrors.push(r.clone());
+            Ok(())
+        })?;
+        tracing::info!(mirror = %name, peer = %req.peer, "mirror created; baseline starting");
+        self.start(&name)?;
+        self.info(&name)
+    }
+
+    /// `LUN@SNAPSHOT` here that mirrors the source's `parent`
+    /// (`LUN@SNAPSHOT` there) from the same peer, if any.
+    fn mirrored_parent(&self, peer: &str, parent: &str) -> Option<String> {
+        let (plun, psnap) = parent.split_once('@')?;
+        let s = self.state.lock();
+        let r = s
+            .mirrors
+            .iter()
+            .find(|r| r.peer == peer && r.members.iter().any(|m| m.source == plun))?;
+        let dest = &r.members.iter().find(|m| m.source == plun)?.destination;
+        let (_, snaps) = self.engine.snapshots_brief(dest).ok()?;
+        snaps
+            .iter()
+            .any(|sn| sn.name == psnap)
+            .then(|| format!("{dest}@{psnap}"))
+    }
+
+    pub fn list(&self) -> Vec<MirrorInfo> {
+        let names: Vec<String> = self
+            .state
+            .lock()
+            .mirrors
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        names.iter().filter_map(|n| self.info(n).ok()).collect()
+    }
+
+    pub fn info(&self, name: &str) -> Result<MirrorInfo, Error> {
+        let r = self.relationship(name)?;
+        let worker = self.workers.lock().get(name).cloned();
+        let now = now_secs();
+        let transfer = r.in_flight.as_ref().map(|f| {
+            let (bytes, rate) = match &worker {
+                Some(w) => {
+                    let bytes = w.bytes.load(Ordering::Relaxed);
+                    let mut win = w.window.lock();
+                    let dt = win.0.elapsed().as_secs_f64();
+                    if dt >= 1.0 {
+                        win.2 = (bytes.saturating_sub(win.1)) as f64 / dt;
+                        *win = (Instant::now(), bytes, win.2);
+                    }
+                    (f.bytes.max(bytes), win.2)
+                }
+                None => (f.bytes, 0.0),
+            };
+            let left = f.bytes_expected.saturating_sub(bytes);
+            TransferInfo {
+                base: f.base.clone(),
+                target: f.target.name.clone(),
+                started: f.started,
+                bytes,
+                bytes_expected: f.bytes_expected,
+                rate_bytes: rate,
+                eta_secs: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
+                resumes: f.resumes,
+            }
+        });
+        let running = worker.is_some_and(|w| w.handle.as_ref().is_some_and(|h| !h.is_finished()));
+        let state = match r.state {
+            MirrorState::Idle | MirrorState::Failed if running => MirrorState::Transferring,
+            s => s,
+        };
+        Ok(MirrorInfo {
+            running,
+            name: r.name.clone(),
+            peer: r.peer.clone(),
+            group: r.group,
+            members: r
+                .members
+                .iter()
+                .map(|m| MirrorMember {
+                    source: m.source.clone(),
+                    destination: m.destination.clone(),
+                })
+                .collect(),
+            state,
+            common_snapshot: r.common.as_ref().map(|c| c.name.clone()),
+            common_created: r.common.as_ref().map(|c| c.created),
+            lag_secs: r.common.as_ref().map(|c| now.saturating_sub(c.created)),
+            last_success: r.last_success,
+            last_error: r.last_error.clone(),
+            last_transfer_bytes: r.last_transfer_bytes,
+            last_transfer_secs: r.last_transfer_secs,
+            schedule_secs: r.schedule_secs,
+            rate_bytes: r.rate_bytes,
+            keep: r.keep,
+            clone_of: r.members.iter().map(|m| m.clone_of.clone()).collect(),
+            transfer,
+            holder: r.holder(),
+        })
+    }
+
+    /// Starts a transfer now (`mirror update`), unless one is running.
+    pub fn update(self: &Arc<Self>, name: &str) -> Result<MirrorInfo, Error> {
+        let r = self.relationship(name)?;
+        if matches!(r.state, MirrorState::Broken | MirrorState::Reversed) {
+            return Err(invalid(format!(
+                "mirror \"{name}\" is {}; `blockfork mirror resync {name}` re-establishes it",
+                r.state.as_str()
+            )));
+        }
+        self.start(name)?;
+        self.info(name)
+    }
+
+    fn running(&self, name: &str) -> bool {
+        self.workers
+            .lock()
+            .get(name)
+            .is_some_and(|w| w.handle.as_ref().is_some_and(|h| !h.is_finished()))
+    }
+
+    /// Starts the worker of `name` if none runs.
+    fn start(self: &Arc<Self>, name: &str) -> Result<(), Error> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(Error::Closed);
+        }
+        let mut workers = self.workers.lock();
+        if workers
+            .get(name)
+            .is_some_and(|w| w.handle.as_ref().is_some_and(|h| !h.is_finished()))
+        {
+            return Ok(());
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let bytes = Arc::new(AtomicU64::new(0));
+        let me = Arc::clone(self);
+        let worker_name = name.to_string();
+        let (c, b) = (cancel.clone(), bytes.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("mirror {name}"))
+            .spawn(move || me.run(&worker_name, &c, &b))
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+        workers.insert(
+            name.to_string(),
+            Arc::new(Worker {
+                cancel,
+                handle: Some(handle),
+                bytes,
+                window: Mutex::new((Instant::now(), 0, 0.0)),
+            }),
+        );
+        self.last_start
+            .lock()
+            .insert(name.to_string(), Instant::now());
+        Ok(())
+    }
+
+    /// Asks the worker of `name` to stop and waits up to `wait`; true when
+    /// none runs any more.
+    fn wait_stopped(&self, name: &str, wait: Duration) -> bool {
+        let worker = self.workers.lock().get(name).cloned();
+        let Some(w) = worker else { return true };
+        w.cancel.store(true, Ordering::Relaxed);
+        let until = Instant::now() + wait;
+        while w.handle.as_ref().is_some_and(|h| !h.is_finished()) {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.workers.lock().remove(name);
+        true
+    }
+
+    fn limiter(&self, r: &Relationship) -> Arc<Limiter> {
+        let mut l = self.limiters.lock();
+        let lim = l
+            .entry(r.name.clone())
+            .or_insert_with(|| Arc::new(Limiter::new(0)))
+            .clone();
+        let want = r.rate_bytes.unwrap_or(0);
+        if lim.rate() != want {
+            lim.set_rate(want);
+        }
+        lim
+    }
+
+    /// The worker: one update, with retries of cuts from the checkpoint.
+    fn run(&self, name: &str, cancel: &AtomicBool, bytes: &AtomicU64) {
+        let mut attempt = 0;
+        loop {
+            let result = self.transfer(name, cancel, bytes);
+            match result {
+                Ok(()) => return,
+                Err(Failure::Cancelled) => {
+                    tracing::info!(mirror = %name, "transfer stopped on request; it resumes from its checkpoint");
+                    return;
+                }
+                Err(Failure::Cut(msg))
+                    if attempt < CUT_RETRIES_MAX && !cancel.load(Ordering::Relaxed) =>
+                {
+                    attempt += 1;
+                    tracing::warn!(mirror = %name, attempt, "transfer cut ({msg}); resuming from the checkpoint");
+                    let _ = self.change(name, |r| {
+                        if let Some(f) = &mut r.in_flight {
+                            f.resumes += 1;
+                        }
+                        r.last_error = Some(msg.clone());
+                        Ok(())
+                    });
+                    let backoff = Duration::from_millis(250 << attempt.min(5));
+                    let until = Instant::now() + backoff;
+                    while Instant::now() < until && !cancel.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(mirror = %name, "transfer failed: {e}");
+                    let _ = self.change(name, |r| {
+                        if !matches!(r.state, MirrorState::Broken | MirrorState::Reversed) {
+                            r.state = MirrorState::Failed;
+                        }
+                        r.last_error = Some(e.to_string());
+                        Ok(())
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One update of `name`, from its checkpoint if it has one: a new
+    /// mirror snapshot on the source (the goal), then every source
+    /// snapshot from the common one to the goal, one transfer each.
+    fn transfer(&self, name: &str, cancel: &AtomicBool, bytes: &AtomicU64) -> Result<(), Failure> {
+        let local = |e: Error| Failure::Local(e.to_string());
+        let r = self.relationship(name).map_err(local)?;
+        if matches!(r.state, MirrorState::Broken | MirrorState::Reversed) {
+            return Err(Failure::Cancelled);
+        }
+        let peer = self.client(&r.peer).map_err(local)?;
+        let holder = self.source_holder(&r);
+        self.release_leftovers(&r, &peer, &holder);
+        let started = Instant::now();
+        if r.goal.is_none() && r.in_flight.is_none() {
+            self.begin(&r, &peer, &holder)?;
+        }
+        loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Failure::Cancelled);
+            }
+            let r = self.relationship(name).map_err(local)?;
+            if let Some(f) = r.in_flight.clone() {
+                self.step(&r, &peer, &holder, f, cancel, bytes)?;
+                continue;
+            }
+            let Some(goal) = r.goal.clone() else {
+                return Ok(());
+            };
+            let source = source_snaps(&peer, &r.members[0].source)?;
+            let mine = format!("{MIRROR_SNAPSHOT_PREFIX}{}.{}.", self.site(), r.id);
+            let foreign =
+                |s: &Snap| s.name.starts_with(MIRROR_SNAPSHOT_PREFIX) && !s.name.starts_with(&mine);
+            let common = r.common.as_ref().map(SnapRecord::snap);
+            // A group travels by its mirror snapshots only: a member's own
+            // snapshots are not group snapshots.
+            let next = if r.group {
+                (common.as_ref() != Some(&goal.snap()) && source.contains(&goal.snap()))
+                    .then(|| goal.snap())
+            } else {
+                planner::next_step(&source, common.as_ref(), &goal.snap(), foreign)
+            };
+            let Some(next) = next else {
+                if common.as_ref() == Some(&goal.snap()) {
+                    return self.finish(&r, bytes, started);
+                }
+                // The goal is gone from the source: the next update
+                // starts over.
+                self.change(name, |rel| {
+                    rel.goal = None;
+                    Ok(())
+                })
+                .map_err(local)?;
+                return Err(Failure::Refused(format!(
+                    "the source no longer has the mirror snapshot \"{}\"; the next update takes a new one",
+                    goal.name
+                )));
+            };
+            if next != goal.snap() {
+                // A snapshot on the way is held while it travels and while
+                // it is the common base.
+                let held = peer.hold_mirror_snapshot(&wire::HoldMirrorSnapshot {
+                    lun: r.members[0].source.clone(),
+                    snapshot: next.name.clone(),
+                    holder: holder.clone(),
+                });
+                if let Err(e) = held {
+                    if e.status.is_none() {
+                        return Err(Failure::Cut(e.message));
+                    }
+                    // Deleted meanwhile: the next look skips it.
+                    continue;
+                }
+            }
+            let f = InFlight {
+                base: r.common.as_ref().map(|c| c.name.clone()),
+                target: SnapRecord {
+                    name: next.name,
+                    created: next.created,
+                },
+                member: 0,
+                next_block: 0,
+                bytes: 0,
+                bytes_expected: 0,
+                started: now_secs(),
+                resumes: 0,
+            };
+            self.change(name, |rel| {
+                rel.in_flight = Some(f);
+                if rel.state != MirrorState::Baselining {
+                    rel.state = MirrorState::Transferring;
+                }
+                Ok(())
+            })
+            .map_err(local)?;
+        }
+    }
+
+    /// Plans an update and takes its mirror snapshot on the source.
+    fn begin(&self, r: &Relationship, peer: &client::Client, holder: &str) -> Result<(), Failure> {
+        let local = |e: Error| Failure::Local(e.to_string());
+        let mut sides = Vec::new();
+        for m in &r.members {
+            let source = source_snaps(peer, &m.source)?;
+            let (_, dest) = self.engine.snapshots_brief(&m.destination).map_err(local)?;
+            sides.push(Sides {
+                source,
+                dest: dest
+                    .into_iter()
+                    .map(|s| Snap {
+                        name: s.name,
+                        created: s.created,
+                    })
+                    .collect(),
+            });
+        }
+        let recorded = r.common.as_ref().map(SnapRecord::snap);
+        let plan = planner::plan_update(recorded.as_ref(), &sides).map_err(Failure::Refused)?;
+        let mut common = r.common.clone();
+        if let Update::Incremental { base, rebase: true } = &plan {
+            tracing::warn!(mirror = %r.name, %base, "the recorded common snapshot is gone from the source; continuing from an older common one");
+            for m in &r.members {
+                self.engine
+                    .rebase_replica(&m.destination, base)
+                    .map_err(local)?;
+            }
+            let created = sides[0]
+                .source
+                .iter()
+                .find(|s| s.name == *base)
+                .map_or(0, |s| s.created);
+            common = Some(SnapRecord {
+                name: base.clone(),
+                created,
+            });
+        }
+        let seq = r.seq + 1;
+        let target_name = format!("{MIRROR_SNAPSHOT_PREFIX}{}.{}.{seq}", self.site(), r.id);
+        let taken = peer
+            .take_mirror_snapshot(&TakeMirrorSnapshot {
+                luns: r.members.iter().map(|m| m.source.clone()).collect(),
+                name: target_name.clone(),
+                group: r.group,
+                holder: holder.into(),
+            })
+            .map_err(|e| match e.status {
+                Some(_) => Failure::Refused(format!(
+                    "the source refused a mirror snapshot: {}",
+                    e.message
+                )),
+                None => Failure::Cut(e.message),
+            })?;
+        let created = taken.first().map(|s| s.created).unwrap_or_else(now_secs);
+        self.change(&r.name, |rel| {
+            rel.seq = seq;
+            rel.common = common;
+            rel.goal = Some(SnapRecord {
+                name: target_name,
+                created,
+            });
+            Ok(())
+        })
+        .map_err(local)
+    }
+
+    /// One transfer, `f.base` to `f.target`, from its checkpoint; then
+    /// readers move to it, and the old base is let go on the source.
+    fn step(
+        &self,
+        r: &Relationship,
+        peer: &client::Client,
+        holder: &str,
+        mut f: InFlight,
+        cancel: &AtomicBool,
+        bytes: &AtomicU64,
+    ) -> Result<(), Failure> {
+        let local = |e: Error| Failure::Local(e.to_string());
+        let name = &r.name;
+        let published = r.members.iter().all(|m| {
+            self.engine
+                .lun_info(&m.destination)
+                .is_ok_and(|l| l.replica_view.as_deref() == Some(&f.target.name))
+        });
+        if !published {
+            // Still what the source has?
+            let mut there = true;
+            for m in &r.members {
+                if !source_snaps(peer, &m.source)?.contains(&f.target.snap()) {
+                    there = false;
+                }
+            }
+            if !there {
+                tracing::warn!(
+                    mirror = %name,
+                    "the resume record names \"{}\", which the source no longer has; discarding it and going on from the common snapshot",
+                    f.target.name
+                );
+                for m in &r.members {
+                    self.engine
+                        .rollback_replica(&m.destination)
+                        .map_err(local)?;
+                }
+                return self
+                    .change(name, |rel| {
+                        rel.in_flight = None;
+                        Ok(())
+                    })
+                    .map_err(local);
+            }
+            let limiter = self.limiter(r);
+            let ctx = Ctx {
+                cancel,
+                limiters: [&limiter, &self.pool_limiter],
+                bytes,
+            };
+            while f.member < r.members.len() {
+                let m = &r.members[f.member];
+                let mut checkpoint = |next: u64| -> Result<(), String> {
+                    let b = bytes.load(Ordering::Relaxed);
+                    self.change(name, |rel| {
+                        if let Some(fl) = &mut rel.in_flight {
+                            fl.next_block = next;
+                            fl.bytes = b;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| e.to_string())
+                };
+                transfer::pull(
+                    &self.engine,
+                    peer,
+                    &m.source,
+                    &m.destination,
+                    f.base.as_deref(),
+                    &f.target.name,
+                    f.target.created,
+                    m.clone_of.is_none(),
+                    f.next_block,
+                    &ctx,
+                    &mut checkpoint,
+                )?;
+                f.member += 1;
+                f.next_block = 0;
+                let fc = f.clone();
+                self.change(name, |rel| {
+                    rel.in_flight = Some(fc);
+                    Ok(())
+                })
+                .map_err(local)?;
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Failure::Cancelled);
+            }
+            // Every member complete: readers move to it at once.
+            let snaps: Vec<ReplicaSnapshot> = r
+                .members
+                .iter()
+                .map(|m| ReplicaSnapshot {
+                    lun: m.destination.clone(),
+                    snapshot: f.target.name.clone(),
+                    created: f.target.created,
+                })
+                .collect();
+            let group = r.group.then_some(f.target.name.as_str());
+            self.engine
+                .publish_replica(&snaps, group, &r.holder())
+                .map_err(local)?;
+        }
+        let old = r.common.clone();
+        let target = f.target.clone();
+        self.change(name, |rel| {
+            rel.common = Some(target);
+            rel.in_flight = None;
+            Ok(())
+        })
+        .map_err(local)?;
+        tracing::info!(mirror = %name, snapshot = %f.target.name, "snapshot transferred");
+        if let Some(old) = old.filter(|o| o.name != f.target.name) {
+            self.release_on_source(r, peer, holder, &old);
+        }
+        Ok(())
+    }
+
+    /// After an update reached its goal: records it and applies retention.
+    fn finish(&self, r: &Relationship, bytes: &AtomicU64, started: Instant) -> Result<(), Failure> {
+        let local = |e: Error| Failure::Local(e.to_string());
+        let total = bytes.load(Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
+        self.change(&r.name, |rel| {
+            rel.goal = None;
+            rel.state = MirrorState::Idle;
+            rel.last_success = Some(now_secs());
+            rel.last_error = None;
+            rel.last_transfer_bytes = total;
+            rel.last_transfer_secs = secs;
+            Ok(())
+        })
+        .map_err(local)?;
+        tracing::info!(mirror = %r.name, bytes = total, secs, "mirror update complete");
+        self.retain(r);
+        Ok(())
+    }
+
+    /// Lets go of (and deletes, if it is a mirror snapshot nothing else
+    /// holds) `snap` on the source; remembered for later if the source
+    /// cannot be reached.
+    fn release_on_source(
+        &self,
+        r: &Relationship,
+        peer: &client::Client,
+        holder: &str,
+        snap: &SnapRecord,
+    ) {
+        let req = ReleaseMirrorSnapshot {
+            luns: r.members.iter().map(|m| m.source.clone()).collect(),
+            snapshot: snap.name.clone(),
+            holder: holder.into(),
+            delete: true,
+            group: r.group,
+        };
+        if let Err(e) = peer.release_mirror_snapshot(&req) {
+            tracing::warn!(mirror = %r.name, snapshot = %snap.name, "cannot release the old base on the source yet: {e}");
+            let s = snap.clone();
+            let _ = self.change(&r.name, |rel| {
+                if !rel.release_later.contains(&s) {
+                    rel.release_later.push(s);
+                }
+                Ok(())
+            });
+        }
+    }
+
+    fn release_leftovers(&self, r: &Relationship, peer: &client::Client, holder: &str) {
+        for snap in &r.release_later {
+            let req = ReleaseMirrorSnapshot {
+                luns: r.members.iter().map(|m| m.source.clone()).collect(),
+                snapshot: snap.name.clone(),
+                holder: holder.into(),
+                delete: true,
+                group: r.group,
+            };
+            if peer.release_mirror_snapshot(&req).is_ok() {
+                let s = snap.clone();
+                let _ = self.change(&r.name, |rel| {
+                    rel.release_later.retain(|x| *x != s);
+                    Ok(())
+                });
+            }
+        }
+    }
+
+    /// Keeps the newest `keep` mirror snapshots of this relationship here.
+    fn retain(&self, r: &Relationship) {
+        let prefix = format!("{MIRROR_SNAPSHOT_PREFIX}{}.{}.", self.site(), r.id);
+        let Ok((_, snaps)) = self.engine.snapshots_brief(&r.members[0].destination) else {
+            return;
+        };
+        let ours: Vec<String> = snaps
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix) && s.holds.is_empty())
+            .map(|s| s.name.clone())
+            .collect();
+        let held = snaps
+            .iter()
+            .filter(|s| s.name.starts_with(&prefix) && !s.holds.is_empty())
+            .count();
+        let excess = (ours.len() + held).saturating_sub(r.keep as usize);
+        for name in ours.into_iter().take(excess) {
+            let result = if r.group {
+                self.engine.delete_group_snapshot(&name)
+            } else {
+                self.engine
+                    .delete_snapshot(&r.members[0].destination, &name)
+            };
+            if let Err(e) = result {
+                tracing::warn!(mirror = %r.name, snapshot = %name, "retention could not delete it: {e}");
+            }
+        }
+    }
+
+    /// Stops the running transfer and discards what it wrote; the next
+    /// update starts a new one from the common snapshot.
+    pub fn abort(&self, name: &str) -> Result<MirrorInfo, Error> {
+        let r = self.relationship(name)?;
+        if !self.wait_stopped(name, Duration::from_millis(STOP_WAIT_MS)) {
+            return Err(invalid(format!(
+                "the transfer of mirror \"{name}\" is still stopping (a peer call in progress); try again"
+            )));
+        }
+        if r.in_flight.is_some() || r.goal.is_some() {
+            for m in &r.members {
+                if self
+                    .engine
+                    .lun_info(&m.destination)
+                    .is_ok_and(|l| l.replica)
+                {
+                    self.engine.rollback_replica(&m.destination)?;
+                }
+            }
+            self.change(name, |rel| {
+                let dropped = rel
+                    .in_flight
+                    .take()
+                    .map(|f| f.target)
+                    .into_iter()
+                    .chain(rel.goal.take());
+                for target in dropped.collect::<Vec<_>>() {
+                    if Some(&target) != rel.common.as_ref()
+                        && rel.release_later.iter().all(|x| *x != target)
+                    {
+                        rel.release_later.push(target);
+                    }
+                }
+                if rel.state == MirrorState::Transferring || rel.state == MirrorState::Failed {
+                    rel.state = if rel.common.is_some() {
+                        MirrorState::Idle
+                    } else {
+                        MirrorState::Baselining
+                    };
+                }
+                rel.last_error = Some("aborted by request".into());
+                Ok(())
+            })?;
+            if let Ok(peer) = self.client(&r.peer) {
+                let r = self.relationship(name)?;
+                self.release_leftovers(&r, &peer, &self.source_holder(&r));
+            }
+        }
+        self.info(name)
+    }
+
+    /// Makes the destination writable at its newest complete snapshot.
+    /// Local: the source is not contacted, and no wait on a transfer.
+    pub fn break_off(&self, name: &str) -> Result<MirrorInfo, Error> {
+        let r = self.relationship(name)?;
+        if r.state == MirrorState::Broken {
+            return Err(invalid(format!("mirror \"{name}\" is already broken")));
+        }
+        if let Some(w) = self.workers.lock().get(name) {
+            w.cancel.store(true, Ordering::Relaxed);
+        }
+        self.change(name, |rel| {
+            let dropped = rel
+                .in_flight
+                .take()
+                .map(|f| f.target)
+                .into_iter()
+                .chain(rel.goal.take());
+            for target in dropped.collect::<Vec<_>>() {
+                if Some(&target) != rel.common.as_ref()
+                    && rel.release_later.iter().all(|x| *x != target)
+                {
+                    rel.release_later.push(target);
+                }
+            }
+            rel.state = MirrorState::Broken;
+            Ok(())
+        })?;
+        for m in &r.members {
+            if self
+                .engine
+                .lun_info(&m.destination)
+                .is_ok_and(|l| l.replica)
+            {
+                self.engine.break_replica(&m.destination)?;
+            }
+        }
+        tracing::warn!(mirror = %name, "mirror broken: the destination is writable at {:?}", r.common.as_ref().map(|c| &c.name));
+        self.info(name)
+    }
+
+    /// After a break: the destination goes back to the newest common
+    /// snapshot (what it wrote since is kept in a safety snapshot) and
+    /// transfers from the source resume.
+    pub fn resync(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<MirrorPlan, Error> {
+        let r = self.relationship(name)?;
+        if r.state != MirrorState::Broken {
+            return Err(invalid(format!(
+                "mirror \"{name}\" is {}, not broken: nothing to resync",
+                r.state.as_str()
+            )));
+        }
+        if !self.wait_stopped(name, Duration::from_millis(STOP_WAIT_MS)) {
+            return Err(invalid(format!(
+                "the transfer of mirror \"{name}\" is still stopping; try again"
+            )));
+        }
+        let peer = self.client(&r.peer)?;
+        let mut sides = Vec::new();
+        for m in &r.members {
+            let src = peer
+                .replication_lun(&m.source)
+                .map_err(|e| invalid(format!("peer \"{}\": {}", r.peer, e.message)))?;
+            let (_, dest) = self.engine.snapshots_brief(&m.destination)?;
+            sides.push(Sides {
+                source: src
+                    .snapshots
+                    .into_iter()
+                    .map(|s| Snap {
+                        name: s.name,
+                        created: s.created,
+                    })
+                    .collect(),
+                dest: dest
+                    .into_iter()
+                    .map(|s| Snap {
+                        name: s.name,
+                        created: s.created,
+                    })
+                    .collect(),
+            });
+        }
+        let discard = |c: &Snap| -> u64 {
+            r.members
+                .iter()
+                .map(|m| written_since(&self.engine, &m.destination, &c.name))
+                .sum()
+        };
+        let plan = planner::plan_rollback(&sides, discard, force).map_err(invalid)?;
+        let safety = format!("resync-safety.{}", now_secs());
+        let mut out = MirrorPlan {
+            name: name.into(),
+            common_snapshot: plan.common.name.clone(),
+            discard_bytes: plan.discard_bytes,
+            safety_snapshot: (plan.discard_bytes > 0).then(|| safety.clone()),
+            done: false,
+        };
+        if dry_run {
+            return Ok(out);
+        }
+        if !plan.allowed {
+            return Err(Error::HasDependents(format!(
+                "resync of mirror \"{name}\" discards {} bytes written at the destination since snapshot \"{}\"; pass --force to go ahead (a safety snapshot \"{safety}\" keeps them)",
+                plan.discard_bytes, plan.common.name
+            )));
+        }
+        for m in &r.members {
+            self.engine.make_replica(
+                &m.destination,
+                &plan.common.name,
+                Some(&safety),
+                &r.holder(),
+            )?;
+        }
+        let common = SnapRecord {
+            name: plan.common.name.clone(),
+            created: plan.common.created,
+        };
+        self.change(name, |rel| {
+            rel.common = Some(common);
+            rel.in_flight = None;
+            rel.state = MirrorState::Idle;
+            rel.last_error = None;
+            Ok(())
+        })?;
+        tracing::warn!(mirror = %name, common = %plan.common.name, discarded = plan.discard_bytes, "resync: the destination is a mirror again");
+        self.start(name)?;
+        out.done = true;
+        Ok(out)
+    }
+
+    /// Ends a relationship: its transfer stops, its holds here and on the
+    /// source go, and the destination LUNs stay as ordinary LUNs at their
+    /// newest complete snapshot.
+    pub fn delete(&self, name: &str) -> Result<(), Error> {
+        let r = self.relationship(name)?;
+        if !self.wait_stopped(name, Duration::from_millis(STOP_WAIT_MS)) {
+            return Err(invalid(format!(
+                "the transfer of mirror \"{name}\" is still stopping; try again"
+            )));
+        }
+        for m in &r.members {
+            if self
+                .engine
+                .lun_info(&m.destination)
+                .is_ok_and(|l| l.replica)
+            {
+                self.engine.break_replica(&m.destination)?;
+            }
+        }
+        self.engine.release_holds(&r.holder())?;
+        if let Ok(peer) = self.client(&r.peer) {
+            let holder = self.source_holder(&r);
+            let mut snaps: Vec<SnapRecord> = r.release_later.clone();
+            snaps.extend(r.common.clone());
+            snaps.extend(r.in_flight.as_ref().map(|f| f.target.clone()));
+            snaps.extend(r.goal.clone());
+            for snap in snaps {
+                let req = ReleaseMirrorSnapshot {
+                    luns: r.members.iter().map(|m| m.source.clone()).collect(),
+                    snapshot: snap.name.clone(),
+                    holder: holder.clone(),
+                    delete: true,
+                    group: r.group,
+                };
+                if let Err(e) = peer.release_mirror_snapshot(&req) {
+                    tracing::warn!(mirror = %name, snapshot = %snap.name, "could not release it on the source ({e}); release it there with `blockfork snapshot` commands");
+                }
+            }
+        }
+        self.change_state(|s| {
+            s.mirrors.retain(|x| x.name != name);
+            Ok(())
+        })?;
+        self.workers.lock().remove(name);
+        self.limiters.lock().remove(name);
+        tracing::info!(mirror = %name, "mirror deleted");
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ reverse
+
+    /// After a break, on the destination: asks the old source to become
+    /// the destination (it keeps its writes since the common snapshot in a
+    /// safety snapshot, rolls back, and pulls what was written here).
+    pub fn reverse(
+        &self,
+        name: &str,
+        my_url: &str,
+        my_ca_cert: Option<String>,
+        force: bool,
+        dry_run: bool,
+    ) -> Result<MirrorPlan, Error> {
+        let r = self.relationship(name)?;
+        if r.state != MirrorState::Broken {
+            return Err(invalid(format!(
+                "mirror \"{name}\" is {}: only a broken mirror can be reversed",
+                r.state.as_str()
+            )));
+        }
+        let peer = self.client(&r.peer)?;
+        let token = if dry_run {
+            String::new()
+        } else {
+            let token_name = format!("reverse.{}.{}", r.id, now_secs());
+            self.tokens
+                .create(&token_name)?
+                .token
+                .expect("a new token has its secret")
+        };
+        let req = ReverseRequest {
+            members: r
+                .members
+                .iter()
+                .map(|m| MirrorMember {
+                    source: m.source.clone(),
+                    destination: m.destination.clone(),
+                })
+                .collect(),
+            name: name.into(),
+            group: r.group,
+            holder: self.source_holder(&r),
+            url: my_url.into(),
+            token,
+            ca_cert: my_ca_cert,
+            force,
+            dry_run,
+        };
+        let plan = peer
+            .reverse_mirror(&req)
+            .map_err(|e| match e.code.as_deref() {
+                Some("has_dependents") => Error::HasDependents(e.message),
+                _ => invalid(format!("peer \"{}\": {}", r.peer, e.message)),
+            })?;
+        if plan.done {
+            // This side is the source now: the old relationship's holds
+            // here give way to the new one's (taken by the old source).
+            self.engine.release_holds(&r.holder())?;
+            self.change(name, |rel| {
+                rel.state = MirrorState::Reversed;
+                rel.in_flight = None;
+                Ok(())
+            })?;
+            tracing::warn!(mirror = %name, "mirror reversed: this side is now the source");
+        }
+        Ok(plan)
+    }
+
+    /// On the old source, asked by its destination: become the destination
+    /// of the LUNs written there since the break.
+    pub fn accept_reverse(self: &Arc<Self>, req: &ReverseRequest) -> Result<MirrorPlan, Error> {
+        if req.members.is_empty() || req.members.len() > GROUP_MEMBERS_MAX {
+            return Err(invalid("a reverse names 1 to 64 members".into()));
+        }
+        // The token that asks must belong to the relationship: some
+        // snapshot of every member is held by it.
+        for m in &req.members {
+            let (_, snaps) = self.engine.snapshots_brief(&m.source)?;
+            if !snaps.iter().any(|s| s.holds.contains(&req.holder)) {
+                return Err(Error::InvalidArgument(format!(
+                    "LUN \"{}\" is not mirrored by \"{}\"; a peer may only reverse its own mirrors",
+                    m.source, req.holder
+                )));
+            }
+        }
+        let peer_name = format!("reverse-{}", req.holder.replace([':', '/'], "-"));
+        let new_name = if req.group {
+            req.name.clone()
+        } else {
+            req.members[0].source.clone()
+        };
+        // What the other side holds, through the token it gave.
+        let other = client::Client::with_ca_pem(
+            &req.url,
+            Some(req.token.clone()),
+            req.ca_cert.as_deref(),
+            PEER_CALL_TIMEOUT_MS,
+        )
+        .map_err(|e| invalid(e.message))?;
+        let mut sides = Vec::new();
+        for m in &req.members {
+            let (_, mine) = self.engine.snapshots_brief(&m.source)?;
+            let theirs = if req.dry_run && req.token.is_empty() {
+                // A dry run made no token: their snapshots are ours held.
+                mine.iter()
+                    .filter(|s| s.holds.contains(&req.holder))
+                    .map(|s| Snap {
+                        name: s.name.clone(),
+                        created: s.created,
+                    })
+                    .collect()
+            } else {
+                other
+                    .replication_lun(&m.destination)
+                    .map_err(|e| invalid(format!("the destination at {}: {}", req.url, e.message)))?
+                    .snapshots
+                    .into_iter()
+                    .map(|s| Snap {
+                        name: s.name,
+                        created: s.created,
+                    })
+                    .collect()
+            };
+            sides.push(Sides {
+                source: theirs,
+                dest: mine
+                    .into_iter()
+                    .map(|s| Snap {
+                        name: s.name,
+                        created: s.created,
+                    })
+                    .collect(),
+            });
+        }
+        let discard = |c: &Snap| -> u64 {
+            req.members
+                .iter()
+                .map(|m| written_since(&self.engine, &m.source, &c.name))
+                .sum()
+        };
+        let plan = planner::plan_rollback(&sides, discard, req.force).map_err(invalid)?;
+        let safety = format!("reverse-safety.{}", now_secs());
+        let mut out = MirrorPlan {
+            name: new_name.clone(),
+            common_snapshot: plan.common.name.clone(),
+            discard_bytes: plan.discard_bytes,
+            safety_snapshot: (plan.discard_bytes > 0).then(|| safety.clone()),
+            done: false,
+        };
+        if req.dry_run {
+            return Ok(out);
+        }
+        if !plan.allowed {
+            return Err(Error::HasDependents(format!(
+                "reversing discards {} bytes written on the old source since snapshot \"{}\"; pass --force to go ahead (a safety snapshot \"{safety}\" keeps them)",
+                plan.discard_bytes, plan.common.name
+            )));
+        }
+        if self.state.lock().mirrors.iter().any(|r| r.name == new_name) {
+            return Err(Error::AlreadyExists {
+                kind: "mirror",
+                name: new_name,
+            });
+        }
+        let holder = format!("mirror:{new_name}");
+        for m in &req.members {
+            self.engine
+                .make_replica(&m.source, &plan.common.name, Some(&safety), &holder)?;
+            // The old relationship's holds here are the new one's now.
+            self.engine.release_holds(&req.holder)?;
+        }
+        let peer = Peer {
+            name: peer_name.clone(),
+            url: req.url.clone(),
+            token: req.token.clone(),
+            ca_cert: req.ca_cert.clone(),
+            created: now_secs(),
+        };
+        let r = Relationship {
+            name: new_name.clone(),
+            id: random_hex(3),
+            peer: peer_name.clone(),
+            group: req.group,
+            members: req
+                .members
+                .iter()
+                .map(|m| Member {
+                    source: m.destination.clone(),
+                    destination: m.source.clone(),
+                    clone_of: None,
+                })
+                .collect(),
+            state: MirrorState::Idle,
+            common: Some(SnapRecord {
+                name: plan.common.name.clone(),
+                created: plan.common.created,
+            }),
+            in_flight: None,
+            goal: None,
+            release_later: Vec::new(),
+            seq: 0,
+            schedule_secs: None,
+            rate_bytes: None,
+            keep: KEEP_DEFAULT,
+            last_success: None,
+            last_error: None,
+            last_transfer_bytes: 0,
+            last_transfer_secs: 0.0,
+            created: now_secs(),
+        };
+        self.change_state(|s| {
+            s.peers.retain(|p| p.name != peer_name);
+            s.peers.push(peer);
+            s.mirrors.push(r);
+            Ok(())
+        })?;
+        tracing::warn!(mirror = %new_name, "reversed: this side is now the destination, pulling from {}", req.url);
+        self.start(&new_name)?;
+        out.done = true;
+        Ok(out)
+    }
+
+    // ------------------------------------------------------------ schedule
+
+    fn due(&self) -> Vec<String> {
+        let s = self.state.lock();
+        let last = self.last_start.lock();
+        s.mirrors
+            .iter()
+            .filter(|r| !matches!(r.state, MirrorState::Broken | MirrorState::Reversed))
+            .filter_map(|r| {
+                let every = Duration::from_secs(r.schedule_secs?);
+                let due = last.get(&r.name).is_none_or(|t| t.elapsed() >= every);
+                due.then(|| r.name.clone())
+            })
+            .collect()
+    }
+}
+
+/// Bytes `lun`'s head changed since its snapshot `snapshot`: what rolling
+/// it back discards.
+fn written_since(engine: &Engine, lun: &str, snapshot: &str) -> u64 {
+    let mut from = 0;
+    let mut total = 0;
+    loop {
+        let Ok(chunk) = engine.snapshot_diff(
+            lun,
+            Some(snapshot),
+            None,
+            false,
+            from,
+            engine::DIFF_EXTENTS_MAX,
+        ) else {
+            return total;
+        };
+        // Data, zeros and trims alike: each is a change the rollback undoes.
+        total += chunk
+            .extents
+            .iter()
+            .map(|x| x.blocks * BLOCK_SIZE)
+            .sum::<u64>();
+        match chunk.next_block {
+            Some(n) => from = n,
+            None => return total,
+        }
+    }
+}
+
+/// A source LUN's snapshots, oldest first.
+fn source_snaps(peer: &client::Client, lun: &str) -> Result<Vec<Snap>, Failure> {
+    peer.replication_lun(lun)
+        .map(|l| {
+            l.snapshots
+                .into_iter()
+                .map(|s| Snap {
+                    name: s.name,
+                    created: s.created,
+                })
+                .collect()
+        })
+        .map_err(|e| match e.status {
+            Some(_) => Failure::Refused(format!("the source: {}", e.message)),
+            None => Failure::Cut(e.message),
+        })
+}
+
+fn schedule_loop(weak: std::sync::Weak<Mirrors>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(SCHEDULE_TICK_MS));
+        let Some(m) = weak.upgrade() else { return };
+        if m.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        for name in m.due() {
+            if !m.running(&name) {
+                let _ = m.start(&name);
+            }
+        }
+    }
+}
