@@ -74,10 +74,15 @@ impl Backend for EngineBackend {
             .engine
             .target_size(target)
             .map_err(|e| OpenError::Unknown(e.to_string()))?;
+        // A mirror destination is read-only to clients: they are told so
+        // at negotiation (and a write that comes anyway gets EPERM).
+        let replica =
+            matches!(target, Target::Lun(_)) && self.engine.lun_info(name).is_ok_and(|l| l.replica);
         tracing::info!(export = name, client = %who, "export opened");
         Ok(Arc::new(EngineExport {
             engine: self.engine.clone(),
             target,
+            replica,
             size,
             name: name.to_string(),
             who,
@@ -89,6 +94,8 @@ impl Backend for EngineBackend {
 pub struct EngineExport {
     engine: Arc<Engine>,
     target: Target,
+    /// Opened while the LUN was a mirror destination.
+    replica: bool,
     size: u64,
     name: String,
     who: ClientIdentity,
@@ -132,7 +139,7 @@ impl Export for EngineExport {
     }
 
     fn read_only(&self) -> bool {
-        matches!(self.target, Target::Snapshot(..))
+        self.replica || matches!(self.target, Target::Snapshot(..))
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {

@@ -34,6 +34,8 @@ pub const PEER_CALL_TIMEOUT_MS: u64 = 120_000;
 pub const STOP_WAIT_MS: u64 = 15_000;
 /// The schedule's tick.
 const SCHEDULE_TICK_MS: u64 = 500;
+/// Times one update starts over when the source loses its goal.
+const GOAL_RESTARTS_MAX: u32 = 3;
 /// Default mirror snapshots kept on the destination.
 pub const KEEP_DEFAULT: u32 = 2;
 /// Shortest schedule.
@@ -759,6 +761,7 @@ impl Mirrors {
         let holder = self.source_holder(&r);
         self.release_leftovers(&r, &peer, &holder);
         let started = Instant::now();
+        let mut restarts = 0;
         if r.goal.is_none() && r.in_flight.is_none() {
             self.begin(&r, &peer, &holder)?;
         }
@@ -791,17 +794,31 @@ impl Mirrors {
                 if common.as_ref() == Some(&goal.snap()) {
                     return self.finish(&r, bytes, started);
                 }
-                // The goal is gone from the source: the next update
-                // starts over.
+                // The goal is gone from the source (its hold was let go
+                // by hand, or the source was restored): start over from
+                // the common snapshot with a new one, a bounded number of
+                // times.
+                restarts += 1;
+                if restarts > GOAL_RESTARTS_MAX {
+                    self.change(name, |rel| {
+                        rel.goal = None;
+                        Ok(())
+                    })
+                    .map_err(local)?;
+                    return Err(Failure::Refused(format!(
+                        "the source keeps losing the mirror snapshot this update heads for (\"{}\")",
+                        goal.name
+                    )));
+                }
+                tracing::warn!(mirror = %name, snapshot = %goal.name, "the source no longer has the snapshot this update heads for; starting over from the common snapshot");
                 self.change(name, |rel| {
                     rel.goal = None;
                     Ok(())
                 })
                 .map_err(local)?;
-                return Err(Failure::Refused(format!(
-                    "the source no longer has the mirror snapshot \"{}\"; the next update takes a new one",
-                    goal.name
-                )));
+                let r = self.relationship(name).map_err(local)?;
+                self.begin(&r, &peer, &holder)?;
+                continue;
             };
             if next != goal.snap() {
                 // A snapshot on the way is held while it travels and while
@@ -1518,7 +1535,15 @@ impl Mirrors {
                 plan.discard_bytes, plan.common.name
             )));
         }
-        if self.state.lock().mirrors.iter().any(|r| r.name == new_name) {
+        // A relationship of that name that this side reversed away from
+        // before (a failback): the new one takes its place.
+        let taken = self
+            .state
+            .lock()
+            .mirrors
+            .iter()
+            .any(|r| r.name == new_name && r.state != MirrorState::Reversed);
+        if taken {
             return Err(Error::AlreadyExists {
                 kind: "mirror",
                 name: new_name,
@@ -1571,11 +1596,13 @@ impl Mirrors {
             created: now_secs(),
         };
         self.change_state(|s| {
+            s.mirrors.retain(|x| x.name != new_name);
             s.peers.retain(|p| p.name != peer_name);
             s.peers.push(peer);
             s.mirrors.push(r);
             Ok(())
         })?;
+        self.workers.lock().remove(&new_name);
         tracing::warn!(mirror = %new_name, "reversed: this side is now the destination, pulling from {}", req.url);
         self.start(&new_name)?;
         out.done = true;

@@ -81,7 +81,7 @@ pub(crate) fn lun_details(l: &LunInfo) -> String {
         text.push_str(&details(&[(
             "mirror",
             format!(
-                "destination, read-only; readers see {}",
+                "a mirror destination (read-only); readers see {}",
                 l.replica_view
                     .as_deref()
                     .map_or("nothing yet (baseline running)".into(), |v| format!(

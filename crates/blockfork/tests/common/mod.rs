@@ -45,7 +45,12 @@ impl Server {
 
     /// Starts `blockfork serve` on `dir` with exactly these extra arguments.
     pub fn start_raw(dir: &Path, extra: &[&str]) -> Server {
-        let (nbd_port, api_port) = (free_port(), free_port());
+        Server::start_on(dir, extra, free_port(), free_port())
+    }
+
+    /// Starts `blockfork serve` on `dir` on these ports (a restart that
+    /// peers find where they left it).
+    pub fn start_on(dir: &Path, extra: &[&str], nbd_port: u16, api_port: u16) -> Server {
         let log = dir.with_extension(format!("log-{nbd_port}"));
         let child = Command::new(BIN)
             .args(["serve", "--data"])
@@ -316,6 +321,15 @@ impl NbdClient {
 
     pub fn flush(&mut self) -> std::io::Result<u32> {
         self.request(3, 0, 0, 0, &[])
+    }
+
+    pub fn trim(&mut self, offset: u64, len: u32) -> std::io::Result<u32> {
+        self.request(4, 0, offset, len, &[])
+    }
+
+    /// NBD_CMD_WRITE_ZEROES, with NBD_CMD_FLAG_NO_HOLE when `no_hole`.
+    pub fn write_zeroes(&mut self, offset: u64, len: u32, no_hole: bool) -> std::io::Result<u32> {
+        self.request(6, if no_hole { 1 << 1 } else { 0 }, offset, len, &[])
     }
 
     pub fn read(&mut self, offset: u64, len: u32) -> std::io::Result<(u32, Vec<u8>)> {
