@@ -7,6 +7,10 @@ use crate::{call, AppState};
 use axum::extract::State;
 use axum::Json;
 
+fn mirror_rate(state: &AppState) -> u64 {
+    state.mirrors.as_ref().map_or(0, |m| m.mirror_rate())
+}
+
 /// Show the runtime settings.
 #[utoipa::path(
     get, path = "/api/v1/settings", operation_id = "show_settings", tag = "settings",
@@ -14,7 +18,7 @@ use axum::Json;
 )]
 pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiError> {
     let rate = call(&state, |e| Ok(e.split_rate())).await?;
-    Ok(Json(Settings::from_split_rate(rate)))
+    Ok(Json(Settings::from_rates(rate, mirror_rate(&state))))
 }
 
 /// Change runtime settings; fields left out stay as they are.
@@ -23,6 +27,8 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiEr
 /// (MB/s, 10^6 bytes per second; 0 for unlimited); while reads or writes
 /// arrive, splits copy at a quarter of it. It lasts until the
 /// server restarts, which takes `blockfork serve --split-rate` again.
+/// `mirror_rate_mbps` limits, pool-wide, how fast mirrors transfer into
+/// this server; it is kept with the mirrors' state.
 #[utoipa::path(
     patch, path = "/api/v1/settings", operation_id = "update_settings", tag = "settings",
     request_body = UpdateSettings,
@@ -44,12 +50,28 @@ pub async fn update(
         })?),
         None => None,
     };
+    let mirror_bytes = match body.mirror_rate_mbps {
+        Some(mbps) => Some(mbps.checked_mul(MB).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`mirror_rate_mbps` {mbps} is too large; the largest is {}, and 0 means unlimited",
+                u64::MAX / MB
+            ))
+        })?),
+        None => None,
+    };
+    if mirror_bytes.is_some() && state.mirrors.is_none() {
+        return Err(ApiError::invalid("mirroring is not enabled on this server"));
+    }
+    let mirrors = state.mirrors.clone();
     let rate = call(&state, move |e| {
+        if let (Some(bytes), Some(m)) = (mirror_bytes, &mirrors) {
+            m.set_mirror_rate(bytes)?;
+        }
         if let Some(bytes) = bytes {
             e.set_split_rate(bytes);
         }
         Ok(e.split_rate())
     })
     .await?;
-    Ok(Json(Settings::from_split_rate(rate)))
+    Ok(Json(Settings::from_rates(rate, mirror_rate(&state))))
 }

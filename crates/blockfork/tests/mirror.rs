@@ -734,3 +734,34 @@ fn snapshot_deletes_racing_a_transfer_and_a_stale_resume_record() {
     let common = m["common_snapshot"].as_str().unwrap().to_string();
     assert_same(&a, &format!("vm@{common}"), &b, "vm-dr", 64 * MIB);
 }
+
+#[test]
+fn a_schedule_transfers_without_being_asked() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = pair(root.path(), "sched");
+    a.cli_ok(&["lun", "create", "vm", "--size", "16M"]);
+    peer(&a, &b, None);
+    b.cli_ok(&["mirror", "create", "site-a:vm", "vm-dr", "--schedule", "1s"]);
+    for byte in [1u8, 2, 3] {
+        fill(&a, "vm", 0, MIB, byte);
+        // Within a few schedule periods, the write is at the destination.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while nbd(&b, "vm-dr").read(0, 4096).unwrap().1 != vec![byte; 4096] {
+            assert!(
+                Instant::now() < deadline,
+                "the schedule did not transfer {byte}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let m = mirror(&b, "vm-dr");
+    assert_eq!(m["schedule_secs"], 1);
+    assert!(m["lag_secs"].as_u64().unwrap() < 10, "{m:#}");
+    // The pool-wide mirror rate is a setting beside the split's.
+    let s = json(&b, &["pool", "set", "--mirror-rate", "50"]);
+    assert_eq!(s["mirror_rate_mbps"], 50);
+    assert_eq!(
+        json(&b, &["pool", "set"])["mirror_rate_bytes_per_sec"],
+        50_000_000
+    );
+}

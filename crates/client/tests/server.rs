@@ -187,6 +187,7 @@ fn luns_snapshots_clones_and_access() {
     let settings = c
         .update_settings(&UpdateSettings {
             split_rate_mbps: Some(64),
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(c.settings().unwrap(), settings);

@@ -1,7 +1,7 @@
 //! What the server accepts. Every request refuses unknown fields.
 
 use super::responses::{SnapshotBatchInfo, SnapshotInfo};
-use super::sizes::{capacity_field, rate_field, size_field};
+use super::sizes::{capacity_field, mirror_rate_field, rate_field, size_field};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -334,6 +334,15 @@ pub struct UpdateSettings {
     )]
     #[schema(example = 128)]
     pub split_rate_mbps: Option<u64>,
+    /// Pool-wide mirror transfer rate limit in MB/s (10^6 bytes per
+    /// second); 0 for unlimited. Each mirror's own `--rate` applies too.
+    #[serde(
+        default,
+        deserialize_with = "mirror_rate_field",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(example = 100)]
+    pub mirror_rate_mbps: Option<u64>,
 }
 
 /// `GET /api/v1/luns`

@@ -359,13 +359,22 @@ pub struct Settings {
     /// The same limit in bytes per second, exactly; 0 means unlimited.
     #[schema(example = 128000000u64)]
     pub split_rate_bytes_per_sec: u64,
+    /// Pool-wide mirror transfer rate limit in MB/s, rounded down; 0
+    /// means unlimited.
+    #[serde(default)]
+    pub mirror_rate_mbps: u64,
+    /// The same limit in bytes per second, exactly.
+    #[serde(default)]
+    pub mirror_rate_bytes_per_sec: u64,
 }
 
 impl Settings {
-    pub fn from_split_rate(bytes_per_sec: u64) -> Settings {
+    pub fn from_rates(split_bytes_per_sec: u64, mirror_bytes_per_sec: u64) -> Settings {
         Settings {
-            split_rate_mbps: bytes_per_sec / MB,
-            split_rate_bytes_per_sec: bytes_per_sec,
+            split_rate_mbps: split_bytes_per_sec / MB,
+            split_rate_bytes_per_sec: split_bytes_per_sec,
+            mirror_rate_mbps: mirror_bytes_per_sec / MB,
+            mirror_rate_bytes_per_sec: mirror_bytes_per_sec,
         }
     }
 }

@@ -28,6 +28,18 @@ pub(super) fn rate_field<'de, D: Deserializer<'de>>(
         .map(Some)
 }
 
+pub(super) fn mirror_rate_field<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u64>, D::Error> {
+    deserializer
+        .deserialize_any(BytesVisitor {
+            field: "mirror_rate_mbps",
+            unit: "MB/s (10^6 bytes per second)",
+            example: "100, or 0 for unlimited",
+        })
+        .map(Some)
+}
+
 /// Accepts only a non-negative integer, and says plainly what is wrong
 /// with anything else (the common mistake being "10G").
 struct BytesVisitor {

@@ -350,6 +350,10 @@ pub enum PoolCommand {
         /// serve --split-rate` sets it at start.
         #[arg(long, value_name = "MBPS")]
         split_rate: Option<u64>,
+        /// Pool-wide limit on mirror transfers into this server, in MB/s;
+        /// 0 for unlimited (each mirror's `--rate` applies too).
+        #[arg(long, value_name = "MB/s")]
+        mirror_rate: Option<u64>,
         /// `open`: LUNs without maps are visible to every NBD client;
         /// `closed`: a LUN is visible only to the igroups it is mapped to.
         /// Stored with the pool.

@@ -385,11 +385,13 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
         })?,
         PoolCommand::Set {
             split_rate,
+            mirror_rate,
             access: Some(access),
         } => {
-            if let Some(mbps) = split_rate {
+            if split_rate.is_some() || mirror_rate.is_some() {
                 client.update_settings(&UpdateSettings {
-                    split_rate_mbps: Some(mbps),
+                    split_rate_mbps: split_rate,
+                    mirror_rate_mbps: mirror_rate,
                 })?;
             }
             let access = match access {
@@ -403,12 +405,14 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
         }
         PoolCommand::Set {
             split_rate,
+            mirror_rate,
             access: None,
         } => {
-            let reply = match split_rate {
-                None => client.settings()?,
-                Some(mbps) => client.update_settings(&UpdateSettings {
-                    split_rate_mbps: Some(mbps),
+            let reply = match (split_rate, mirror_rate) {
+                (None, None) => client.settings()?,
+                _ => client.update_settings(&UpdateSettings {
+                    split_rate_mbps: split_rate,
+                    mirror_rate_mbps: mirror_rate,
                 })?,
             };
             return out.show(reply, |s: Settings| settings_details(&s));

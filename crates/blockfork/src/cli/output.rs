@@ -232,14 +232,17 @@ pub(crate) fn split_table(splits: &[SplitInfo]) -> String {
 }
 
 pub(crate) fn settings_details(s: &Settings) -> String {
-    details(&[(
-        "split rate",
-        if s.split_rate_bytes_per_sec == 0 {
+    let rate = |bytes: u64| {
+        if bytes == 0 {
             "unlimited".to_string()
         } else {
-            format_rate(s.split_rate_bytes_per_sec)
-        },
-    )])
+            format_rate(bytes)
+        }
+    };
+    details(&[
+        ("split rate", rate(s.split_rate_bytes_per_sec)),
+        ("mirror rate", rate(s.mirror_rate_bytes_per_sec)),
+    ])
 }
 
 /// A fraction as a percentage for people; never shows 100 % before the end.
