@@ -738,7 +738,7 @@ fn snapshot_deletes_racing_a_transfer_and_a_stale_resume_record() {
 #[test]
 fn a_schedule_transfers_without_being_asked() {
     let root = tempfile::tempdir().unwrap();
-    let (a, b) = pair(root.path(), "sched");
+    let (mut a, mut b) = pair(root.path(), "sched");
     a.cli_ok(&["lun", "create", "vm", "--size", "16M"]);
     peer(&a, &b, None);
     b.cli_ok(&["mirror", "create", "site-a:vm", "vm-dr", "--schedule", "1s"]);
@@ -763,5 +763,16 @@ fn a_schedule_transfers_without_being_asked() {
     assert_eq!(
         json(&b, &["pool", "set"])["mirror_rate_bytes_per_sec"],
         50_000_000
+    );
+    // With the source gone, the schedule keeps trying; the destination
+    // still stops at once when asked.
+    a.kill9();
+    std::thread::sleep(Duration::from_millis(2500));
+    let t = Instant::now();
+    assert!(b.stop().success(), "{}", b.log_text());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "stopping took {:?}",
+        t.elapsed()
     );
 }

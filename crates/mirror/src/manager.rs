@@ -231,7 +231,9 @@ impl Mirrors {
         if let Some(h) = self.scheduler.lock().take() {
             let _ = h.join();
         }
-        for name in self.workers.lock().keys().cloned().collect::<Vec<_>>() {
+        // The names first: `wait_stopped` takes the workers' lock.
+        let names: Vec<String> = self.workers.lock().keys().cloned().collect();
+        for name in names {
             self.wait_stopped(&name, Duration::from_millis(STOP_WAIT_MS));
         }
     }
