@@ -127,7 +127,7 @@ if ((peers)); then
         truncate -s $((size * 2 + (1 << 30))) "$work/$side.btrfs"
         dev=$(losetup -f --show "$work/$side.btrfs")
         loops+=("$dev")
-        mkfs.btrfs -q "$dev"
+        mkfs.btrfs -q "$dev" >&2
         mkdir -p "$work/$side"
         mount "$dev" "$work/$side"
         mounts+=("$work/$side")

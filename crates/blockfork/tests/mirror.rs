@@ -413,6 +413,11 @@ fn either_server_killed_mid_transfer_resumes() {
     wait_mirror(&b, "vm-dr", 60, |m| {
         m["transfer"]["bytes"].as_u64().unwrap_or(0) > 40 * MIB
     });
+    // Progress: what is expected, and a rate while it runs.
+    let m = mirror(&b, "vm-dr");
+    let t = &m["transfer"];
+    assert!(t["bytes_expected"].as_u64().unwrap() >= 64 * MIB, "{m:#}");
+    assert_eq!(m["state"], "transferring", "{m:#}");
     b.kill9();
     let b = Server::start(&b_dir, "1G");
     let m = wait_mirror(&b, "vm-dr", 60, idle);

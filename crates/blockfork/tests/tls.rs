@@ -228,3 +228,95 @@ fn tls_required_certificate_cns_map_luns_and_the_api_speaks_https() {
         "the log names the certificate CN: {log}"
     );
 }
+
+/// A mirror whose source serves its API over HTTPS: the transfer is TLS,
+/// trusting the CA given to `peer create --ca-cert`, and refused without it.
+#[test]
+fn a_mirror_pulls_over_https() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = make_ca("site CA");
+    let server_cred = make_leaf(
+        &ca,
+        "site-a",
+        &["127.0.0.1", "localhost"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let (cert, key, ca_file) = (
+        pki.join("server-cert.pem"),
+        pki.join("server-key.pem"),
+        pki.join("ca-cert.pem"),
+    );
+    std::fs::write(&cert, &server_cred.0).unwrap();
+    std::fs::write(&key, &server_cred.1).unwrap();
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let a = Server::start_with(
+        &tmp.path().join("a"),
+        &[
+            "--capacity",
+            "256M",
+            "--tls-cert",
+            &s(&cert),
+            "--tls-key",
+            &s(&key),
+            "--api-tls",
+        ],
+    );
+    let b = Server::start(&tmp.path().join("b"), "256M");
+    let https = format!("https://127.0.0.1:{}", a.api_port);
+    let on_a = |args: &[&str]| {
+        let out = run(
+            Command::new(env!("CARGO_BIN_EXE_blockfork"))
+                .args(["--server", &https, "--ca-cert", &s(&ca_file), "--data"])
+                .arg(&a.dir)
+                .args(args),
+            60,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    on_a(&["lun", "create", "vm", "--size", "16M"]);
+    let mut c = NbdClient::connect(a.nbd_port, "vm").unwrap();
+    assert_eq!(c.write(0, &vec![0x5au8; 1 << 20]).unwrap(), 0);
+    assert_eq!(c.flush().unwrap(), 0);
+    let token = on_a(&["peer", "token", "create", "b"]);
+    let token = token.lines().next().unwrap().trim().to_string();
+    // Without the CA the source's certificate is not trusted: nothing
+    // is created.
+    b.cli_ok(&[
+        "peer",
+        "create",
+        "untrusted",
+        "--url",
+        &https,
+        "--token",
+        &token,
+    ]);
+    let out = b.cli(&["mirror", "create", "untrusted:vm", "vm-x"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    assert!(!b.cli(&["lun", "show", "vm-x"]).status.success());
+    // With it, the mirror pulls over TLS.
+    b.cli_ok(&[
+        "peer",
+        "create",
+        "site-a",
+        "--url",
+        &https,
+        "--token",
+        &token,
+        "--ca-cert",
+        &s(&ca_file),
+    ]);
+    b.cli_ok(&["mirror", "create", "site-a:vm", "vm-dr"]);
+    let mut d = NbdClient::connect(b.nbd_port, "vm-dr").unwrap();
+    assert_eq!(d.read(0, 1 << 20).unwrap().1, vec![0x5au8; 1 << 20]);
+    assert!(b.cli_ok(&["peer", "list"]).contains("yes"));
+}

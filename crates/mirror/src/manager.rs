@@ -135,11 +135,19 @@ impl Relationship {
     }
 }
 
+/// What a worker's transfer shares with those who watch or stop it.
+struct Live<'a> {
+    cancel: &'a AtomicBool,
+    bytes: &'a AtomicU64,
+    expected: &'a AtomicU64,
+}
+
 /// A running transfer, as the API sees it.
 struct Worker {
     cancel: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     bytes: Arc<AtomicU64>,
+    expected: Arc<AtomicU64>,
     /// (when, bytes) a few seconds apart, for the rate.
     window: Mutex<(Instant, u64, f64)>,
 }
@@ -210,7 +218,10 @@ impl Mirrors {
             .lock()
             .mirrors
             .iter()
-            .filter(|r| r.in_flight.is_some() && r.state != MirrorState::Broken)
+            .filter(|r| {
+                (r.in_flight.is_some() || r.goal.is_some())
+                    && !matches!(r.state, MirrorState::Broken | MirrorState::Reversed)
+            })
             .map(|r| r.name.clone())
             .collect();
         for name in resume {
@@ -560,26 +571,27 @@ impl Mirrors {
         let worker = self.workers.lock().get(name).cloned();
         let now = now_secs();
         let transfer = r.in_flight.as_ref().map(|f| {
-            let (bytes, rate) = match &worker {
+            let (bytes, rate, expected) = match &worker {
                 Some(w) => {
                     let bytes = w.bytes.load(Ordering::Relaxed);
+                    let expected = w.expected.load(Ordering::Relaxed);
                     let mut win = w.window.lock();
                     let dt = win.0.elapsed().as_secs_f64();
                     if dt >= 1.0 {
                         win.2 = (bytes.saturating_sub(win.1)) as f64 / dt;
                         *win = (Instant::now(), bytes, win.2);
                     }
-                    (f.bytes.max(bytes), win.2)
+                    (f.bytes.max(bytes), win.2, expected.max(f.bytes_expected))
                 }
-                None => (f.bytes, 0.0),
+                None => (f.bytes, 0.0, f.bytes_expected),
             };
-            let left = f.bytes_expected.saturating_sub(bytes);
+            let left = expected.saturating_sub(bytes);
             TransferInfo {
                 base: f.base.clone(),
                 target: f.target.name.clone(),
                 started: f.started,
                 bytes,
-                bytes_expected: f.bytes_expected,
+                bytes_expected: expected,
                 rate_bytes: rate,
                 eta_secs: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
                 resumes: f.resumes,
@@ -654,12 +666,13 @@ impl Mirrors {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(0));
+        let expected = Arc::new(AtomicU64::new(0));
         let me = Arc::clone(self);
         let worker_name = name.to_string();
-        let (c, b) = (cancel.clone(), bytes.clone());
+        let (c, b, x) = (cancel.clone(), bytes.clone(), expected.clone());
         let handle = std::thread::Builder::new()
             .name(format!("mirror {name}"))
-            .spawn(move || me.run(&worker_name, &c, &b))
+            .spawn(move || me.run(&worker_name, &c, &b, &x))
             .map_err(|e| Error::Io(std::io::Error::other(e)))?;
         workers.insert(
             name.to_string(),
@@ -667,6 +680,7 @@ impl Mirrors {
                 cancel,
                 handle: Some(handle),
                 bytes,
+                expected,
                 window: Mutex::new((Instant::now(), 0, 0.0)),
             }),
         );
@@ -707,10 +721,21 @@ impl Mirrors {
     }
 
     /// The worker: one update, with retries of cuts from the checkpoint.
-    fn run(&self, name: &str, cancel: &AtomicBool, bytes: &AtomicU64) {
+    fn run(&self, name: &str, cancel: &AtomicBool, bytes: &AtomicU64, expected: &AtomicU64) {
+        let live = Live {
+            cancel,
+            bytes,
+            expected,
+        };
         let mut attempt = 0;
         loop {
-            let result = self.transfer(name, cancel, bytes);
+            let result = self.transfer(name, &live);
+            // Whatever a stopped transfer ran into after the stop (a break
+            // ends the replica under it) is the stop's doing.
+            let result = match result {
+                Err(_) if cancel.load(Ordering::Relaxed) => Err(Failure::Cancelled),
+                r => r,
+            };
             match result {
                 Ok(()) => return,
                 Err(Failure::Cancelled) => {
@@ -753,7 +778,8 @@ impl Mirrors {
     /// One update of `name`, from its checkpoint if it has one: a new
     /// mirror snapshot on the source (the goal), then every source
     /// snapshot from the common one to the goal, one transfer each.
-    fn transfer(&self, name: &str, cancel: &AtomicBool, bytes: &AtomicU64) -> Result<(), Failure> {
+    fn transfer(&self, name: &str, live: &Live<'_>) -> Result<(), Failure> {
+        let (cancel, bytes) = (live.cancel, live.bytes);
         let local = |e: Error| Failure::Local(e.to_string());
         let r = self.relationship(name).map_err(local)?;
         if matches!(r.state, MirrorState::Broken | MirrorState::Reversed) {
@@ -773,7 +799,7 @@ impl Mirrors {
             }
             let r = self.relationship(name).map_err(local)?;
             if let Some(f) = r.in_flight.clone() {
-                self.step(&r, &peer, &holder, f, cancel, bytes)?;
+                self.step(&r, &peer, &holder, f, live)?;
                 continue;
             }
             let Some(goal) = r.goal.clone() else {
@@ -937,9 +963,9 @@ impl Mirrors {
         peer: &client::Client,
         holder: &str,
         mut f: InFlight,
-        cancel: &AtomicBool,
-        bytes: &AtomicU64,
+        live: &Live<'_>,
     ) -> Result<(), Failure> {
+        let (cancel, bytes, expected) = (live.cancel, live.bytes, live.expected);
         let local = |e: Error| Failure::Local(e.to_string());
         let name = &r.name;
         let published = r.members.iter().all(|m| {
@@ -978,15 +1004,18 @@ impl Mirrors {
                 cancel,
                 limiters: [&limiter, &self.pool_limiter],
                 bytes,
+                expected,
             };
             while f.member < r.members.len() {
                 let m = &r.members[f.member];
                 let mut checkpoint = |next: u64| -> Result<(), String> {
                     let b = bytes.load(Ordering::Relaxed);
+                    let x = expected.load(Ordering::Relaxed);
                     self.change(name, |rel| {
                         if let Some(fl) = &mut rel.in_flight {
                             fl.next_block = next;
                             fl.bytes = b;
+                            fl.bytes_expected = x;
                         }
                         Ok(())
                     })

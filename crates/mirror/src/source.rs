@@ -48,8 +48,32 @@ pub fn prepare(engine: &Engine, q: &StreamQuery) -> engine::Result<Prepared> {
             q.lun, q.target, q.from
         )));
     }
+    // What is left to send, from the maps (no data read): for progress.
+    let mut data_bytes = 0;
+    let mut from = q.from;
+    loop {
+        let chunk = engine.snapshot_diff(
+            &q.lun,
+            q.base.as_deref(),
+            Some(&q.target),
+            q.flatten,
+            from,
+            DIFF_CHUNK_EXTENTS,
+        )?;
+        data_bytes += chunk
+            .extents
+            .iter()
+            .filter(|x| x.kind == DiffKind::Data)
+            .map(|x| x.blocks * BLOCK_SIZE)
+            .sum::<u64>();
+        match chunk.next_block {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
     Ok(Prepared {
         header: StreamHeader {
+            data_bytes,
             lun: q.lun.clone(),
             base: q.base.clone(),
             target: q.target.clone(),

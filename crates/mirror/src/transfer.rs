@@ -46,6 +46,9 @@ pub struct Ctx<'a> {
     pub limiters: [&'a Limiter; 2],
     /// Bytes received (payload and records), for progress.
     pub bytes: &'a AtomicU64,
+    /// Bytes the transfer is expected to carry in all, as the last stream
+    /// header said.
+    pub expected: &'a AtomicU64,
 }
 
 impl Ctx<'_> {
@@ -128,6 +131,10 @@ pub fn pull(
                 h.lun, h.target, h.from_block
             )));
         }
+        ctx.expected.store(
+            ctx.bytes.load(Ordering::Relaxed) + h.data_bytes,
+            Ordering::Relaxed,
+        );
         engine.apply_size(into, h.size_blocks).map_err(local)?;
         let size_blocks = h.size_blocks;
         let mut since_checkpoint = 0u64;

@@ -49,6 +49,9 @@ pub struct StreamHeader {
     pub from_block: u64,
     /// Whether what the LUN reads through its parent travels too.
     pub flatten: bool,
+    /// Bytes of data from `from_block` to the end of the change (for
+    /// progress and ETA; a bounded stream ends earlier).
+    pub data_bytes: u64,
 }
 
 /// One record as read.
@@ -345,6 +348,7 @@ mod tests {
             size_blocks: 1000,
             from_block: 0,
             flatten: true,
+            data_bytes: 8192,
         }
     }
 
