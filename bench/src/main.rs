@@ -12,7 +12,10 @@
 //! another thread lists the snapshots of a LUN with many snapshots and
 //! extents in a loop (issue 12, section 4: management never stalls I/O).
 //! `--only reads`: 4 KiB random reads against pread, on one and two threads.
+//! `--only diff`: a mirror incremental's difference against a walk of every
+//! extent.
 
+mod diff;
 mod reads;
 
 use engine::{Engine, EngineConfig, BLOCK_SIZE};
@@ -37,7 +40,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads]";
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,9 +62,11 @@ fn main() {
             "--only" => {
                 i += 1;
                 match args.get(i).map(String::as_str) {
-                    Some(what @ ("split" | "listing" | "reads")) => opts.only = Some(what.into()),
+                    Some(what @ ("split" | "listing" | "reads" | "diff")) => {
+                        opts.only = Some(what.into())
+                    }
                     other => {
-                        eprintln!("--only takes \"split\", \"listing\" or \"reads\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\", \"listing\", \"reads\" or \"diff\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -91,6 +96,7 @@ fn main() {
     match mode {
         Some("engine") | None if opts.only.as_deref() == Some("listing") => listing_bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("reads") => reads::bench(&opts),
+        Some("engine") | None if opts.only.as_deref() == Some("diff") => diff::bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),

@@ -833,7 +833,7 @@ fn splits() {
     assert_eq!(fast.status, 200, "{}", fast.body);
     assert_eq!(
         fast.body,
-        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0})
+        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
     );
     let resumed = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
     assert_eq!(resumed.status, 200, "{}", resumed.body);
@@ -897,13 +897,13 @@ fn settings() {
     assert_eq!(shown.status, 200);
     assert_eq!(
         shown.body,
-        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64})
+        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
     );
     let set = server.send("PATCH", "/settings", json!({"split_rate_mbps": 5}));
     assert_eq!(set.status, 200, "{}", set.body);
     assert_eq!(
         set.body,
-        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000})
+        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
     );
     assert_eq!(server.engine.split_rate(), 5_000_000);
     assert_eq!(server.get("/settings").body, set.body);

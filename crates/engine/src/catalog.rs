@@ -259,6 +259,7 @@ pub(crate) fn new_lun(
         fence: Arc::new(RwLock::new(())),
         maps: Default::default(),
         replica: None,
+        changes: Default::default(),
     }
 }
 

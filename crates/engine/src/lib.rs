@@ -7,6 +7,7 @@
 mod access;
 mod catalog;
 mod chain;
+mod changes;
 mod codec;
 mod datapath;
 mod engine;
@@ -34,6 +35,8 @@ pub use access::{
 };
 pub use engine::{Engine, EngineConfig, Target};
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
+#[cfg(feature = "sim")]
+pub use replica::FULL_WALK;
 pub use replica::{DiffChunk, DiffExtent, DiffKind, ReplicaSnapshot, DIFF_EXTENTS_MAX};
 pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};
 pub use types::*;

@@ -163,6 +163,7 @@ impl Loaded {
         let l = self.lun_mut(k, "head extent")?;
         codec::check_head(lba, &ext, l.size_blocks)
             .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
+        l.changes.mark(lba, ext.len, ext.birth);
         l.head.load(lba, ext);
         Ok(())
     }
@@ -173,6 +174,8 @@ impl Loaded {
         let l = self.lun_mut(k, "history")?;
         codec::check_history(lba, &r)
             .map_err(|why| Error::Store(format!("LUN {}: {why}", l.name)))?;
+        let newest = r.versions.iter().map(|v| v.death).max().unwrap_or(0);
+        l.changes.mark(lba, r.len, newest);
         l.history.load(lba, r);
         Ok(())
     }

@@ -426,6 +426,7 @@ impl Engine {
                     s.refs.incref(Run::at(dst, len));
                 }
                 let l = s.luns.get_mut(&id).expect("fenced LUN exists");
+                l.changes.mark(lba, len, now);
                 match g1 {
                     None => l.head.insert(lba, len, Val::Data(dst), g0.min(now)),
                     Some(g1) => l.history.insert_version(

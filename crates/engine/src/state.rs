@@ -79,6 +79,9 @@ pub struct Lun {
     /// A mirror destination: read-only to clients, who read the last
     /// complete snapshot while transfers change the head.
     pub replica: Option<Replica>,
+    /// Where the maps last changed, by page: what a snapshot difference
+    /// visits.
+    pub changes: crate::changes::ChangeIndex,
 }
 
 /// What makes a LUN a mirror destination.
@@ -468,12 +471,9 @@ impl State {
 
     fn set_head_inner(&mut self, lun: LunId, lba: u64, len: u64, val: Option<Val>) {
         let now = self.epoch;
-        let pieces = self
-            .luns
-            .get_mut(&lun)
-            .expect("set_head on a live LUN")
-            .head
-            .cut(lba, len);
+        let l = self.luns.get_mut(&lun).expect("set_head on a live LUN");
+        l.changes.mark(lba, len, now);
+        let pieces = l.head.cut(lba, len);
         for p in pieces {
             self.retire(lun, p);
         }
