@@ -355,13 +355,11 @@ impl Engine {
                 };
                 let grown = (flatten && l.parent.is_some() && base_blocks < size_blocks)
                     .then_some(base_blocks);
-                let page_blocks = 1u64 << crate::changes::PAGE_SHIFT;
-                for page in l.changes.pages_after(b) {
-                    let start = page << crate::changes::PAGE_SHIFT;
-                    if grown.is_some_and(|g| start >= g) {
+                for (start, end) in l.changes.ranges_after(b) {
+                    if grown.is_some_and(|g| start >= g) || start >= size_blocks {
                         break;
                     }
-                    add(start, (start + page_blocks).min(size_blocks));
+                    add(start, end.min(size_blocks));
                 }
                 if let Some(g) = grown {
                     add(g, size_blocks);
