@@ -351,6 +351,7 @@ impl std::io::Write for ChannelWriter {
     request_body = ReverseRequest,
     responses(
         (status = 200, description = "The plan, done or not", body = MirrorPlan),
+        (status = 404, description = "No such LUN", body = ErrorBody),
         (status = 409, description = "It would discard writes and `force` was not given", body = ErrorBody),
     )
 )]
@@ -541,6 +542,7 @@ mirror_action!(
     request_body = MirrorAction,
     responses(
         (status = 200, description = "The plan, done unless a dry run", body = MirrorPlan),
+        (status = 404, description = "No such mirror", body = ErrorBody),
         (status = 409, description = "It would discard writes and `force` was not given", body = ErrorBody),
     )
 )]
@@ -563,6 +565,7 @@ pub async fn resync(
     request_body = MirrorAction,
     responses(
         (status = 200, description = "The plan, done unless a dry run", body = MirrorPlan),
+        (status = 404, description = "No such mirror", body = ErrorBody),
         (status = 409, description = "It would discard writes and `force` was not given", body = ErrorBody),
     )
 )]
