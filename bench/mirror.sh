@@ -15,7 +15,7 @@
 # Two blockfork servers on 127.0.0.1 and free ports (the source A and the
 # destination B, each with its own pool), btrfs on two loop devices, all
 # stopped and removed on exit. Markdown on stdout, progress on stderr. Work
-# files: target/bench-mirror (removed unless --keep).
+# files: target/bench-mirror-full or -quick (removed unless --keep).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -66,14 +66,32 @@ fi
 
 ((build)) && cargo build --release -q -p blockfork
 bf=$root/target/release/blockfork
-work=$root/target/bench-mirror
+work=$root/target/bench-mirror-$mode
+# What an interrupted earlier run may have left: mounts and loop devices.
+unmount_all() {
+    { grep -F " $work/" /proc/mounts || true; } | awk '{print $2}' | while read -r m; do umount "$m" || true; done
+    { losetup -a 2>/dev/null | grep -F "$work/" || true; } | cut -d: -f1 | while read -r l; do losetup -d "$l" || true; done
+}
+unmount_all
 rm -rf "$work" && mkdir -p "$work"
-pids=() loops=() mounts=()
+pids=()
 cleanup() {
+    # SIGTERM, a bounded wait, then SIGKILL: a server that does not stop
+    # must not keep the benchmark (or CI) waiting.
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    for m in "${mounts[@]}"; do umount "$m" 2>/dev/null || true; done
-    for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+    for _ in $(seq 100); do
+        alive=0
+        for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${pids[@]}"; do
+        if kill -0 "$p" 2>/dev/null; then
+            echo "[mirror bench] server $p ignored SIGTERM for 10 s; killing it" >&2
+            kill -9 "$p" 2>/dev/null || true
+        fi
+    done
+    unmount_all
     ((keep)) || rm -rf "$work"
 }
 trap cleanup EXIT
@@ -126,11 +144,9 @@ if ((peers)); then
     for side in src dst; do
         truncate -s $((size * 2 + (1 << 30))) "$work/$side.btrfs"
         dev=$(losetup -f --show "$work/$side.btrfs")
-        loops+=("$dev")
         mkfs.btrfs -q "$dev" >&2
         mkdir -p "$work/$side"
         mount "$dev" "$work/$side"
-        mounts+=("$work/$side")
     done
     btrfs -q subvolume create "$work/src/vol"
     cp --sparse=always "$work/data.img" "$work/src/vol/vm.img"
