@@ -264,9 +264,9 @@ pub(super) fn clone(client: &Client, out: Out, command: CloneCommand) -> Result<
     }
 }
 
-/// Polls a split, with a progress bar on a terminal, until it is no longer
-/// running; returns its last state.
-pub(super) fn watch_split(client: &Client, lun: &str) -> Result<SplitInfo, String> {
+/// A progress bar of 1,000 steps on stderr when it is a terminal (hidden
+/// otherwise), for the long commands that watch a job.
+pub(super) fn progress_bar(prefix: String) -> indicatif::ProgressBar {
     let bar = if std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(1000);
         bar.set_style(
@@ -280,7 +280,14 @@ pub(super) fn watch_split(client: &Client, lun: &str) -> Result<SplitInfo, Strin
     } else {
         indicatif::ProgressBar::hidden()
     };
-    bar.set_prefix(format!("splitting \"{lun}\""));
+    bar.set_prefix(prefix);
+    bar
+}
+
+/// Polls a split, with a progress bar on a terminal, until it is no longer
+/// running; returns its last state.
+pub(super) fn watch_split(client: &Client, lun: &str) -> Result<SplitInfo, String> {
+    let bar = progress_bar(format!("splitting \"{lun}\""));
     loop {
         let info = client.split(lun)?;
         if info.state != SplitPhase::Running {

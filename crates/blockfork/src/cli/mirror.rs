@@ -415,20 +415,7 @@ fn finish(out: Out, info: MirrorInfo) -> Result<(), String> {
 
 /// Polls a mirror, with a progress bar on a terminal, while it transfers.
 fn watch(client: &Client, name: &str) -> Result<MirrorInfo, String> {
-    let bar = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(1000);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{bar:40}] {percent:>3}% {msg} ({elapsed})",
-            )
-            .expect("the template is valid")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_prefix(format!("mirror \"{name}\""));
+    let bar = super::commands::progress_bar(format!("mirror \"{name}\""));
     loop {
         let info = client.mirror(name)?;
         if !info.running {
