@@ -219,7 +219,17 @@ impl Engine {
             s.open_access = open;
             s.dirty.pool = true;
             Ok(())
-        })
+        })?;
+        self.note(
+            "pool-access-changed",
+            "pool",
+            if open {
+                "The pool is open: LUNs without maps are visible to every NBD client.".into()
+            } else {
+                "The pool is closed: a LUN is visible only to the igroups it is mapped to.".into()
+            },
+        );
+        Ok(())
     }
 
     /// Whether the export named `export` (`LUN` or `LUN@SNAPSHOT`; the
@@ -264,6 +274,7 @@ impl Engine {
             s.dirty.igroups.insert(name.to_string());
             Ok(())
         })?;
+        self.note("igroup-created", name, format!("Igroup \"{name}\" created."));
         self.igroup_info(name)
     }
 
@@ -300,10 +311,15 @@ impl Engine {
                 });
             }
             check_member_count(g.members.len() + 1)?;
-            g.members.push(member);
+            g.members.push(member.clone());
             s.dirty.igroups.insert(name.to_string());
             Ok(())
         })?;
+        self.note(
+            "igroup-changed",
+            name,
+            format!("Igroup \"{name}\" gained {}.", describe(&member)),
+        );
         self.igroup_info(name)
     }
 
@@ -323,6 +339,11 @@ impl Engine {
             s.dirty.igroups.insert(name.to_string());
             Ok(())
         })?;
+        self.note(
+            "igroup-changed",
+            name,
+            format!("Igroup \"{name}\" lost {}.", describe(&member)),
+        );
         self.igroup_info(name)
     }
 
@@ -343,7 +364,9 @@ impl Engine {
             s.igroups.remove(name);
             s.dirty.igroups.insert(name.to_string());
             Ok(())
-        })
+        })?;
+        self.note("igroup-deleted", name, format!("Igroup \"{name}\" deleted."));
+        Ok(())
     }
 
     /// Maps a LUN to an igroup: its members see the LUN and its snapshots.
@@ -362,7 +385,13 @@ impl Engine {
             }
             s.dirty.luns.insert(id);
             Ok(())
-        })
+        })?;
+        self.note(
+            "lun-mapped",
+            lun,
+            format!("LUN \"{lun}\" mapped to igroup \"{igroup}\"."),
+        );
+        Ok(())
     }
 
     pub fn unmap_lun(&self, lun: &str, igroup: &str) -> Result<()> {
@@ -374,7 +403,13 @@ impl Engine {
             }
             s.dirty.luns.insert(id);
             Ok(())
-        })
+        })?;
+        self.note(
+            "lun-unmapped",
+            lun,
+            format!("LUN \"{lun}\" unmapped from igroup \"{igroup}\"."),
+        );
+        Ok(())
     }
 }
 

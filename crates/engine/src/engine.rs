@@ -9,6 +9,7 @@
 //! shared for reads and listings: decision 020). The state lock is never
 //! held across I/O (simulated runs check it: `sched`).
 
+use crate::events::{EventLog, Severity};
 use crate::io::{DataFile, FileData, FjallStore, MetaStore};
 use crate::sched;
 use crate::state::StateLock;
@@ -108,8 +109,39 @@ pub struct Engine {
     pub(crate) check_turn: Mutex<()>,
     #[cfg(feature = "sim")]
     pub(crate) sim_hooks: crate::sim::Hooks,
+    /// What operators are told happened (`GET /api/v1/events`).
+    pub(crate) events: EventLog,
+    /// Commit counters for the metrics.
+    pub(crate) commit_stats: CommitStats,
+    /// The pool-fill alert level last reported: 0 none, 80 or 90 (%).
+    pub(crate) fill_alert: AtomicU64,
     _lock: Option<std::fs::File>,
 }
+
+/// Commits since the pool opened, for `GET /metrics`.
+pub struct CommitStats {
+    pub commits: AtomicU64,
+    pub failures: AtomicU64,
+    /// Nanoseconds per commit (data sync, store commit, frees).
+    pub latency: telemetry::Histogram,
+    /// Metadata keys written per commit.
+    pub batch_keys: telemetry::Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            commits: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            latency: telemetry::Histogram::latency(),
+            batch_keys: telemetry::Histogram::new(telemetry::histogram::COUNT_BOUNDS),
+        }
+    }
+}
+
+/// Pool fill levels (percent of capacity) that raise an event when crossed
+/// upward; one is re-armed when usage drops 5 points below it.
+pub const FILL_ALERTS: [u64; 2] = [80, 90];
 
 /// How often an idle pool checks its data file and store.
 const DEVICE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -213,6 +245,7 @@ impl Engine {
             capacity_blocks,
             config,
             Some(lock),
+            EventLog::open(dir),
         )
     }
 
@@ -224,7 +257,14 @@ impl Engine {
         capacity_blocks: u64,
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
-        Engine::open_inner(data, store, capacity_blocks, config, None)
+        Engine::open_inner(
+            data,
+            store,
+            capacity_blocks,
+            config,
+            None,
+            EventLog::in_memory(),
+        )
     }
 
     pub(crate) fn open_inner(
@@ -233,6 +273,7 @@ impl Engine {
         capacity_blocks: u64,
         config: EngineConfig,
         lock: Option<std::fs::File>,
+        events: EventLog,
     ) -> Result<Arc<Engine>> {
         let (mut state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
         state.chain_index_min_levels = config.chain_index_min_levels;
@@ -258,6 +299,9 @@ impl Engine {
             check_turn: Mutex::new(()),
             #[cfg(feature = "sim")]
             sim_hooks: Default::default(),
+            events,
+            commit_stats: CommitStats::default(),
+            fill_alert: AtomicU64::new(0),
             _lock: lock,
         });
         if fresh {
@@ -426,8 +470,21 @@ impl Engine {
                     engine: self,
                     generation,
                 };
+                let started = std::time::Instant::now();
                 let result = self.commit_once();
                 drop(running);
+                match &result {
+                    Ok(keys) => {
+                        let stats = &self.commit_stats;
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
+                        stats.latency.observe(started.elapsed().as_nanos() as u64);
+                        stats.batch_keys.observe(*keys as u64);
+                        self.check_fill();
+                    }
+                    Err(_) => {
+                        self.commit_stats.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 result?;
                 ctl = self.ctl_lock();
                 continue;
@@ -436,7 +493,8 @@ impl Engine {
         }
     }
 
-    pub(crate) fn commit_once(&self) -> Result<()> {
+    /// Commits what changed; answers how many metadata keys it wrote.
+    pub(crate) fn commit_once(&self) -> Result<usize> {
         let puts = {
             let mut s = self.state.lock();
             if let Some(why) = &s.failed {
@@ -455,6 +513,7 @@ impl Engine {
         // Before the store is told anything: a store whose directory was
         // removed accepts commits into files nobody will ever read.
         self.check_devices()?;
+        let keys = puts.len();
         if !puts.is_empty() {
             // Each key at most once per batch (a deleted LUN's keys can be
             // listed twice, both as deletes): the last entry wins.
@@ -488,7 +547,75 @@ impl Engine {
                 );
             }
         }
-        Ok(())
+        Ok(keys)
+    }
+
+    /// Raises `pool-nearly-full` when usage crosses 80 % or 90 % upward,
+    /// and re-arms a level once usage is 5 points below it.
+    fn check_fill(&self) {
+        let (used, capacity) = {
+            let s = self.state.lock();
+            let capacity = s.alloc.capacity_blocks();
+            (capacity - s.alloc.free_blocks(), capacity)
+        };
+        if capacity == 0 {
+            return;
+        }
+        let percent = used * 100 / capacity;
+        let level = self.fill_alert.load(Ordering::Relaxed);
+        let reached = FILL_ALERTS
+            .iter()
+            .copied()
+            .filter(|&l| percent >= l)
+            .max()
+            .unwrap_or(0);
+        if reached > level {
+            if self
+                .fill_alert
+                .compare_exchange(level, reached, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.events.emit(
+                    Severity::Warning,
+                    "pool-nearly-full",
+                    "pool",
+                    format!(
+                        "The pool is {percent} % full ({} of {} bytes used): free space by deleting snapshots or LUNs, or grow it with `blockfork pool set --capacity`.",
+                        used * BLOCK_SIZE,
+                        capacity * BLOCK_SIZE
+                    ),
+                );
+            }
+        } else if level > 0 && percent + 5 < level {
+            let rearmed = FILL_ALERTS
+                .iter()
+                .copied()
+                .filter(|&l| percent + 5 >= l)
+                .max()
+                .unwrap_or(0);
+            if self
+                .fill_alert
+                .compare_exchange(level, rearmed, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                self.events.emit(
+                    Severity::Info,
+                    "pool-space-recovered",
+                    "pool",
+                    format!("The pool is back to {percent} % full."),
+                );
+            }
+        }
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        &self.events
+    }
+
+    /// Commit counters since the pool opened.
+    pub fn commit_stats(&self) -> &CommitStats {
+        &self.commit_stats
     }
 
     /// Fails the pool (once: the first cause is the one kept, logged and
@@ -503,7 +630,12 @@ impl Engine {
         }
         s.failed = Some(why.clone());
         drop(s);
-        tracing::error!("pool failed: {why}");
+        self.events.emit(
+            Severity::Error,
+            "pool-failed",
+            "pool",
+            format!("The pool failed and serves no more I/O: {why}."),
+        );
         Error::PoolFailed(why)
     }
 

@@ -11,6 +11,7 @@ mod changes;
 mod codec;
 mod datapath;
 mod engine;
+pub mod events;
 mod fence;
 pub mod io;
 mod load;
@@ -33,7 +34,8 @@ pub use access::{
     validate_igroup_name, ClientIdentity, IgroupInfo, Member, CERT_CN_BYTES_MAX, IGROUPS_MAX,
     IGROUP_MEMBERS_MAX,
 };
-pub use engine::{Engine, EngineConfig, Target};
+pub use engine::{CommitStats, Engine, EngineConfig, Target, FILL_ALERTS};
+pub use events::{Event, EventLog, Severity};
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
 #[cfg(feature = "sim")]
 pub use replica::FULL_WALK;

@@ -48,8 +48,17 @@ impl Engine {
             id
         };
         self.flush()?;
-        let s = self.state.lock();
-        Ok(lun_info(&s, s.lun(id)?))
+        let info = {
+            let s = self.state.lock();
+            lun_info(&s, s.lun(id)?)
+        };
+        let what = if replica { "mirror destination LUN" } else { "LUN" };
+        self.note(
+            "lun-created",
+            name,
+            format!("{what} \"{name}\" created ({size_bytes} bytes)."),
+        );
+        Ok(info)
     }
 
     /// Every export, `LUN` then its `LUN@SNAPSHOT`s, with sizes: what NBD
@@ -115,6 +124,11 @@ impl Engine {
             crate::replica::resize_head(&mut s, id, new_blocks, true);
         }
         self.flush()?;
+        self.note(
+            "lun-resized",
+            name,
+            format!("LUN \"{name}\" resized to {size_bytes} bytes."),
+        );
         self.lun_info(name)
     }
 
@@ -190,6 +204,14 @@ impl Engine {
                 None => Vec::new(),
             }
         };
-        self.finish_snapshot_removal(&released)
+        self.finish_snapshot_removal(&released)?;
+        self.note("lun-deleted", name, format!("LUN \"{name}\" deleted."));
+        Ok(())
+    }
+
+    /// Records an informational event (see [`crate::events`]).
+    pub(crate) fn note(&self, kind: &str, object: &str, message: String) {
+        self.events
+            .emit(crate::events::Severity::Info, kind, object, message);
     }
 }

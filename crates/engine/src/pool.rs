@@ -207,6 +207,11 @@ impl Engine {
             }
         }
         self.flush()?;
+        self.note(
+            "pool-grown",
+            "pool",
+            format!("The pool's capacity is now {capacity_bytes} bytes."),
+        );
         self.pool_status()
     }
 

@@ -40,11 +40,35 @@ impl Engine {
         };
         drop(fenced);
         self.flush()?;
-        let s = self.state.read();
-        Ok(taken
-            .into_iter()
-            .filter_map(|(id, e)| snapshot_info(&s, id, e))
-            .collect())
+        let infos: Vec<SnapshotInfo> = {
+            let s = self.state.read();
+            taken
+                .into_iter()
+                .filter_map(|(id, e)| snapshot_info(&s, id, e))
+                .collect()
+        };
+        match group {
+            Some(g) => self.note(
+                "group-snapshot-created",
+                g,
+                format!(
+                    "Group snapshot \"{g}\" taken of {} LUN(s): {}.",
+                    infos.len(),
+                    infos.iter().map(|i| i.lun.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ),
+            None => {
+                for i in &infos {
+                    let object = format!("{}@{}", i.lun, i.name);
+                    self.note(
+                        "snapshot-created",
+                        &object,
+                        format!("Snapshot \"{object}\" taken."),
+                    );
+                }
+            }
+        }
+        Ok(infos)
     }
 
     pub fn create_snapshot(&self, lun: &str, snapshot: &str) -> Result<SnapshotInfo> {
@@ -169,12 +193,24 @@ impl Engine {
                 sn.hidden = true;
                 s.dirty.snapshots.insert((id, epoch));
                 drop(s);
-                return self.flush();
+                self.flush()?;
+                self.note(
+                    "snapshot-deleted",
+                    &format!("{lun}@{snapshot}"),
+                    format!("Snapshot \"{lun}@{snapshot}\" deleted; its blocks stay while clones read through it."),
+                );
+                return Ok(());
             }
             remove_snapshot(&mut s, id, epoch);
             (id, epoch)
         };
-        self.finish_snapshot_removal(&[(id, epoch)])
+        self.finish_snapshot_removal(&[(id, epoch)])?;
+        self.note(
+            "snapshot-deleted",
+            &format!("{lun}@{snapshot}"),
+            format!("Snapshot \"{lun}@{snapshot}\" deleted."),
+        );
+        Ok(())
     }
 
     /// After snapshot records were removed in memory: make it durable, then
@@ -233,7 +269,13 @@ impl Engine {
                 .ok_or_else(|| Error::not_found("snapshot", format!("{lun}@{snapshot}")))?;
             crate::replica::restore_head(&mut s, id, at);
         }
-        self.flush()
+        self.flush()?;
+        self.note(
+            "snapshot-restored",
+            lun,
+            format!("LUN \"{lun}\" restored to snapshot \"{lun}@{snapshot}\"."),
+        );
+        Ok(())
     }
 
     // ------------------------------------------------------- group snapshots
@@ -317,7 +359,13 @@ impl Engine {
             s.dirty.groups.insert(name.to_string());
             removed
         };
-        self.finish_snapshot_removal(&removed)
+        self.finish_snapshot_removal(&removed)?;
+        self.note(
+            "group-snapshot-deleted",
+            name,
+            format!("Group snapshot \"{name}\" deleted with its member snapshots."),
+        );
+        Ok(())
     }
 }
 

@@ -158,11 +158,22 @@ impl Engine {
             ids
         };
         self.flush()?;
-        let s = self.state.lock();
-        Ok(ids
-            .iter()
-            .filter_map(|id| s.luns.get(id).map(|l| crate::engine::lun_info(&s, l)))
-            .collect())
+        let infos: Vec<LunInfo> = {
+            let s = self.state.lock();
+            ids.iter()
+                .filter_map(|id| s.luns.get(id).map(|l| crate::engine::lun_info(&s, l)))
+                .collect()
+        };
+        for n in names {
+            let what = if replica { "Mirror destination clone" } else { "Clone" };
+            let then = if split { "; its split started" } else { "" };
+            self.note(
+                "clone-created",
+                n,
+                format!("{what} \"{n}\" created from \"{source}\"{then}."),
+            );
+        }
+        Ok(infos)
     }
 
     /// Starts (or resumes) splitting a clone from its backing snapshot.
@@ -187,6 +198,11 @@ impl Engine {
             s.dirty.splits.insert(id);
         }
         self.flush()?;
+        self.note(
+            "split-started",
+            name,
+            format!("Split of clone \"{name}\" started."),
+        );
         self.split_status(name)
     }
 
@@ -205,6 +221,11 @@ impl Engine {
             s.dirty.splits.insert(id);
         }
         self.flush()?;
+        self.note(
+            "split-stopped",
+            name,
+            format!("Split of clone \"{name}\" stopped; the clone stays backed by its snapshot."),
+        );
         self.split_status(name)
     }
 
@@ -280,7 +301,17 @@ impl Engine {
                 SplitStep::Idle
             };
         };
-        match self.split_batch(id) {
+        let phase = |engine: &Engine| {
+            let s = engine.state.lock();
+            let job = s.splits.get(&id)?;
+            Some((
+                s.luns.get(&id)?.name.clone(),
+                job.state,
+                job.message.clone(),
+            ))
+        };
+        let before = phase(self);
+        let step = match self.split_batch(id) {
             Ok(step) => step,
             Err(e) => {
                 let mut s = self.state.lock();
@@ -288,9 +319,41 @@ impl Engine {
                     job.message = Some(e.to_string());
                     job.last_batch = Some(Instant::now());
                 }
+                let name = s.luns.get(&id).map(|l| l.name.clone()).unwrap_or_default();
+                drop(s);
+                self.events.emit_coalesced(
+                    crate::events::Severity::Error,
+                    "job-failed",
+                    &name,
+                    format!("A batch of the split of clone \"{name}\" failed: {e}."),
+                );
                 SplitStep::Waiting
             }
+        };
+        match (before, phase(self)) {
+            (Some((_, was, _)), Some((name, SplitState::WaitingForSpace, why)))
+                if was != SplitState::WaitingForSpace =>
+            {
+                self.events.emit(
+                    crate::events::Severity::Warning,
+                    "split-waiting-for-space",
+                    &name,
+                    format!(
+                        "Split of clone \"{name}\" parked: {}.",
+                        why.unwrap_or_else(|| "the pool is full".into())
+                    ),
+                );
+            }
+            (Some((_, SplitState::WaitingForSpace, _)), Some((name, SplitState::Running, _))) => {
+                self.note(
+                    "split-resumed",
+                    &name,
+                    format!("Split of clone \"{name}\" resumed: space was freed."),
+                );
+            }
+            _ => {}
         }
+        step
     }
 
     fn split_batch(&self, id: LunId) -> Result<SplitStep> {
@@ -489,14 +552,21 @@ impl Engine {
             s.dirty.luns.insert(id);
             if let Some(job) = s.splits.remove(&id) {
                 s.finished_splits
-                    .push((name, job.copied_blocks, now_secs()));
+                    .push((name.clone(), job.copied_blocks, now_secs()));
                 let excess = s.finished_splits.len().saturating_sub(64);
                 s.finished_splits.drain(..excess);
             }
             s.dirty.splits.insert(id);
-            release_pin(&mut s, parent)
+            (name, release_pin(&mut s, parent))
         };
-        self.finish_snapshot_removal(&removed)
+        let (name, removed) = removed;
+        self.finish_snapshot_removal(&removed)?;
+        self.note(
+            "split-finished",
+            &name,
+            format!("Split of clone \"{name}\" finished: it is independent of its snapshot."),
+        );
+        Ok(())
     }
 }
 

@@ -1,0 +1,121 @@
+//! A fixed-bucket histogram updated with atomics only: the data path
+//! observes into it without a lock (prometheus-client's own histogram
+//! takes a write lock per observation).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Latency buckets, in nanoseconds: 25 µs to 10 s.
+pub const LATENCY_BOUNDS_NS: &[u64] = &[
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
+];
+
+/// Size buckets for counts (commit batches in map keys): 1 to 1 Mi.
+pub const COUNT_BOUNDS: &[u64] = &[1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1 << 20];
+
+/// Observations in buckets with upper bounds `bounds` (inclusive) and one
+/// more for everything above.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [u64],
+    /// Not cumulative; the last is the overflow bucket.
+    counts: Box<[AtomicU64]>,
+    sum: AtomicU64,
+}
+
+/// A histogram read at one moment, cumulative as Prometheus wants it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// (upper bound, observations at or below it), ending with +Inf.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    /// In the histogram's own unit (nanoseconds for latencies).
+    pub sum: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [u64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+        }
+    }
+
+    /// A latency histogram (nanoseconds).
+    pub fn latency() -> Histogram {
+        Histogram::new(LATENCY_BOUNDS_NS)
+    }
+
+    pub fn observe(&self, value: u64) {
+        let bucket = self.bounds.partition_point(|&b| b < value);
+        self.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(value, Ordering::Relaxed);
+    }
+
+    /// Reads every bucket; `scale` divides bounds and the sum for the
+    /// exported unit (1e9 turns nanoseconds into seconds).
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            let bound = self.bounds.get(i).map_or(f64::INFINITY, |&b| b as f64);
+            buckets.push((bound, cumulative));
+        }
+        HistogramSnapshot {
+            buckets,
+            count: cumulative,
+            sum: self.sum.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl HistogramSnapshot {
+    /// Bounds and sum divided by `scale` (1e9: nanoseconds to seconds).
+    pub fn scaled(&self, scale: f64) -> (f64, u64, Vec<(f64, u64)>) {
+        (
+            self.sum as f64 / scale,
+            self.count,
+            self.buckets
+                .iter()
+                .map(|&(b, c)| (b / scale, c))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_inclusive_upper_bounds_and_cumulative() {
+        let h = Histogram::new(&[10, 100]);
+        for v in [0, 10, 11, 100, 101, 5000] {
+            h.observe(v);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.buckets, vec![(10.0, 2), (100.0, 4), (f64::INFINITY, 6)]);
+        assert_eq!(s.count, 6);
+        assert_eq!(s.sum, 5222);
+        let (sum, count, buckets) = s.scaled(10.0);
+        assert_eq!((sum, count), (522.2, 6));
+        assert_eq!(buckets[0], (1.0, 2));
+    }
+}
