@@ -55,11 +55,14 @@ mod error;
 mod extract;
 mod group_snapshots;
 mod luns;
+mod metrics;
 mod mirrors;
+mod observe;
 mod pool;
 mod settings;
 mod snapshots;
 pub mod tls;
+pub mod ui;
 pub use wire;
 
 pub use clones::CLONES_PER_REQUEST_MAX;
@@ -148,6 +151,8 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         mirrors::break_off,
         mirrors::resync,
         mirrors::reverse,
+        observe::list,
+        observe::io,
         openapi_json,
     ),
     components(schemas(wire::ErrorBody)),
@@ -239,6 +244,13 @@ pub(crate) struct AppState {
     mirrors: Option<Arc<mirror::Mirrors>>,
     /// This server's API URL as peers reach it (for a mirror reverse).
     self_url: Option<Arc<str>>,
+    /// Counters for `/metrics` and `/api/v1/io` (None: none kept).
+    telemetry: Option<Arc<telemetry::Telemetry>>,
+    /// The admin token (the dashboard's login checks it).
+    token: Option<Arc<str>>,
+    sessions: Arc<ui::Sessions>,
+    /// Session cookies get `Secure` (the API is served over HTTPS).
+    secure_cookies: bool,
 }
 
 /// What the API serves beside the engine.
@@ -251,6 +263,12 @@ pub struct ApiConfig {
     pub mirrors: Option<Arc<mirror::Mirrors>>,
     /// This server's API URL as peers reach it.
     pub self_url: Option<String>,
+    /// What the NBD server, the data path and the API count.
+    pub telemetry: Option<Arc<telemetry::Telemetry>>,
+    /// `GET /metrics` without the token (`serve --metrics-public`).
+    pub metrics_public: bool,
+    /// Session cookies get `Secure` ([`serve_tls`] sets it).
+    pub secure_cookies: bool,
 }
 
 /// Runs a blocking engine call off the async runtime.
@@ -295,12 +313,18 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
     let openapi = ApiDoc::openapi()
         .to_pretty_json()
         .expect("the OpenAPI document serializes");
+    let token: Option<Arc<str>> = config.token.map(Arc::from);
+    let sessions = Arc::new(ui::Sessions::default());
     let state = AppState {
         engine,
         in_flight: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
         openapi: Arc::new(openapi),
         mirrors: config.mirrors.clone(),
         self_url: config.self_url.as_deref().map(Arc::from),
+        telemetry: config.telemetry.clone(),
+        token: token.clone(),
+        sessions: sessions.clone(),
+        secure_cookies: config.secure_cookies,
     };
     let v1 = Router::new()
         .route("/luns", get(luns::list).post(luns::create))
@@ -388,21 +412,60 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
             "/mirrors/{*name}",
             get(mirrors::show_mirror).delete(mirrors::delete_mirror),
         )
+        .route("/events", get(observe::list))
+        .route("/io", get(observe::io))
         .route("/openapi.json", get(openapi_json));
+    let counted = state.telemetry.clone();
     Router::new()
         .nest("/api/v1", v1)
+        .route("/metrics", get(metrics::metrics))
+        .route("/ui", get(ui::page))
+        .route("/ui/", get(ui::page))
+        .route("/ui/login", post(ui::login))
+        .route("/ui/logout", post(ui::logout))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/style.css", get(ui::style_css))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(middleware::from_fn_with_state(state.clone(), admit_and_log))
         .layer(middleware::from_fn_with_state(
             Auth {
-                token: config.token.map(Arc::<str>::from),
+                token,
                 mirrors: config.mirrors,
+                sessions,
+                metrics_public: config.metrics_public,
             },
             authenticate,
         ))
+        .layer(middleware::from_fn_with_state(counted, count_requests))
         .with_state(state)
+}
+
+/// Counts every request by route template, method and status, refusals
+/// included (it runs outside the token check).
+async fn count_requests(
+    State(telemetry): State<Option<Arc<telemetry::Telemetry>>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(t) = telemetry else {
+        return next.run(request).await;
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    t.api.record(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_nanos() as u64,
+    );
+    response
 }
 
 /// Who may call: the admin token anywhere; a replication token only on
@@ -411,6 +474,8 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
 struct Auth {
     token: Option<Arc<str>>,
     mirrors: Option<Arc<mirror::Mirrors>>,
+    sessions: Arc<ui::Sessions>,
+    metrics_public: bool,
 }
 
 /// Where a replication token is let in.
@@ -422,6 +487,12 @@ async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) ->
     let Some(token) = auth.token else {
         return next.run(request).await;
     };
+    let path = request.uri().path();
+    // The dashboard's pages check the session themselves (and show the
+    // login form without one); its assets hold nothing secret.
+    if path == "/ui" || path.starts_with("/ui/") || (path == "/metrics" && auth.metrics_public) {
+        return next.run(request).await;
+    }
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -453,6 +524,25 @@ async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) ->
     if ok {
         return next.run(request).await;
     }
+    if given.is_none() {
+        if let Some(id) = ui::session_id(request.headers()) {
+            if auth.sessions.valid(id) {
+                let safe = matches!(
+                    *request.method(),
+                    axum::http::Method::GET | axum::http::Method::HEAD
+                );
+                if safe || request.headers().contains_key(ui::UI_HEADER) {
+                    return next.run(request).await;
+                }
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "a change made with the dashboard's session needs the X-Blockfork-UI header",
+                )
+                .into_response();
+            }
+        }
+    }
     tracing::warn!(
         method = %request.method(),
         uri = %request.uri(),
@@ -476,7 +566,7 @@ async fn authenticate(State(auth): State<Auth>, request: Request, next: Next) ->
     response
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -505,6 +595,10 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tls::TlsListener::new(listener, config)?;
+    let api = ApiConfig {
+        secure_cookies: true,
+        ..api
+    };
     axum::serve(listener, router_with(engine, api))
         .with_graceful_shutdown(shutdown)
         .await

@@ -9,14 +9,17 @@ use nbd::{
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
+use telemetry::{LunIo, Op, Telemetry};
 
 pub struct EngineBackend {
     engine: Arc<Engine>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl EngineBackend {
-    pub fn new(engine: Arc<Engine>) -> EngineBackend {
-        EngineBackend { engine }
+    pub fn new(engine: Arc<Engine>, telemetry: Arc<Telemetry>) -> EngineBackend {
+        EngineBackend { engine, telemetry }
     }
 }
 
@@ -61,7 +64,12 @@ impl Backend for EngineBackend {
         // unknown name: a client learns nothing about LUNs it may not see.
         let generation = self.engine.access_generation();
         if !self.engine.visible_to(name, &who) {
-            tracing::warn!(export = name, client = %who, "NBD access refused: export not mapped to this client");
+            self.engine.events().emit_coalesced(
+                engine::Severity::Warning,
+                "access-refused",
+                name,
+                format!("NBD client {who} was refused export \"{name}\": it is not mapped to the client (or does not exist)."),
+            );
             return Err(OpenError::Unknown(format!(
                 "no export named \"{name}\" is available to this client"
             )));
@@ -79,7 +87,10 @@ impl Backend for EngineBackend {
         let replica =
             matches!(target, Target::Lun(_)) && self.engine.lun_info(name).is_ok_and(|l| l.replica);
         tracing::info!(export = name, client = %who, "export opened");
+        let lun = name.split_once('@').map_or(name, |(l, _)| l);
+        let io = self.telemetry.io.as_ref().map(|r| r.lun(lun));
         Ok(Arc::new(EngineExport {
+            io,
             engine: self.engine.clone(),
             target,
             replica,
@@ -92,6 +103,8 @@ impl Backend for EngineBackend {
 }
 
 pub struct EngineExport {
+    /// Where this export's requests are counted (`None`: not counted).
+    io: Option<Arc<LunIo>>,
     engine: Arc<Engine>,
     target: Target,
     /// Opened while the LUN was a mirror destination.
@@ -120,6 +133,26 @@ impl EngineExport {
             Err(IoError::Shutdown)
         }
     }
+
+    /// Runs one request, counting it (op, bytes, latency, failure) when
+    /// this export counts.
+    fn counted<T>(
+        &self,
+        op: Op,
+        bytes: u64,
+        run: impl FnOnce() -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
+        self.allowed()?;
+        match &self.io {
+            None => run(),
+            Some(io) => {
+                let started = Instant::now();
+                let result = run();
+                io.record(op, bytes, started, result.is_ok());
+                result
+            }
+        }
+    }
 }
 
 fn io_error(e: Error) -> IoError {
@@ -143,27 +176,30 @@ impl Export for EngineExport {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), IoError> {
-        self.allowed()?;
-        self.engine.read(self.target, offset, buf).map_err(io_error)
+        let bytes = buf.len() as u64;
+        self.counted(Op::Read, bytes, || {
+            self.engine.read(self.target, offset, buf).map_err(io_error)
+        })
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), IoError> {
-        self.allowed()?;
-        self.engine
-            .write(self.target, offset, data, fua)
-            .map_err(io_error)
+        self.counted(Op::Write, data.len() as u64, || {
+            self.engine
+                .write(self.target, offset, data, fua)
+                .map_err(io_error)
+        })
     }
 
     fn flush(&self) -> Result<(), IoError> {
-        self.allowed()?;
-        self.engine.flush().map_err(io_error)
+        self.counted(Op::Flush, 0, || self.engine.flush().map_err(io_error))
     }
 
     fn trim(&self, offset: u64, length: u64, fua: bool) -> Result<(), IoError> {
-        self.allowed()?;
-        self.engine
-            .trim(self.target, offset, length, fua)
-            .map_err(io_error)
+        self.counted(Op::Trim, length, || {
+            self.engine
+                .trim(self.target, offset, length, fua)
+                .map_err(io_error)
+        })
     }
 
     fn write_zeroes(
@@ -173,10 +209,11 @@ impl Export for EngineExport {
         no_hole: bool,
         fua: bool,
     ) -> Result<(), IoError> {
-        self.allowed()?;
-        self.engine
-            .write_zeroes(self.target, offset, length, no_hole, fua)
-            .map_err(io_error)
+        self.counted(Op::Zero, length, || {
+            self.engine
+                .write_zeroes(self.target, offset, length, no_hole, fua)
+                .map_err(io_error)
+        })
     }
 
     fn block_status(&self, offset: u64, length: u64) -> Result<Vec<StatusExtent>, IoError> {

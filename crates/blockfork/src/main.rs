@@ -91,6 +91,18 @@ struct ServeArgs {
     /// pool keeps its mode (`blockfork pool set --access open|closed`).
     #[arg(long)]
     open: bool,
+    /// Serve `GET /metrics` without the API token (for a Prometheus that
+    /// scrapes without credentials). Everything else still needs it.
+    #[arg(long)]
+    metrics_public: bool,
+    /// LUNs whose I/O is counted under a label of their own in /metrics;
+    /// the I/O of any more is counted together under lun="_other".
+    #[arg(long, default_value_t = telemetry::io::LUN_LABELS_DEFAULT, value_name = "N")]
+    metrics_lun_limit: usize,
+    /// Count no NBD requests (no per-LUN I/O metrics or dashboard rates);
+    /// for measuring what counting costs.
+    #[arg(long)]
+    no_io_metrics: bool,
     /// Log filter (tracing's EnvFilter syntax); RUST_LOG overrides it.
     #[arg(long, default_value = "info,fjall=warn,lsm_tree=warn")]
     log: String,
@@ -269,9 +281,14 @@ async fn run_servers(
     let api_listener = tokio::net::TcpListener::bind(args.api)
         .await
         .map_err(|e| format!("cannot listen for the REST API on {}: {e}", args.api))?;
-    let backend: Arc<dyn nbd::Backend> = Arc::new(export::EngineBackend::new(engine.clone()));
-    let unix_server = nbd::Server::new(backend.clone());
-    let mut nbd_server = nbd::Server::new(backend);
+    let telemetry = telemetry::Telemetry::new(args.metrics_lun_limit, !args.no_io_metrics);
+    let backend: Arc<dyn nbd::Backend> = Arc::new(export::EngineBackend::new(
+        engine.clone(),
+        telemetry.clone(),
+    ));
+    // Both listeners count into the telemetry's NBD counters.
+    let unix_server = nbd::Server::new(backend.clone()).with_stats(telemetry.nbd.clone());
+    let mut nbd_server = nbd::Server::new(backend).with_stats(telemetry.nbd.clone());
     let mut api_tls = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let settings = nbd::tls::load(cert, key, args.tls_client_ca.as_deref(), args.tls_required)?;
@@ -318,6 +335,9 @@ async fn run_servers(
                     .clone()
                     .unwrap_or_else(|| format!("{scheme}://{}", args.api)),
             ),
+            telemetry: Some(telemetry),
+            metrics_public: args.metrics_public,
+            secure_cookies: false,
         };
         tasks.spawn(async move {
             let stop = async move { token.cancelled().await };

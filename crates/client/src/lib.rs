@@ -302,6 +302,28 @@ impl Client {
         self.get("/jobs")
     }
 
+    /// Events after `since` (at most `limit`); with `wait` seconds, a long
+    /// poll that answers once one happens (keep `wait` under the client's
+    /// request timeout).
+    pub fn events(&self, since: u64, limit: Option<u32>, wait: Option<u32>) -> Result<EventList> {
+        let since = since.to_string();
+        let limit = limit.map(|l| l.to_string());
+        let wait = wait.map(|w| w.to_string());
+        self.get(&with_query(
+            "/events",
+            &[
+                ("since", Some(&since)),
+                ("limit", limit.as_deref()),
+                ("wait", wait.as_deref()),
+            ],
+        ))
+    }
+
+    /// NBD request counters per LUN since the server started.
+    pub fn io(&self) -> Result<IoReport> {
+        self.get("/io")
+    }
+
     pub fn settings(&self) -> Result<Settings> {
         self.get("/settings")
     }

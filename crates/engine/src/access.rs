@@ -274,7 +274,11 @@ impl Engine {
             s.dirty.igroups.insert(name.to_string());
             Ok(())
         })?;
-        self.note("igroup-created", name, format!("Igroup \"{name}\" created."));
+        self.note(
+            "igroup-created",
+            name,
+            format!("Igroup \"{name}\" created."),
+        );
         self.igroup_info(name)
     }
 
@@ -365,7 +369,11 @@ impl Engine {
             s.dirty.igroups.insert(name.to_string());
             Ok(())
         })?;
-        self.note("igroup-deleted", name, format!("Igroup \"{name}\" deleted."));
+        self.note(
+            "igroup-deleted",
+            name,
+            format!("Igroup \"{name}\" deleted."),
+        );
         Ok(())
     }
 

@@ -143,6 +143,16 @@ impl Default for CommitStats {
 /// upward; one is re-armed when usage drops 5 points below it.
 pub const FILL_ALERTS: [u64; 2] = [80, 90];
 
+/// The highest of [`FILL_ALERTS`] that `percent` reaches (0: none).
+fn alert_level(percent: u64) -> u64 {
+    FILL_ALERTS
+        .iter()
+        .copied()
+        .filter(|&l| percent >= l)
+        .max()
+        .unwrap_or(0)
+}
+
 /// How often an idle pool checks its data file and store.
 const DEVICE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -314,6 +324,9 @@ impl Engine {
         engine
             .check_invariants()
             .map_err(|e| Error::Store(format!("pool failed its consistency check at open: {e}")))?;
+        // The fill level at open is known, not news: alerts are for
+        // crossings from here on (the log keeps the earlier ones).
+        engine.fill_alert.store(engine.fill_level(), Ordering::Relaxed);
         engine.resume_jobs();
         if engine.config.background {
             engine.start_threads();
@@ -553,22 +566,13 @@ impl Engine {
     /// Raises `pool-nearly-full` when usage crosses 80 % or 90 % upward,
     /// and re-arms a level once usage is 5 points below it.
     fn check_fill(&self) {
-        let (used, capacity) = {
-            let s = self.state.lock();
-            let capacity = s.alloc.capacity_blocks();
-            (capacity - s.alloc.free_blocks(), capacity)
-        };
+        let (used, capacity) = self.usage_blocks();
         if capacity == 0 {
             return;
         }
         let percent = used * 100 / capacity;
         let level = self.fill_alert.load(Ordering::Relaxed);
-        let reached = FILL_ALERTS
-            .iter()
-            .copied()
-            .filter(|&l| percent >= l)
-            .max()
-            .unwrap_or(0);
+        let reached = alert_level(percent);
         if reached > level {
             if self
                 .fill_alert
@@ -587,12 +591,7 @@ impl Engine {
                 );
             }
         } else if level > 0 && percent + 5 < level {
-            let rearmed = FILL_ALERTS
-                .iter()
-                .copied()
-                .filter(|&l| percent + 5 >= l)
-                .max()
-                .unwrap_or(0);
+            let rearmed = alert_level(percent + 5);
             if self
                 .fill_alert
                 .compare_exchange(level, rearmed, Ordering::AcqRel, Ordering::Relaxed)
@@ -606,6 +605,19 @@ impl Engine {
                 );
             }
         }
+    }
+
+    /// Blocks in use and the capacity.
+    fn usage_blocks(&self) -> (u64, u64) {
+        let s = self.state.lock();
+        let capacity = s.alloc.capacity_blocks();
+        (capacity - s.alloc.free_blocks(), capacity)
+    }
+
+    /// The highest fill alert level the pool is at now (0: none).
+    fn fill_level(&self) -> u64 {
+        let (used, capacity) = self.usage_blocks();
+        alert_level((used * 100).checked_div(capacity).unwrap_or(0))
     }
 
     /// The event log.

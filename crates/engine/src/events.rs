@@ -104,7 +104,10 @@ impl EventLog {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!("cannot read {}: {e}; starting a new event log", path.display()),
+            Err(e) => tracing::warn!(
+                "cannot read {}: {e}; starting a new event log",
+                path.display()
+            ),
         }
         let last = events.back().map_or(0, |e| e.id);
         EventLog {
@@ -127,7 +130,13 @@ impl EventLog {
     pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
         let inner = self.inner.lock();
         let start = inner.events.partition_point(|e| e.id <= since);
-        inner.events.iter().skip(start).take(limit).cloned().collect()
+        inner
+            .events
+            .iter()
+            .skip(start)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Records an event and logs it.
@@ -142,11 +151,20 @@ impl EventLog {
         self.record(severity, kind, object, message, true);
     }
 
-    fn record(&self, severity: Severity, kind: &str, object: &str, message: String, coalesce: bool) {
+    fn record(
+        &self,
+        severity: Severity,
+        kind: &str,
+        object: &str,
+        message: String,
+        coalesce: bool,
+    ) {
         let mut inner = self.inner.lock();
         if coalesce {
             let now = Instant::now();
-            inner.recent.retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
+            inner
+                .recent
+                .retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
             let key = (kind.to_string(), object.to_string());
             if inner.recent.contains_key(&key) {
                 tracing::debug!(kind, object, "{message} (repeated; not recorded again)");
@@ -169,7 +187,11 @@ impl EventLog {
         }
         if let Some(path) = &self.path {
             if let Err(e) = append(path, &event) {
-                tracing::warn!("cannot record event {} in {}: {e}", event.id, path.display());
+                tracing::warn!(
+                    "cannot record event {} in {}: {e}",
+                    event.id,
+                    path.display()
+                );
             }
             inner.lines += 1;
         }
@@ -223,7 +245,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(dir.path());
         log.emit(Severity::Info, "lun-created", "a", "LUN a created.".into());
-        log.emit(Severity::Warning, "pool-nearly-full", "pool", "80 %.".into());
+        log.emit(
+            Severity::Warning,
+            "pool-nearly-full",
+            "pool",
+            "80 %.".into(),
+        );
         assert_eq!(log.last_id(), 2);
         drop(log);
         let mut f = std::fs::OpenOptions::new()

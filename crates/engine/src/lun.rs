@@ -52,7 +52,11 @@ impl Engine {
             let s = self.state.lock();
             lun_info(&s, s.lun(id)?)
         };
-        let what = if replica { "mirror destination LUN" } else { "LUN" };
+        let what = if replica {
+            "mirror destination LUN"
+        } else {
+            "LUN"
+        };
         self.note(
             "lun-created",
             name,

@@ -54,7 +54,11 @@ impl Engine {
                 format!(
                     "Group snapshot \"{g}\" taken of {} LUN(s): {}.",
                     infos.len(),
-                    infos.iter().map(|i| i.lun.as_str()).collect::<Vec<_>>().join(", ")
+                    infos
+                        .iter()
+                        .map(|i| i.lun.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ),
             None => {

@@ -165,7 +165,11 @@ impl Engine {
                 .collect()
         };
         for n in names {
-            let what = if replica { "Mirror destination clone" } else { "Clone" };
+            let what = if replica {
+                "Mirror destination clone"
+            } else {
+                "Clone"
+            };
             let then = if split { "; its split started" } else { "" };
             self.note(
                 "clone-created",

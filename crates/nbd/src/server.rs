@@ -18,6 +18,7 @@ use crate::proto::{
 };
 use crate::tls::{TlsSettings, Transport};
 use crate::{handshake, transmission, ConnError};
+use telemetry::{NbdStats, Refusal};
 
 /// Something that hands out client connections: TCP and unix sockets here,
 /// anything else (a test harness, a socket-activation wrapper) by
@@ -63,6 +64,7 @@ pub struct Server {
     limits: Limits,
     admission: Admission,
     tls: Option<TlsSettings>,
+    stats: Arc<NbdStats>,
 }
 
 impl Server {
@@ -77,7 +79,20 @@ impl Server {
             },
             admission: Admission::default(),
             tls: None,
+            stats: Arc::default(),
         }
+    }
+
+    /// Counts connections into `stats` (shared with the metrics) instead
+    /// of counters of its own.
+    pub fn with_stats(mut self, stats: Arc<NbdStats>) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// The connection counters.
+    pub fn stats(&self) -> &Arc<NbdStats> {
+        &self.stats
     }
 
     /// Connections one TCP client address may hold at once (default
@@ -146,6 +161,10 @@ impl Server {
                         Err(refusal) => {
                             // NBD has nothing to say before its greeting, so
                             // the refusal is the close itself; the log says why.
+                            self.stats.refused(match refusal {
+                                crate::admission::Refusal::PerAddress { .. } => Refusal::PerAddressLimit,
+                                crate::admission::Refusal::Total { .. } => Refusal::TotalLimit,
+                            });
                             let peer = handshake::peer_name(&client);
                             warn!(%peer, reason = %refusal, "nbd connection refused");
                             drop(stream);
@@ -187,7 +206,10 @@ impl Server {
     {
         let peer = handshake::peer_name(&client);
         info!(%peer, "nbd connection opened");
-        match self.run_connection(stream, &client, &shutdown).await {
+        self.stats.accepted();
+        let result = self.run_connection(stream, &client, &shutdown).await;
+        self.stats.closed();
+        match result {
             Ok(()) => info!(%peer, "nbd connection closed"),
             Err(ConnError::Io(e)) if is_hangup(&e) => {
                 info!(%peer, "nbd connection closed by client")
@@ -195,9 +217,19 @@ impl Server {
             Err(
                 e @ (ConnError::Refused(_) | ConnError::Tls(_) | ConnError::HandshakeTimeout(_)),
             ) => {
+                self.stats.refused(match e {
+                    ConnError::Refused(_) => Refusal::Export,
+                    ConnError::Tls(_) => Refusal::Tls,
+                    _ => Refusal::HandshakeTimeout,
+                });
                 info!(%peer, reason = %e, "nbd connection closed")
             }
-            Err(e) => warn!(%peer, error = %e, "nbd connection closed on error"),
+            Err(e) => {
+                if matches!(e, ConnError::Protocol(_)) {
+                    self.stats.refused(Refusal::Protocol);
+                }
+                warn!(%peer, error = %e, "nbd connection closed on error")
+            }
         }
     }
 
@@ -238,6 +270,7 @@ impl Server {
         let Some(negotiated) = negotiated else {
             return Ok(());
         };
+        self.stats.export_opened();
         info!(
             export = %negotiated.name,
             peer = ?client.peer,

@@ -26,7 +26,19 @@ pub const LATENCY_BOUNDS_NS: &[u64] = &[
 ];
 
 /// Size buckets for counts (commit batches in map keys): 1 to 1 Mi.
-pub const COUNT_BOUNDS: &[u64] = &[1, 4, 16, 64, 256, 1024, 4096, 16_384, 65_536, 262_144, 1 << 20];
+pub const COUNT_BOUNDS: &[u64] = &[
+    1,
+    4,
+    16,
+    64,
+    256,
+    1024,
+    4096,
+    16_384,
+    65_536,
+    262_144,
+    1 << 20,
+];
 
 /// Observations in buckets with upper bounds `bounds` (inclusive) and one
 /// more for everything above.
@@ -38,10 +50,11 @@ pub struct Histogram {
     sum: AtomicU64,
 }
 
-/// A histogram read at one moment, cumulative as Prometheus wants it.
+/// A histogram read at one moment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSnapshot {
-    /// (upper bound, observations at or below it), ending with +Inf.
+    /// (upper bound, observations in this bucket alone), ending with +Inf
+    /// (not cumulative: prometheus-client's encoder adds them up).
     pub buckets: Vec<(f64, u64)>,
     pub count: u64,
     /// In the histogram's own unit (nanoseconds for latencies).
@@ -71,16 +84,17 @@ impl Histogram {
     /// Reads every bucket; `scale` divides bounds and the sum for the
     /// exported unit (1e9 turns nanoseconds into seconds).
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let mut cumulative = 0;
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Ordering::Relaxed);
+            let n = c.load(Ordering::Relaxed);
+            count += n;
             let bound = self.bounds.get(i).map_or(f64::INFINITY, |&b| b as f64);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, n));
         }
         HistogramSnapshot {
             buckets,
-            count: cumulative,
+            count,
             sum: self.sum.load(Ordering::Relaxed),
         }
     }
@@ -92,10 +106,7 @@ impl HistogramSnapshot {
         (
             self.sum as f64 / scale,
             self.count,
-            self.buckets
-                .iter()
-                .map(|&(b, c)| (b / scale, c))
-                .collect(),
+            self.buckets.iter().map(|&(b, c)| (b / scale, c)).collect(),
         )
     }
 }
@@ -105,13 +116,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_inclusive_upper_bounds_and_cumulative() {
+    fn buckets_are_inclusive_upper_bounds() {
         let h = Histogram::new(&[10, 100]);
         for v in [0, 10, 11, 100, 101, 5000] {
             h.observe(v);
         }
         let s = h.snapshot();
-        assert_eq!(s.buckets, vec![(10.0, 2), (100.0, 4), (f64::INFINITY, 6)]);
+        assert_eq!(s.buckets, vec![(10.0, 2), (100.0, 2), (f64::INFINITY, 2)]);
         assert_eq!(s.count, 6);
         assert_eq!(s.sum, 5222);
         let (sum, count, buckets) = s.scaled(10.0);

@@ -215,7 +215,11 @@ impl IoRegistry {
             .lock()
             .iter()
             .map(|(n, io)| (n.clone(), io.clone()))
-            .chain(std::iter::once((OTHER_LUNS.to_string(), self.other.clone())))
+            .chain(
+                // `_other` appears once a LUN past the limit did I/O.
+                (self.other.totals(OTHER_LUNS) != self.other_zero())
+                    .then(|| (OTHER_LUNS.to_string(), self.other.clone())),
+            )
             .collect();
         entries
             .into_iter()

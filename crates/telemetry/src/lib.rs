@@ -1,11 +1,8 @@
 //! blockfork's counters (issue 16, decision 025): what the data path, the
 //! NBD server and the REST API count, with atomics that cost the data path
-//! no lock, and the Prometheus text encoding of all of it
-//! ([`encode`], with prometheus-client).
-//!
-//! State that already lives elsewhere (the pool's capacity, LUN counts,
-//! jobs, mirrors) is not copied here: the API's scrape reads it from the
-//! engine and encodes it beside these counters.
+//! no lock. The API's `/metrics` encodes them with prometheus-client,
+//! beside what it reads from the engine at each scrape (the pool's space,
+//! LUNs, jobs, mirrors: state that lives elsewhere is not copied here).
 
 pub mod api;
 pub mod histogram;
@@ -24,7 +21,7 @@ use std::sync::Arc;
 pub struct Telemetry {
     /// `None` with `serve --no-io-metrics`: the data path counts nothing.
     pub io: Option<IoRegistry>,
-    pub nbd: NbdStats,
+    pub nbd: Arc<NbdStats>,
     pub api: ApiStats,
 }
 
@@ -36,7 +33,7 @@ impl Telemetry {
     pub fn new(lun_labels: usize, count_io: bool) -> Arc<Telemetry> {
         Arc::new(Telemetry {
             io: count_io.then(|| IoRegistry::new(lun_labels)),
-            nbd: NbdStats::default(),
+            nbd: Arc::default(),
             api: ApiStats::default(),
         })
     }

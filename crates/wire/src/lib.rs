@@ -11,12 +11,14 @@
 //! `sizes` how request sizes are parsed (and refused).
 
 mod mirror;
+mod observe;
 mod requests;
 mod responses;
 mod sizes;
 pub mod stream;
 
 pub use mirror::*;
+pub use observe::*;
 pub use requests::*;
 pub use responses::*;
 

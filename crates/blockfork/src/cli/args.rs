@@ -60,6 +60,20 @@ pub enum Command {
     /// On a host that mounts LUNs: attach LUNs as block devices, and clone
     /// files of their file systems without copying bytes.
     Host(crate::host::HostArgs),
+    /// Show what happened: LUNs, snapshots and clones created or deleted,
+    /// splits, refused access, a filling pool, failed jobs, mirror lag.
+    Events {
+        /// Keep printing events as they happen (Ctrl-C stops).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only events after this id.
+        #[arg(long, value_name = "ID")]
+        since: Option<u64>,
+        /// Print at most the newest N of the past events (default 50; with
+        /// --since, every event after it).
+        #[arg(long, short = 'n', value_name = "N")]
+        last: Option<u64>,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -459,3 +459,65 @@ pub(super) fn wait_for_reclaim(client: &Client, lun: &str) -> Result<Option<JobI
         return Ok(mine.max_by_key(|j| j.id).cloned());
     }
 }
+
+/// `blockfork events`: the newest past events (or those after `--since`),
+/// then, with `--follow`, each new one as it happens (a long poll). JSON
+/// output is one event object a line, so that a script can read a stream.
+pub(super) fn events(
+    client: &Client,
+    out: Out,
+    follow: bool,
+    since: Option<u64>,
+    last: Option<u64>,
+) -> Result<(), String> {
+    let mut cursor = match since {
+        Some(id) => id,
+        None => {
+            let newest = client.events(u64::MAX, Some(1), None)?.last_id;
+            newest.saturating_sub(last.unwrap_or(50))
+        }
+    };
+    let mut printed_any = false;
+    loop {
+        let wait = (follow && printed_any).then_some(30);
+        let page = client.events(cursor, None, wait)?;
+        for e in &page.events {
+            match out.format {
+                OutputFormat::Json => {
+                    out.text(&serde_json::to_string(e).expect("events serialize"))?
+                }
+                OutputFormat::Text => out.text(&event_line(e))?,
+            }
+        }
+        cursor = page.events.last().map_or(cursor, |e| e.id);
+        if page.events.is_empty()
+            && !follow
+            && !printed_any
+            && matches!(out.format, OutputFormat::Text)
+        {
+            out.text("no events")?;
+        }
+        printed_any = true;
+        if !follow && page.events.len() < 1000 {
+            return Ok(());
+        }
+    }
+}
+
+/// One event for people: time, severity, kind, object, sentence.
+pub(crate) fn event_line(e: &client::wire::Event) -> String {
+    use client::wire::Severity;
+    let severity = match e.severity {
+        Severity::Info => "info",
+        Severity::Warning => "WARN",
+        Severity::Error => "ERROR",
+    };
+    format!(
+        "{:>6}  {}  {severity:<5}  {:<24}  {:<20}  {}",
+        e.id,
+        format_time(e.time_ms / 1000),
+        e.kind,
+        e.object,
+        e.message
+    )
+}

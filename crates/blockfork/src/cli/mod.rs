@@ -117,6 +117,11 @@ pub fn run(global: &GlobalOpts, command: Command) -> ExitCode {
             Command::Peer { command } => mirror::peer(&client, out, command),
             Command::Mirror { command } => mirror::mirror(&client, out, command),
             Command::Host(args) => crate::host::run(&client, out, args),
+            Command::Events {
+                follow,
+                since,
+                last,
+            } => events(&client, out, follow, since, last),
         }
     });
     match result {
