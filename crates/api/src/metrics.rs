@@ -421,6 +421,16 @@ impl Scrape {
             .filter_map(|m| Some((label(m), m.lag_secs? as f64)))
             .collect();
         out.gauge("blockfork_mirror_lag_seconds", "Age of the newest snapshot complete on both sides (the recovery point), per mirror destination.", &lag)?;
+        let alert: Vec<(Labels, f64)> = self
+            .mirrors
+            .iter()
+            .filter_map(|m| Some((label(m), m.lag_alert_secs? as f64)))
+            .collect();
+        out.gauge(
+            "blockfork_mirror_lag_alert_seconds",
+            "The lag over which each mirror raises a mirror-lag event (mirror create --lag-alert).",
+            &alert,
+        )?;
         let state: Vec<(Labels, f64)> = self
             .mirrors
             .iter()

@@ -171,27 +171,30 @@ pub async fn take_snapshot(
             mirror::GROUP_MEMBERS_MAX
         )));
     }
+    // Mirror snapshots come and go every update: not events of their own.
     let infos = crate::call(&state, move |e| {
-        let requests: Vec<(String, String)> = body
-            .luns
-            .iter()
-            .map(|l| (l.clone(), body.name.clone()))
-            .collect();
-        let taken = e.create_snapshots(&requests, body.group.then_some(body.name.as_str()))?;
-        for l in &body.luns {
-            if let Err(err) = e.hold_snapshot(l, &body.name, &body.holder) {
-                // Nothing half done: the snapshots go again.
-                if body.group {
-                    let _ = e.delete_group_snapshot(&body.name);
-                } else {
-                    for l in &body.luns {
-                        let _ = e.delete_snapshot(l, &body.name);
+        engine::quietly(|| {
+            let requests: Vec<(String, String)> = body
+                .luns
+                .iter()
+                .map(|l| (l.clone(), body.name.clone()))
+                .collect();
+            let taken = e.create_snapshots(&requests, body.group.then_some(body.name.as_str()))?;
+            for l in &body.luns {
+                if let Err(err) = e.hold_snapshot(l, &body.name, &body.holder) {
+                    // Nothing half done: the snapshots go again.
+                    if body.group {
+                        let _ = e.delete_group_snapshot(&body.name);
+                    } else {
+                        for l in &body.luns {
+                            let _ = e.delete_snapshot(l, &body.name);
+                        }
                     }
+                    return Err(err);
                 }
-                return Err(err);
             }
-        }
-        Ok(taken)
+            Ok(taken)
+        })
     })
     .await?;
     Ok((
@@ -252,13 +255,15 @@ pub async fn release(
                     Err(Error::NotFound { .. }) => Ok(()),
                     r => r,
                 };
-                if body.group {
-                    gone(e.delete_group_snapshot(&body.snapshot))?;
-                } else {
-                    for l in &body.luns {
-                        gone(e.delete_snapshot(l, &body.snapshot))?;
+                engine::quietly(|| {
+                    if body.group {
+                        gone(e.delete_group_snapshot(&body.snapshot))
+                    } else {
+                        body.luns
+                            .iter()
+                            .try_for_each(|l| gone(e.delete_snapshot(l, &body.snapshot)))
                     }
-                }
+                })?;
             }
         }
         Ok(())

@@ -256,8 +256,13 @@ const mirrorsView = {
   title: 'Mirrors',
   render() {
     if (data.mirrors === null) return '<p class="empty">Mirroring is not available on this server.</p>';
+    const lag = (m) => {
+      if (m.lag_secs == null) return '–';
+      const over = m.lag_alert_secs != null && m.lag_secs > m.lag_alert_secs;
+      return `<span class="${over ? 'warn' : ''}" title="alert over ${esc(m.lag_alert_secs ?? '–')} s">${m.lag_secs} s</span>`;
+    };
     const rows = data.mirrors.map((m) => [esc(m.name), esc(m.peer), esc(m.state),
-      m.lag_secs != null ? `${m.lag_secs} s` : '–', esc(m.common_snapshot || '–'),
+      lag(m), esc(m.common_snapshot || '–'),
       when(m.last_success), esc(m.last_error || '')]);
     return table(['Destination', 'Peer', 'State', 'Lag', 'Common snapshot', 'Last success', 'Last error'],
       rows, 'No mirrors on this server (it may be the source of some).');

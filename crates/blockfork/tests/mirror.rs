@@ -746,7 +746,16 @@ fn a_schedule_transfers_without_being_asked() {
     let (mut a, mut b) = pair(root.path(), "sched");
     a.cli_ok(&["lun", "create", "vm", "--size", "16M"]);
     peer(&a, &b, None);
-    b.cli_ok(&["mirror", "create", "site-a:vm", "vm-dr", "--schedule", "1s"]);
+    b.cli_ok(&[
+        "mirror",
+        "create",
+        "site-a:vm",
+        "vm-dr",
+        "--schedule",
+        "1s",
+        "--lag-alert",
+        "3s",
+    ]);
     for byte in [1u8, 2, 3] {
         fill(&a, "vm", 0, MIB, byte);
         // Within a few schedule periods, the write is at the destination.
@@ -769,10 +778,40 @@ fn a_schedule_transfers_without_being_asked() {
         json(&b, &["pool", "set"])["mirror_rate_bytes_per_sec"],
         50_000_000
     );
-    // With the source gone, the schedule keeps trying; the destination
-    // still stops at once when asked.
+    // The metrics show the mirror (and promtool takes them).
+    let (status, metrics) = get(&format!("{}/metrics", b.url()), Some(&b.token()), None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(r#"blockfork_mirror_lag_seconds{mirror="vm-dr"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"blockfork_mirror_lag_alert_seconds{mirror="vm-dr"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"blockfork_mirror_state{mirror="vm-dr",state="#),
+        "{metrics}"
+    );
+    promtool_ok(&metrics);
+    // With the source gone, the schedule keeps trying, and the lag alert
+    // is raised once the recovery point is over 3 s old.
     a.kill9();
-    std::thread::sleep(Duration::from_millis(2500));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = b.cli_ok(&["events", "--last", "1000"]);
+        if events.contains("mirror-lag ") {
+            for kind in ["mirror-created", "mirror-baselined"] {
+                assert!(events.contains(kind), "no {kind}:\n{events}");
+            }
+            // Mirror snapshots come and go every second: not events.
+            assert!(!events.contains("snapshot-"), "{events}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no mirror-lag event:\n{events}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The destination still stops at once when asked.
     let t = Instant::now();
     assert!(b.stop().success(), "{}", b.log_text());
     assert!(

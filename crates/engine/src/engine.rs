@@ -326,7 +326,9 @@ impl Engine {
             .map_err(|e| Error::Store(format!("pool failed its consistency check at open: {e}")))?;
         // The fill level at open is known, not news: alerts are for
         // crossings from here on (the log keeps the earlier ones).
-        engine.fill_alert.store(engine.fill_level(), Ordering::Relaxed);
+        engine
+            .fill_alert
+            .store(engine.fill_level(), Ordering::Relaxed);
         engine.resume_jobs();
         if engine.config.background {
             engine.start_threads();

@@ -15,6 +15,32 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+thread_local! {
+    /// Set inside [`quietly`].
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the engine's routine notes (snapshot created, deleted,
+/// ...) logged at debug level but not recorded as events: for the
+/// snapshots mirroring takes and retires on its own every few seconds,
+/// which would otherwise crowd out everything else. Warnings and errors
+/// are recorded as always.
+pub fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUIET.with(|q| q.set(self.0));
+        }
+    }
+    let _restore = Restore(QUIET.with(|q| q.replace(true)));
+    f()
+}
+
+/// Whether the calling thread is inside [`quietly`].
+pub(crate) fn is_quiet() -> bool {
+    QUIET.with(|q| q.get())
+}
+
 /// Events kept (in memory and, after compaction, in the file).
 pub const EVENTS_KEPT: usize = 10_000;
 

@@ -35,7 +35,7 @@ pub use access::{
     IGROUP_MEMBERS_MAX,
 };
 pub use engine::{CommitStats, Engine, EngineConfig, Target, FILL_ALERTS};
-pub use events::{Event, EventLog, Severity};
+pub use events::{quietly, Event, EventLog, Severity};
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
 #[cfg(feature = "sim")]
 pub use replica::FULL_WALK;

@@ -214,7 +214,12 @@ impl Engine {
     }
 
     /// Records an informational event (see [`crate::events`]).
+    /// Inside [`crate::events::quietly`], only logged at debug level.
     pub(crate) fn note(&self, kind: &str, object: &str, message: String) {
+        if crate::events::is_quiet() {
+            tracing::debug!(kind, object, "{message}");
+            return;
+        }
         self.events
             .emit(crate::events::Severity::Info, kind, object, message);
     }

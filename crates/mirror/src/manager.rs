@@ -121,6 +121,9 @@ struct Relationship {
     release_later: Vec<SnapRecord>,
     seq: u64,
     schedule_secs: Option<u64>,
+    /// Set by `--lag-alert`; the default follows the schedule.
+    #[serde(default)]
+    lag_alert_secs: Option<u64>,
     rate_bytes: Option<u64>,
     keep: u32,
     last_success: Option<u64>,
@@ -166,7 +169,17 @@ pub struct Mirrors {
     scheduler: Mutex<Option<JoinHandle<()>>>,
     /// Last time each scheduled relationship started.
     last_start: Mutex<HashMap<String, Instant>>,
+    /// Relationships whose lag is over their alert threshold (told once).
+    lagging: Mutex<std::collections::HashSet<String>>,
+    /// When the lag was last checked.
+    lag_checked: Mutex<Option<Instant>>,
 }
+
+/// By default, a scheduled mirror whose recovery point is older than this
+/// many schedule intervals, plus [`LAG_ALERT_SLACK_SECS`], raises
+/// `mirror-lag` (`mirror create --lag-alert` sets another threshold).
+pub const LAG_ALERT_INTERVALS: u64 = 2;
+pub const LAG_ALERT_SLACK_SECS: u64 = 60;
 
 fn not_found(kind: &'static str, name: &str) -> Error {
     Error::NotFound {
@@ -207,6 +220,8 @@ impl Mirrors {
             stop: AtomicBool::new(false),
             scheduler: Mutex::new(None),
             last_start: Mutex::new(HashMap::new()),
+            lagging: Mutex::new(Default::default()),
+            lag_checked: Mutex::new(None),
         });
         let weak = Arc::downgrade(&mirrors);
         let handle = std::thread::Builder::new()
@@ -437,6 +452,9 @@ impl Mirrors {
                 "a schedule is at least {SCHEDULE_SECS_MIN} s"
             )));
         }
+        if req.lag_alert_secs == Some(0) {
+            return Err(invalid("a lag alert threshold is at least 1 s".into()));
+        }
         if req.keep == Some(0) {
             return Err(invalid(
                 "--keep must be at least 1: the newest mirror snapshot is what readers see".into(),
@@ -523,6 +541,7 @@ impl Mirrors {
             release_later: Vec::new(),
             seq: 0,
             schedule_secs: req.schedule_secs,
+            lag_alert_secs: req.lag_alert_secs,
             rate_bytes: req.rate_bytes,
             keep: req.keep.unwrap_or(KEEP_DEFAULT),
             last_success: None,
@@ -535,7 +554,15 @@ impl Mirrors {
             s.mirrors.push(r.clone());
             Ok(())
         })?;
-        tracing::info!(mirror = %name, peer = %req.peer, "mirror created; baseline starting");
+        self.engine.events().emit(
+            engine::Severity::Info,
+            "mirror-created",
+            &name,
+            format!(
+                "Mirror \"{name}\" created from peer \"{}\"; the baseline transfer starts.",
+                req.peer
+            ),
+        );
         self.start(&name)?;
         self.info(&name)
     }
@@ -626,6 +653,10 @@ impl Mirrors {
             last_transfer_bytes: r.last_transfer_bytes,
             last_transfer_secs: r.last_transfer_secs,
             schedule_secs: r.schedule_secs,
+            lag_alert_secs: r.lag_alert_secs.or_else(|| {
+                r.schedule_secs
+                    .map(|i| i * LAG_ALERT_INTERVALS + LAG_ALERT_SLACK_SECS)
+            }),
             rate_bytes: r.rate_bytes,
             keep: r.keep,
             clone_of: r.members.iter().map(|m| m.clone_of.clone()).collect(),
@@ -763,7 +794,12 @@ impl Mirrors {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(mirror = %name, "transfer failed: {e}");
+                    self.engine.events().emit(
+                        engine::Severity::Error,
+                        "mirror-failed",
+                        name,
+                        format!("Mirror \"{name}\": the update failed ({e}); the next update retries, and the destination keeps its last complete snapshot."),
+                    );
                     let _ = self.change(name, |r| {
                         if !matches!(r.state, MirrorState::Broken | MirrorState::Reversed) {
                             r.state = MirrorState::Failed;
@@ -1083,6 +1119,7 @@ impl Mirrors {
         let local = |e: Error| Failure::Local(e.to_string());
         let total = bytes.load(Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
+        let (first, recovered) = (r.last_success.is_none(), r.last_error.is_some());
         self.change(&r.name, |rel| {
             rel.goal = None;
             rel.state = MirrorState::Idle;
@@ -1094,6 +1131,26 @@ impl Mirrors {
         })
         .map_err(local)?;
         tracing::info!(mirror = %r.name, bytes = total, secs, "mirror update complete");
+        if first || recovered {
+            let what = if first {
+                "baseline complete"
+            } else {
+                "updating again after a failure"
+            };
+            self.engine.events().emit(
+                engine::Severity::Info,
+                if first {
+                    "mirror-baselined"
+                } else {
+                    "mirror-recovered"
+                },
+                &r.name,
+                format!(
+                    "Mirror \"{}\": {what} ({total} bytes in {secs:.1} s).",
+                    r.name
+                ),
+            );
+        }
         self.retain(r);
         Ok(())
     }
@@ -1163,12 +1220,14 @@ impl Mirrors {
             .count();
         let excess = (ours.len() + held).saturating_sub(r.keep as usize);
         for name in ours.into_iter().take(excess) {
-            let result = if r.group {
-                self.engine.delete_group_snapshot(&name)
-            } else {
-                self.engine
-                    .delete_snapshot(&r.members[0].destination, &name)
-            };
+            let result = engine::quietly(|| {
+                if r.group {
+                    self.engine.delete_group_snapshot(&name)
+                } else {
+                    self.engine
+                        .delete_snapshot(&r.members[0].destination, &name)
+                }
+            });
             if let Err(e) = result {
                 tracing::warn!(mirror = %r.name, snapshot = %name, "retention could not delete it: {e}");
             }
@@ -1220,6 +1279,69 @@ fn schedule_loop(weak: std::sync::Weak<Mirrors>) {
         for name in m.due() {
             if !m.running(&name) {
                 let _ = m.start(&name);
+            }
+        }
+        m.check_lag();
+    }
+}
+
+impl Mirrors {
+    /// Raises `mirror-lag` once when a mirror's recovery point is older
+    /// than its alert threshold (`--lag-alert`; by default, for a scheduled
+    /// mirror, [`LAG_ALERT_INTERVALS`] intervals plus a minute), and
+    /// `mirror-lag-recovered` when it catches up. Checked every 5 s.
+    fn check_lag(&self) {
+        {
+            let mut last = self.lag_checked.lock();
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        for m in self.list() {
+            let Some(threshold) = m.lag_alert_secs else {
+                continue;
+            };
+            if matches!(m.state, MirrorState::Broken | MirrorState::Reversed) {
+                self.lagging.lock().remove(&m.name);
+                continue;
+            }
+            // No common snapshot yet: the baseline's age is what counts.
+            let lag = m.lag_secs.or_else(|| {
+                m.transfer
+                    .as_ref()
+                    .map(|t| now_secs().saturating_sub(t.started))
+            });
+            let over = lag.is_some_and(|l| l > threshold);
+            let was = self.lagging.lock().contains(&m.name);
+            if over && !was {
+                self.lagging.lock().insert(m.name.clone());
+                self.engine.events().emit(
+                    engine::Severity::Warning,
+                    "mirror-lag",
+                    &m.name,
+                    format!(
+                        "Mirror \"{}\" is {} s behind its source, over its alert threshold of {threshold} s{}.",
+                        m.name,
+                        lag.unwrap_or(0),
+                        m.last_error
+                            .as_deref()
+                            .map(|e| format!("; last error: {e}"))
+                            .unwrap_or_default()
+                    ),
+                );
+            } else if !over && was {
+                self.lagging.lock().remove(&m.name);
+                self.engine.events().emit(
+                    engine::Severity::Info,
+                    "mirror-lag-recovered",
+                    &m.name,
+                    format!(
+                        "Mirror \"{}\" caught up: {} s behind its source.",
+                        m.name,
+                        lag.unwrap_or(0)
+                    ),
+                );
             }
         }
     }

@@ -167,6 +167,11 @@ pub struct CreateMirror {
     /// Mirror snapshots kept on the destination (at least 1).
     #[serde(default)]
     pub keep: Option<u32>,
+    /// Raise a `mirror-lag` event when the recovery point is older than
+    /// this many seconds (default for a scheduled mirror: two intervals
+    /// plus a minute; none for an unscheduled one).
+    #[serde(default)]
+    pub lag_alert_secs: Option<u64>,
 }
 
 /// `POST /api/v1/mirrors/{update,abort,break,resync,reverse}`
@@ -259,6 +264,9 @@ pub struct MirrorInfo {
     pub last_transfer_bytes: u64,
     pub last_transfer_secs: f64,
     pub schedule_secs: Option<u64>,
+    /// The lag over which a `mirror-lag` event is raised (none: never).
+    #[serde(default)]
+    pub lag_alert_secs: Option<u64>,
     pub rate_bytes: Option<u64>,
     pub keep: u32,
     /// Whether a member is sent as a clone of an already mirrored parent.

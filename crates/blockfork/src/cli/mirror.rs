@@ -79,6 +79,11 @@ pub enum MirrorCommand {
         /// Mirror snapshots kept on the destination (default 2).
         #[arg(long)]
         keep: Option<u32>,
+        /// Raise a `mirror-lag` event when the destination falls further
+        /// behind than this, like 15m (default with --schedule: two
+        /// intervals plus a minute; without, no alert).
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        lag_alert: Option<u64>,
         /// Return once the baseline started, without waiting for it.
         #[arg(long)]
         no_wait: bool,
@@ -182,7 +187,7 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         .checked_mul(mult)
         .ok_or_else(|| format!("{s:?} is too long"))?;
     if secs == 0 {
-        return Err("a schedule is at least 1s".into());
+        return Err("a duration is at least 1s".into());
     }
     Ok(secs)
 }
@@ -279,6 +284,7 @@ pub(super) fn mirror(client: &Client, out: Out, command: MirrorCommand) -> Resul
             schedule,
             rate,
             keep,
+            lag_alert,
             no_wait,
         } => {
             if pairs.len() % 2 != 0 {
@@ -305,6 +311,7 @@ pub(super) fn mirror(client: &Client, out: Out, command: MirrorCommand) -> Resul
                 schedule_secs: schedule,
                 rate_bytes: rate.map(|r| r.saturating_mul(1_000_000)),
                 keep,
+                lag_alert_secs: lag_alert,
             })?;
             let info = if no_wait {
                 reply
@@ -477,6 +484,11 @@ fn mirror_details(m: &MirrorInfo) -> String {
             "schedule",
             m.schedule_secs
                 .map_or("-".into(), |s| format!("every {s} s")),
+        ),
+        (
+            "lag alert",
+            m.lag_alert_secs
+                .map_or("-".into(), |s| format!("over {s} s")),
         ),
         ("rate limit", m.rate_bytes.map_or("-".into(), format_rate)),
         ("keep", m.keep.to_string()),

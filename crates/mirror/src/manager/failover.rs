@@ -91,7 +91,15 @@ impl Mirrors {
                 self.engine.break_replica(&m.destination)?;
             }
         }
-        tracing::warn!(mirror = %name, "mirror broken: the destination is writable at {:?}", r.common.as_ref().map(|c| &c.name));
+        self.engine.events().emit(
+            engine::Severity::Warning,
+            "mirror-broken",
+            name,
+            format!(
+                "Mirror \"{name}\" broken off: the destination is writable, at snapshot {}.",
+                r.common.as_ref().map_or("(none)", |c| c.name.as_str())
+            ),
+        );
         self.info(name)
     }
 
@@ -184,7 +192,15 @@ impl Mirrors {
             rel.last_error = None;
             Ok(())
         })?;
-        tracing::warn!(mirror = %name, common = %plan.common.name, discarded = plan.discard_bytes, "resync: the destination is a mirror again");
+        self.engine.events().emit(
+            engine::Severity::Warning,
+            "mirror-resynced",
+            name,
+            format!(
+                "Mirror \"{name}\" resynced from snapshot {}: the destination is a mirror again ({} bytes written since the break kept in a safety snapshot).",
+                plan.common.name, plan.discard_bytes
+            ),
+        );
         self.start(name)?;
         out.done = true;
         Ok(out)
@@ -235,7 +251,12 @@ impl Mirrors {
         })?;
         self.workers.lock().remove(name);
         self.limiters.lock().remove(name);
-        tracing::info!(mirror = %name, "mirror deleted");
+        self.engine.events().emit(
+            engine::Severity::Info,
+            "mirror-deleted",
+            name,
+            format!("Mirror \"{name}\" deleted; the destination LUNs stay."),
+        );
         Ok(())
     }
 
@@ -302,7 +323,12 @@ impl Mirrors {
                 rel.in_flight = None;
                 Ok(())
             })?;
-            tracing::warn!(mirror = %name, "mirror reversed: this side is now the source");
+            self.engine.events().emit(
+                engine::Severity::Warning,
+                "mirror-reversed",
+                name,
+                format!("Mirror \"{name}\" reversed: this side is now the source."),
+            );
         }
         Ok(plan)
     }
@@ -449,6 +475,7 @@ impl Mirrors {
             release_later: Vec::new(),
             seq: 0,
             schedule_secs: None,
+            lag_alert_secs: None,
             rate_bytes: None,
             keep: KEEP_DEFAULT,
             last_success: None,
@@ -465,7 +492,15 @@ impl Mirrors {
             Ok(())
         })?;
         self.workers.lock().remove(&new_name);
-        tracing::warn!(mirror = %new_name, "reversed: this side is now the destination, pulling from {}", req.url);
+        self.engine.events().emit(
+            engine::Severity::Warning,
+            "mirror-reversed",
+            &new_name,
+            format!(
+                "Mirror \"{new_name}\" reversed: this side is now the destination, pulling from {}.",
+                req.url
+            ),
+        );
         self.start(&new_name)?;
         out.done = true;
         Ok(out)
