@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs blockfork's whole test suite. Installs the system tools the tests
-# drive (qemu-utils, libnbd-bin, fio, nbdkit, e2fsprogs, xfsprogs, python3-venv)
-# with apt-get when they are missing and we are root. Environment knobs:
+# drive (qemu-utils, libnbd-bin, fio, nbdkit, e2fsprogs, xfsprogs, python3-venv,
+# prometheus for promtool, chromium, Node.js and npm) with apt-get when they
+# are missing and we are root. Environment knobs:
 # MODEL_SEEDS / MODEL_STEPS (engine model test), FUZZ_CASES / FUZZ_STEPS
 # (engine fuzz test), CRASH_ROUNDS (kill -9 test), FUZZ_API_EXAMPLES /
 # FUZZ_API_SEED (API fuzz), VOPR_SEEDS / VOPR_SEED (deterministic simulation).
@@ -21,6 +22,12 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
 command -v mkfs.xfs >/dev/null 2>&1 || missing+=(xfsprogs)
 # scripts/fuzz-api.sh installs schemathesis into a virtualenv under target/.
+# The metrics tests check every scrape with promtool; the dashboard test
+# drives Debian's Chromium (headless) with playwright-core under Node.js.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
@@ -46,6 +53,11 @@ echo "== cargo build --release (what the README's first command builds)"
 # test's time limit; the benchmarks below use them too.
 cargo build --release
 
+echo "== playwright-core for the dashboard test (tests/ui, from its lock file)"
+if [ ! -d tests/ui/node_modules/playwright-core ]; then
+    (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 echo "== cargo test"
 # Many model-test seeds per CI run; the defaults in the test are for quick local runs.
 export MODEL_SEEDS="${MODEL_SEEDS:-1000}"
@@ -63,4 +75,5 @@ cargo run --release -q -p bench -- engine --quick --dir target/bench-ci >/dev/nu
 cargo run --release -q -p bench -- engine --quick --only listing --dir target/bench-ci >/dev/null
 bench/run.sh --quick >/dev/null
 bench/mirror.sh --quick --no-build >/dev/null
+bench/metrics.sh --quick --no-build >/dev/null
 echo "== all tests passed"

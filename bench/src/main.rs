@@ -12,9 +12,12 @@
 //! another thread lists the snapshots of a LUN with many snapshots and
 //! extents in a loop (issue 12, section 4: management never stalls I/O).
 //! `--only reads`: 4 KiB random reads against pread, on one and two threads.
+//! `--only counting`: 4 KiB in-process reads with and without the count
+//! the NBD export makes for the metrics, and the count alone.
 //! `--only diff`: a mirror incremental's difference against a walk of every
 //! extent.
 
+mod counting;
 mod diff;
 mod reads;
 
@@ -40,7 +43,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff]";
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -62,11 +65,11 @@ fn main() {
             "--only" => {
                 i += 1;
                 match args.get(i).map(String::as_str) {
-                    Some(what @ ("split" | "listing" | "reads" | "diff")) => {
+                    Some(what @ ("split" | "listing" | "reads" | "diff" | "counting")) => {
                         opts.only = Some(what.into())
                     }
                     other => {
-                        eprintln!("--only takes \"split\", \"listing\", \"reads\" or \"diff\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\" or \"counting\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -97,6 +100,7 @@ fn main() {
         Some("engine") | None if opts.only.as_deref() == Some("listing") => listing_bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("reads") => reads::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("diff") => diff::bench(&opts),
+        Some("engine") | None if opts.only.as_deref() == Some("counting") => counting::bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),

@@ -41,10 +41,9 @@ fn read(engine: &Engine, mirrors: Option<&mirror::Mirrors>, t: Option<Arc<Teleme
     let stats = engine.commit_stats();
     let limit = t
         .as_ref()
-        .and_then(|t| t.io.as_ref())
-        .map_or(telemetry::io::LUN_LABELS_DEFAULT, |r| r.limit());
+        .map_or(telemetry::io::LUN_LABELS_DEFAULT, |t| t.io.limit());
     let mut luns = engine.list_luns("").unwrap_or_default();
-    if let Some(io) = t.as_ref().and_then(|t| t.io.as_ref()) {
+    if let Some(io) = t.as_ref().map(|t| &t.io) {
         let names: std::collections::HashSet<&str> = luns.iter().map(|l| l.name.as_str()).collect();
         io.prune(|n| names.contains(n));
     }
@@ -289,7 +288,13 @@ impl Scrape {
             "LUNs past the label limit (serve --metrics-lun-limit): not in the per-LUN gauges, and their I/O counted under lun=\"_other\".",
             self.luns_unlabelled as f64,
         )?;
-        let Some(io) = self.telemetry.as_ref().and_then(|t| t.io.as_ref()) else {
+        // Stale counters are not shown while counting is off.
+        let Some(io) = self
+            .telemetry
+            .as_ref()
+            .map(|t| &t.io)
+            .filter(|io| io.enabled())
+        else {
             return Ok(());
         };
         let snaps = io.snapshots();
@@ -298,14 +303,14 @@ impl Scrape {
         let mut errors = Vec::new();
         let mut latency = Vec::new();
         for s in &snaps {
-            for (op, n, b, e, h) in &s.ops {
+            for (op, r) in &s.ops {
                 let labels = vec![("lun", s.lun.clone()), ("op", op.name().to_string())];
-                ops.push((labels.clone(), *n));
+                ops.push((labels.clone(), r.ops));
                 if *op != Op::Flush {
-                    bytes.push((labels.clone(), *b));
+                    bytes.push((labels.clone(), r.bytes));
                 }
-                errors.push((labels.clone(), *e));
-                latency.push((labels, h));
+                errors.push((labels.clone(), r.errors));
+                latency.push((labels, &r.latency));
             }
         }
         out.counter(

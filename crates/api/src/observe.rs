@@ -14,8 +14,9 @@ pub const EVENTS_PER_PAGE_MAX: u32 = 1000;
 /// Longest `wait` of a long poll, seconds.
 pub const EVENTS_WAIT_MAX_SECS: u32 = 60;
 
-/// Events after `since`, oldest first; with `wait`, a long poll that
-/// answers as soon as one happens (or when the wait is over, with none).
+/// Events after `since`, oldest first. With `wait` and `since` the newest
+/// id, a long poll that answers as soon as something happens (or when the
+/// wait is over, with nothing).
 #[utoipa::path(
     get, path = "/api/v1/events", operation_id = "list_events", tag = "events",
     params(EventsQuery),
@@ -44,8 +45,10 @@ pub async fn list(
     let log = state.engine.clone();
     let deadline = Instant::now() + Duration::from_secs(wait.into());
     // The log's newest id is one atomic read: poll it, cheaply, rather
-    // than hold a blocking thread for the whole wait.
-    while log.events().last_id() <= since && Instant::now() < deadline {
+    // than hold a blocking thread for the whole wait. A `since` past the
+    // newest id (a client that followed another pool) is answered at
+    // once, with the real newest id to go on from.
+    while log.events().last_id() == since && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let events = log.events().since(since, limit as usize);
@@ -66,7 +69,11 @@ pub async fn io(State(state): State<AppState>) -> Json<IoReport> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let registry = state.telemetry.as_ref().and_then(|t| t.io.as_ref());
+    let registry = state
+        .telemetry
+        .as_ref()
+        .map(|t| &t.io)
+        .filter(|io| io.enabled());
     Json(IoReport {
         time_ms,
         counting: registry.is_some(),

@@ -11,6 +11,10 @@ fn mirror_rate(state: &AppState) -> u64 {
     state.mirrors.as_ref().map_or(0, |m| m.mirror_rate())
 }
 
+fn io_metrics(state: &AppState) -> bool {
+    state.telemetry.as_ref().is_some_and(|t| t.io.enabled())
+}
+
 /// Show the runtime settings.
 #[utoipa::path(
     get, path = "/api/v1/settings", operation_id = "show_settings", tag = "settings",
@@ -18,7 +22,11 @@ fn mirror_rate(state: &AppState) -> u64 {
 )]
 pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiError> {
     let rate = call(&state, |e| Ok(e.split_rate())).await?;
-    Ok(Json(Settings::from_rates(rate, mirror_rate(&state))))
+    Ok(Json(Settings::from_rates(
+        rate,
+        mirror_rate(&state),
+        io_metrics(&state),
+    )))
 }
 
 /// Change runtime settings; fields left out stay as they are.
@@ -28,7 +36,8 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiEr
 /// arrive, splits copy at a quarter of it. It lasts until the
 /// server restarts, which takes `blockfork serve --split-rate` again.
 /// `mirror_rate_mbps` limits, pool-wide, how fast mirrors transfer into
-/// this server; it is kept with the mirrors' state.
+/// this server; it is kept with the mirrors' state. `io_metrics` starts or
+/// stops counting NBD requests (until the server restarts).
 #[utoipa::path(
     patch, path = "/api/v1/settings", operation_id = "update_settings", tag = "settings",
     request_body = UpdateSettings,
@@ -62,6 +71,9 @@ pub async fn update(
     if mirror_bytes.is_some() && state.mirrors.is_none() {
         return Err(ApiError::invalid("mirroring is not enabled on this server"));
     }
+    if body.io_metrics.is_some() && state.telemetry.is_none() {
+        return Err(ApiError::invalid("this server keeps no metrics"));
+    }
     let mirrors = state.mirrors.clone();
     let rate = call(&state, move |e| {
         if let (Some(bytes), Some(m)) = (mirror_bytes, &mirrors) {
@@ -73,5 +85,13 @@ pub async fn update(
         Ok(e.split_rate())
     })
     .await?;
-    Ok(Json(Settings::from_rates(rate, mirror_rate(&state))))
+    if let (Some(on), Some(t)) = (body.io_metrics, &state.telemetry) {
+        t.io.set_enabled(on);
+        tracing::info!("I/O metrics {}", if on { "on" } else { "off" });
+    }
+    Ok(Json(Settings::from_rates(
+        rate,
+        mirror_rate(&state),
+        io_metrics(&state),
+    )))
 }

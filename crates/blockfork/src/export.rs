@@ -9,7 +9,6 @@ use nbd::{
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 use telemetry::{LunIo, Op, Telemetry};
 
 pub struct EngineBackend {
@@ -88,9 +87,9 @@ impl Backend for EngineBackend {
             matches!(target, Target::Lun(_)) && self.engine.lun_info(name).is_ok_and(|l| l.replica);
         tracing::info!(export = name, client = %who, "export opened");
         let lun = name.split_once('@').map_or(name, |(l, _)| l);
-        let io = self.telemetry.io.as_ref().map(|r| r.lun(lun));
         Ok(Arc::new(EngineExport {
-            io,
+            io: self.telemetry.io.lun(lun),
+            telemetry: self.telemetry.clone(),
             engine: self.engine.clone(),
             target,
             replica,
@@ -103,8 +102,9 @@ impl Backend for EngineBackend {
 }
 
 pub struct EngineExport {
-    /// Where this export's requests are counted (`None`: not counted).
-    io: Option<Arc<LunIo>>,
+    /// Where this export's requests are counted, while counting is on.
+    io: Arc<LunIo>,
+    telemetry: Arc<Telemetry>,
     engine: Arc<Engine>,
     target: Target,
     /// Opened while the LUN was a mirror destination.
@@ -143,15 +143,13 @@ impl EngineExport {
         run: impl FnOnce() -> Result<T, IoError>,
     ) -> Result<T, IoError> {
         self.allowed()?;
-        match &self.io {
-            None => run(),
-            Some(io) => {
-                let started = Instant::now();
-                let result = run();
-                io.record(op, bytes, started, result.is_ok());
-                result
-            }
+        if !self.telemetry.io.enabled() {
+            return run();
         }
+        let started = telemetry::io::start();
+        let result = run();
+        self.io.record(op, bytes, started, result.is_ok());
+        result
     }
 }
 

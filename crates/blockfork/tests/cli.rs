@@ -360,10 +360,13 @@ fn clones_and_splits() {
 
     // A slow split rate, so that splits are seen running.
     let set = server.ok(&["pool", "set", "--split-rate", "1"]);
-    assert_eq!(set, "split rate   1 MB/s\nmirror rate  unlimited\n");
+    assert_eq!(
+        set,
+        "split rate   1 MB/s\nmirror rate  unlimited\nI/O metrics  off\n"
+    );
     assert_eq!(
         server.json(&["pool", "set"]),
-        json!({"split_rate_mbps": 1, "split_rate_bytes_per_sec": 1_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
+        json!({"split_rate_mbps": 1, "split_rate_bytes_per_sec": 1_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
     );
     assert_eq!(server.engine.split_rate(), 1_000_000);
 
@@ -532,7 +535,7 @@ fn clones_and_splits() {
     // Unlimited, the splits finish; --watch exits 0 with the final state.
     assert_eq!(
         server.ok(&["pool", "set", "--split-rate", "0"]),
-        "split rate   unlimited\nmirror rate  unlimited\n"
+        "split rate   unlimited\nmirror rate  unlimited\nI/O metrics  off\n"
     );
     server.ok(&["lun", "clone", "start", "c1"]);
     let watched = server.cli_timed(&["lun", "clone", "status", "c1", "--watch"], 60);

@@ -101,7 +101,10 @@ fn metrics_count_io_connections_and_requests_and_pass_promtool() {
         v(r#"blockfork_api_requests_total{route="/metrics",method="GET",status="401"}"#) >= 2.0
     );
     assert!(v("blockfork_events_total") >= 4.0);
-    assert!(!m.contains(r#"{lun="_other""#), "no LUN is past the label limit");
+    assert!(
+        !m.contains(r#"{lun="_other""#),
+        "no LUN is past the label limit"
+    );
 
     // The scraper may ask for OpenMetrics.
     let (status, om) = get(

@@ -40,13 +40,17 @@ pub const COUNT_BOUNDS: &[u64] = &[
     1 << 20,
 ];
 
+/// Most buckets a histogram has (bounds plus the overflow bucket).
+pub const BUCKETS_MAX: usize = 18;
+
 /// Observations in buckets with upper bounds `bounds` (inclusive) and one
-/// more for everything above.
+/// more for everything above. The counts are inline, so that a histogram
+/// inside a cache-aligned struct shares no line with anything else.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [u64],
-    /// Not cumulative; the last is the overflow bucket.
-    counts: Box<[AtomicU64]>,
+    /// Not cumulative; `bounds.len()` is the overflow bucket.
+    counts: [AtomicU64; BUCKETS_MAX],
     sum: AtomicU64,
 }
 
@@ -63,9 +67,14 @@ pub struct HistogramSnapshot {
 
 impl Histogram {
     pub fn new(bounds: &'static [u64]) -> Histogram {
+        assert!(
+            bounds.len() < BUCKETS_MAX,
+            "at most {} bounds",
+            BUCKETS_MAX - 1
+        );
         Histogram {
             bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
             sum: AtomicU64::new(0),
         }
     }
@@ -81,12 +90,20 @@ impl Histogram {
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts[..=self.bounds.len()]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Reads every bucket; `scale` divides bounds and the sum for the
     /// exported unit (1e9 turns nanoseconds into seconds).
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut count = 0;
-        let mut buckets = Vec::with_capacity(self.counts.len());
-        for (i, c) in self.counts.iter().enumerate() {
+        let mut buckets = Vec::with_capacity(self.bounds.len() + 1);
+        for (i, c) in self.counts[..=self.bounds.len()].iter().enumerate() {
             let n = c.load(Ordering::Relaxed);
             count += n;
             let bound = self.bounds.get(i).map_or(f64::INFINITY, |&b| b as f64);
@@ -101,6 +118,16 @@ impl Histogram {
 }
 
 impl HistogramSnapshot {
+    /// Adds another reading of a histogram with the same bounds (shards
+    /// of one counter).
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        for (mine, theirs) in self.buckets.iter_mut().zip(&other.buckets) {
+            mine.1 += theirs.1;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+    }
+
     /// Bounds and sum divided by `scale` (1e9: nanoseconds to seconds).
     pub fn scaled(&self, scale: f64) -> (f64, u64, Vec<(f64, u64)>) {
         (

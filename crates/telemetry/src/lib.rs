@@ -19,8 +19,9 @@ use std::sync::Arc;
 /// Everything one server counts, shared by its NBD listeners and its API.
 #[derive(Debug)]
 pub struct Telemetry {
-    /// `None` with `serve --no-io-metrics`: the data path counts nothing.
-    pub io: Option<IoRegistry>,
+    /// Per-LUN request counters (switched off by `serve
+    /// --no-io-metrics` or at run time).
+    pub io: IoRegistry,
     pub nbd: Arc<NbdStats>,
     pub api: ApiStats,
 }
@@ -31,8 +32,10 @@ impl Telemetry {
     /// `lun_labels`: LUNs with a label of their own; `count_io`: whether
     /// the data path counts at all.
     pub fn new(lun_labels: usize, count_io: bool) -> Arc<Telemetry> {
+        let io = IoRegistry::new(lun_labels);
+        io.set_enabled(count_io);
         Arc::new(Telemetry {
-            io: count_io.then(|| IoRegistry::new(lun_labels)),
+            io,
             nbd: Arc::default(),
             api: ApiStats::default(),
         })

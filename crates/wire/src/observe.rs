@@ -56,9 +56,11 @@ pub struct EventsQuery {
     /// Only events with a greater id (default 0: from the oldest kept).
     pub since: Option<u64>,
     /// At most this many events (default and maximum 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
-    /// When nothing is newer than `since`, wait up to this many seconds
-    /// (at most 60) for something to happen before answering.
+    /// When `since` is the newest event's id, wait up to this many
+    /// seconds (at most 60) for something to happen before answering.
+    #[param(maximum = 60)]
     pub wait: Option<u32>,
 }
 

@@ -343,6 +343,10 @@ pub struct UpdateSettings {
     )]
     #[schema(example = 100)]
     pub mirror_rate_mbps: Option<u64>,
+    /// Count NBD requests for the per-LUN metrics and the dashboard's
+    /// rates (on by default; `serve --no-io-metrics` starts it off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_metrics: Option<bool>,
 }
 
 /// `GET /api/v1/luns`

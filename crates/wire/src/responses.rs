@@ -366,15 +366,28 @@ pub struct Settings {
     /// The same limit in bytes per second, exactly.
     #[serde(default)]
     pub mirror_rate_bytes_per_sec: u64,
+    /// Whether NBD requests are counted for the per-LUN metrics and the
+    /// dashboard's rates.
+    #[serde(default = "default_true")]
+    pub io_metrics: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Settings {
-    pub fn from_rates(split_bytes_per_sec: u64, mirror_bytes_per_sec: u64) -> Settings {
+    pub fn from_rates(
+        split_bytes_per_sec: u64,
+        mirror_bytes_per_sec: u64,
+        io_metrics: bool,
+    ) -> Settings {
         Settings {
             split_rate_mbps: split_bytes_per_sec / MB,
             split_rate_bytes_per_sec: split_bytes_per_sec,
             mirror_rate_mbps: mirror_bytes_per_sec / MB,
             mirror_rate_bytes_per_sec: mirror_bytes_per_sec,
+            io_metrics,
         }
     }
 }

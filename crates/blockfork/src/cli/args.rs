@@ -368,6 +368,10 @@ pub enum PoolCommand {
         /// 0 for unlimited (each mirror's `--rate` applies too).
         #[arg(long, value_name = "MB/s")]
         mirror_rate: Option<u64>,
+        /// Count NBD requests for the per-LUN metrics and the dashboard's
+        /// rates: on (the default) or off, until the server restarts.
+        #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+        io_metrics: Option<bool>,
         /// `open`: LUNs without maps are visible to every NBD client;
         /// `closed`: a LUN is visible only to the igroups it is mapped to.
         /// Stored with the pool.

@@ -393,12 +393,14 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
         PoolCommand::Set {
             split_rate,
             mirror_rate,
+            io_metrics,
             access: Some(access),
         } => {
-            if split_rate.is_some() || mirror_rate.is_some() {
+            if split_rate.is_some() || mirror_rate.is_some() || io_metrics.is_some() {
                 client.update_settings(&UpdateSettings {
                     split_rate_mbps: split_rate,
                     mirror_rate_mbps: mirror_rate,
+                    io_metrics,
                 })?;
             }
             let access = match access {
@@ -413,13 +415,15 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
         PoolCommand::Set {
             split_rate,
             mirror_rate,
+            io_metrics,
             access: None,
         } => {
-            let reply = match (split_rate, mirror_rate) {
-                (None, None) => client.settings()?,
+            let reply = match (split_rate, mirror_rate, io_metrics) {
+                (None, None, None) => client.settings()?,
                 _ => client.update_settings(&UpdateSettings {
                     split_rate_mbps: split_rate,
                     mirror_rate_mbps: mirror_rate,
+                    io_metrics,
                 })?,
             };
             return out.show(reply, |s: Settings| settings_details(&s));

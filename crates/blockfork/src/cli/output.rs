@@ -242,6 +242,10 @@ pub(crate) fn settings_details(s: &Settings) -> String {
     details(&[
         ("split rate", rate(s.split_rate_bytes_per_sec)),
         ("mirror rate", rate(s.mirror_rate_bytes_per_sec)),
+        (
+            "I/O metrics",
+            if s.io_metrics { "on" } else { "off" }.into(),
+        ),
     ])
 }
 
@@ -521,4 +525,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         bytes += scaled / scale;
     }
     u64::try_from(bytes).map_err(|_| too_large())
+}
+
+/// `on` or `off` (also `true`/`false`, `yes`/`no`).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?}: say on or off")),
+    }
 }
