@@ -833,7 +833,7 @@ fn splits() {
     assert_eq!(fast.status, 200, "{}", fast.body);
     assert_eq!(
         fast.body,
-        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
+        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
     );
     let resumed = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
     assert_eq!(resumed.status, 200, "{}", resumed.body);
@@ -897,13 +897,13 @@ fn settings() {
     assert_eq!(shown.status, 200);
     assert_eq!(
         shown.body,
-        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
+        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
     );
     let set = server.send("PATCH", "/settings", json!({"split_rate_mbps": 5}));
     assert_eq!(set.status, 200, "{}", set.body);
     assert_eq!(
         set.body,
-        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0})
+        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
     );
     assert_eq!(server.engine.split_rate(), 5_000_000);
     assert_eq!(server.get("/settings").body, set.body);
@@ -1393,6 +1393,8 @@ fn openapi_lists_every_route() {
         ("/api/v1/mirrors/break", &["post"]),
         ("/api/v1/mirrors/resync", &["post"]),
         ("/api/v1/mirrors/reverse", &["post"]),
+        ("/api/v1/events", &["get"]),
+        ("/api/v1/io", &["get"]),
         ("/api/v1/openapi.json", &["get"]),
     ];
     assert_eq!(
@@ -1801,4 +1803,162 @@ fn clone_range_over_the_api() {
             "{body}"
         );
     }
+}
+
+/// The dashboard's sign-in without a browser: a session cookie for the
+/// right token only, with its flags; the cookie opens the API for reads,
+/// and for changes only with the dashboard's header; signing out ends it.
+#[test]
+fn dashboard_sessions() {
+    let token = "dashboard-test-token-0123456789";
+    let server = Server::start_with_token(Some(token));
+    let root = server.base.trim_end_matches("/api/v1").to_string();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .save_redirect_history(false)
+        .build()
+        .into();
+    let call = |method: &str, path: &str, headers: &[(&str, &str)], body: &str| {
+        let mut r = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{root}{path}"));
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let mut resp = agent.run(r.body(body.to_string()).unwrap()).unwrap();
+        let status = resp.status().as_u16();
+        let cookie = resp
+            .headers()
+            .get("set-cookie")
+            .map(|v| v.to_str().unwrap().to_string());
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        (status, cookie, location, text)
+    };
+    // No session: the login form (and the assets, which hold nothing secret).
+    let (status, _, _, page) = call("GET", "/ui", &[], "");
+    assert_eq!(status, 200);
+    assert!(page.contains("name=\"token\""), "{page}");
+    assert_eq!(call("GET", "/ui/app.js", &[], "").0, 200);
+    // A wrong token: the form again, with a sentence, and no cookie.
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let (status, cookie, _, page) = call("POST", "/ui/login", &form, "token=nope");
+    assert_eq!(status, 401);
+    assert!(cookie.is_none());
+    assert!(page.contains("not the API token"), "{page}");
+    // The right one: a session cookie with its flags, and back to /ui.
+    let (status, cookie, location, _) = call("POST", "/ui/login", &form, &format!("token={token}"));
+    assert_eq!(status, 303);
+    assert_eq!(location.as_deref(), Some("/ui"));
+    let cookie = cookie.expect("a session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = [("cookie", session.as_str())];
+    let (status, _, _, page) = call("GET", "/ui", &with_cookie, "");
+    assert_eq!(status, 200);
+    assert!(page.contains("/ui/app.js"), "{page}");
+    // Reads with the cookie alone; changes need the dashboard's header.
+    assert_eq!(call("GET", "/api/v1/luns", &with_cookie, "").0, 200);
+    let json_cookie = [
+        ("cookie", session.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let body = r#"{"name":"ui-lun","size":1048576}"#;
+    let (status, _, _, text) = call("POST", "/api/v1/luns", &json_cookie, body);
+    assert_eq!(status, 403, "{text}");
+    assert!(
+        server.engine.lun_info("ui-lun").is_err(),
+        "the refused change changed nothing"
+    );
+    let with_header = [
+        ("cookie", session.as_str()),
+        ("content-type", "application/json"),
+        ("x-blockfork-ui", "1"),
+    ];
+    assert_eq!(call("POST", "/api/v1/luns", &with_header, body).0, 201);
+    // A made-up session is no session.
+    let forged = [("cookie", "bf_session=00ff")];
+    assert_eq!(call("GET", "/api/v1/luns", &forged, "").0, 401);
+    // Signing out ends the session.
+    let (status, cookie, _, _) = call("POST", "/ui/logout", &with_cookie, "");
+    assert_eq!(status, 303);
+    assert!(cookie.unwrap().contains("Max-Age=0"));
+    assert_eq!(call("GET", "/api/v1/luns", &with_cookie, "").0, 401);
+    // /metrics needs the token too (no --metrics-public here).
+    assert_eq!(call("GET", "/metrics", &[], "").0, 401);
+    let bearer = format!("Bearer {token}");
+    let (status, _, _, text) = call("GET", "/metrics", &[("authorization", bearer.as_str())], "");
+    assert_eq!(status, 200);
+    assert!(text.contains("blockfork_pool_capacity_bytes"), "{text}");
+}
+
+#[test]
+fn events_over_the_api() {
+    let server = Server::start();
+    create_lun(&server, "ev", 1 << 20);
+    let page = server.get("/events?since=0");
+    assert_eq!(page.status, 200);
+    let events = page.body["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "lun-created" && e["object"] == "ev"),
+        "{events:?}"
+    );
+    let last = page.body["last_id"].as_u64().unwrap();
+    // Nothing new: a long poll answers when something happens.
+    let waiter = {
+        let base = server.base.clone();
+        std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let t = std::time::Instant::now();
+            let text = agent
+                .get(format!("{base}/events?since={last}&wait=20"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap();
+            (t.elapsed(), text)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    server.engine.delete_lun("ev", false).unwrap();
+    let (took, text) = waiter.join().unwrap();
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(text.contains("lun-deleted"), "{text}");
+    // A since past the newest id answers at once, with the real newest.
+    let t = std::time::Instant::now();
+    let ahead = server.get("/events?since=999999&wait=20");
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(ahead.body["events"], json!([]));
+    assert_eq!(ahead.body["last_id"], last + 1);
+    for bad in [
+        "limit=0",
+        "limit=5000",
+        "wait=100",
+        "since=-1",
+        "since=x",
+        "extra=1",
+    ] {
+        expect_error(
+            &server.get(&format!("/events?{bad}")),
+            400,
+            "invalid_argument",
+        );
+    }
+    // Without telemetry (an embedded API), the I/O report says so.
+    let io = server.get("/io");
+    assert_eq!(io.status, 200);
+    assert_eq!(io.body["counting"], false);
 }

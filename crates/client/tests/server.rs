@@ -191,6 +191,12 @@ fn luns_snapshots_clones_and_access() {
         })
         .unwrap();
     assert_eq!(c.settings().unwrap(), settings);
+    let events = c.events(0, Some(1000), None).unwrap();
+    assert!(events.events.iter().any(|e| e.kind == "group-snapshot-deleted"));
+    assert_eq!(events.last_id, events.events.last().unwrap().id);
+    let newest = c.events(events.last_id - 1, None, Some(1)).unwrap();
+    assert_eq!(newest.events.len(), 1);
+    assert!(!c.io().unwrap().counting, "an embedded API counts no I/O");
     c.stop_split("vol0/test-1").ok();
     for name in ["vol0/test-1", "vol0/test-2"] {
         c.delete_lun(name, true).unwrap();
