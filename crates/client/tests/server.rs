@@ -192,7 +192,10 @@ fn luns_snapshots_clones_and_access() {
         .unwrap();
     assert_eq!(c.settings().unwrap(), settings);
     let events = c.events(0, Some(1000), None).unwrap();
-    assert!(events.events.iter().any(|e| e.kind == "group-snapshot-deleted"));
+    assert!(events
+        .events
+        .iter()
+        .any(|e| e.kind == "group-snapshot-deleted"));
     assert_eq!(events.last_id, events.events.last().unwrap().id);
     let newest = c.events(events.last_id - 1, None, Some(1)).unwrap();
     assert_eq!(newest.events.len(), 1);
