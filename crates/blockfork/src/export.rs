@@ -67,7 +67,7 @@ impl Backend for EngineBackend {
                 engine::Severity::Warning,
                 "access-refused",
                 name,
-                format!("NBD client {who} was refused export \"{name}\": it is not mapped to the client (or does not exist)."),
+                format!("NBD access refused: client {who} may not open export \"{name}\" (not mapped to it, or no such export)."),
             );
             return Err(OpenError::Unknown(format!(
                 "no export named \"{name}\" is available to this client"

@@ -171,8 +171,8 @@ impl EventLog {
     }
 
     /// Like [`emit`](Self::emit), but an event of the same kind and object
-    /// within the last 10 s is not recorded again (it is still logged at
-    /// debug level).
+    /// within the last 10 s is not recorded again (it is still logged,
+    /// each time, at its severity).
     pub fn emit_coalesced(&self, severity: Severity, kind: &str, object: &str, message: String) {
         self.record(severity, kind, object, message, true);
     }
@@ -193,7 +193,13 @@ impl EventLog {
                 .retain(|_, at| now.duration_since(*at) < REPEAT_WINDOW);
             let key = (kind.to_string(), object.to_string());
             if inner.recent.contains_key(&key) {
-                tracing::debug!(kind, object, "{message} (repeated; not recorded again)");
+                drop(inner);
+                log(
+                    severity,
+                    kind,
+                    object,
+                    &format!("{message} (repeated within 10 s: not recorded again)"),
+                );
                 return;
             }
             inner.recent.insert(key, now);
@@ -206,11 +212,7 @@ impl EventLog {
             object: object.to_string(),
             message,
         };
-        match severity {
-            Severity::Info => tracing::info!(target: "event", kind, object, "{}", event.message),
-            Severity::Warning => tracing::warn!(target: "event", kind, object, "{}", event.message),
-            Severity::Error => tracing::error!(target: "event", kind, object, "{}", event.message),
-        }
+        log(severity, kind, object, &event.message);
         if let Some(path) = &self.path {
             if let Err(e) = append(path, &event) {
                 tracing::warn!(
@@ -234,6 +236,15 @@ impl EventLog {
                 }
             }
         }
+    }
+}
+
+/// The event's line in the server's log.
+fn log(severity: Severity, kind: &str, object: &str, message: &str) {
+    match severity {
+        Severity::Info => tracing::info!(target: "event", kind, object, "{message}"),
+        Severity::Warning => tracing::warn!(target: "event", kind, object, "{message}"),
+        Severity::Error => tracing::error!(target: "event", kind, object, "{message}"),
     }
 }
 
