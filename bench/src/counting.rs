@@ -7,6 +7,7 @@
 //! Rounds alternate; the ratio is the median of the rounds' ratios.
 //! Over NBD the same count is a smaller share still (bench/metrics.sh).
 
+use super::reads::rate;
 use super::{fresh_dir, open_engine, Opts, Row, MIB};
 use engine::BLOCK_SIZE;
 use rand::rngs::StdRng;
@@ -87,24 +88,6 @@ pub(super) fn rows(o: &Opts, rows: &mut Vec<Row>) {
     e.close().expect("close");
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Reads at every offset, split between `threads` threads: ops per second.
-fn rate(threads: usize, offsets: &[u64], read: impl Fn(u64, &mut [u8]) + Sync) -> f64 {
-    let per = offsets.len().div_ceil(threads);
-    let t0 = Instant::now();
-    std::thread::scope(|scope| {
-        for part in offsets.chunks(per) {
-            let read = &read;
-            scope.spawn(move || {
-                let mut b = vec![0u8; BLOCK_SIZE as usize];
-                for &off in part {
-                    read(off, &mut b);
-                }
-            });
-        }
-    });
-    offsets.len() as f64 / t0.elapsed().as_secs_f64()
 }
 
 pub(super) fn bench(o: &Opts) {

@@ -93,7 +93,7 @@ pub(super) fn rows(o: &Opts, rows: &mut Vec<Row>) {
 }
 
 /// Reads at every offset, split between `threads` threads: ops per second.
-fn rate(threads: usize, offsets: &[u64], read: impl Fn(u64, &mut [u8]) + Sync) -> f64 {
+pub(super) fn rate(threads: usize, offsets: &[u64], read: impl Fn(u64, &mut [u8]) + Sync) -> f64 {
     let per = offsets.len().div_ceil(threads);
     let t0 = Instant::now();
     std::thread::scope(|scope| {

@@ -648,7 +648,7 @@ impl Engine {
             Severity::Error,
             "pool-failed",
             "pool",
-            format!("The pool failed and serves no more I/O: {why}."),
+            format!("The pool failed: {why}; it serves no more I/O until the server restarts."),
         );
         Error::PoolFailed(why)
     }
