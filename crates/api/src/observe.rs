@@ -41,7 +41,14 @@ pub async fn list(
             "wait must be at most {EVENTS_WAIT_MAX_SECS} seconds, not {wait}"
         )));
     }
+    // Documented as an int64, as every id in the API.
     let since = q.since.unwrap_or(0);
+    if since > i64::MAX as u64 {
+        return Err(ApiError::invalid(format!(
+            "since must be at most {}, not {since}",
+            i64::MAX
+        )));
+    }
     let log = state.engine.clone();
     let deadline = Instant::now() + Duration::from_secs(wait.into());
     // The log's newest id is one atomic read: poll it, cheaply, rather

@@ -1949,6 +1949,7 @@ fn events_over_the_api() {
         "wait=100",
         "since=-1",
         "since=x",
+        "since=9223372036854775808",
         "extra=1",
     ] {
         expect_error(

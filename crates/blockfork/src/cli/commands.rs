@@ -477,7 +477,7 @@ pub(super) fn events(
     let mut cursor = match since {
         Some(id) => id,
         None => {
-            let newest = client.events(u64::MAX, Some(1), None)?.last_id;
+            let newest = client.events(i64::MAX as u64, Some(1), None)?.last_id;
             newest.saturating_sub(last.unwrap_or(50))
         }
     };
