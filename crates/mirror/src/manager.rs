@@ -80,6 +80,24 @@ struct SnapRecord {
     created: u64,
 }
 
+impl From<engine::SnapshotInfo> for Snap {
+    fn from(s: engine::SnapshotInfo) -> Snap {
+        Snap {
+            name: s.name,
+            created: s.created,
+        }
+    }
+}
+
+impl From<wire::ReplicationSnapshot> for Snap {
+    fn from(s: wire::ReplicationSnapshot) -> Snap {
+        Snap {
+            name: s.name,
+            created: s.created,
+        }
+    }
+}
+
 impl SnapRecord {
     fn snap(&self) -> Snap {
         Snap {
@@ -136,6 +154,44 @@ struct Relationship {
 }
 
 impl Relationship {
+    /// Forgets the transfer under way (its checkpoint and goal); their
+    /// snapshots on the source are released when it is next reached.
+    fn drop_transfer(&mut self) {
+        let dropped = self
+            .in_flight
+            .take()
+            .map(|f| f.target)
+            .into_iter()
+            .chain(self.goal.take());
+        for target in dropped.collect::<Vec<_>>() {
+            if Some(&target) != self.common.as_ref() && !self.release_later.contains(&target) {
+                self.release_later.push(target);
+            }
+        }
+    }
+
+    /// The members as the API names them.
+    fn wire_members(&self) -> Vec<MirrorMember> {
+        self.members
+            .iter()
+            .map(|m| MirrorMember {
+                source: m.source.clone(),
+                destination: m.destination.clone(),
+            })
+            .collect()
+    }
+
+    /// Asks the source to release (and delete) `snap`, held by `holder`.
+    fn release_request(&self, snap: &SnapRecord, holder: &str) -> ReleaseMirrorSnapshot {
+        ReleaseMirrorSnapshot {
+            luns: self.members.iter().map(|m| m.source.clone()).collect(),
+            snapshot: snap.name.clone(),
+            holder: holder.into(),
+            delete: true,
+            group: self.group,
+        }
+    }
+
     /// The holder of this relationship's snapshots on this side.
     fn holder(&self) -> String {
         format!("mirror:{}", self.name)
@@ -638,14 +694,7 @@ impl Mirrors {
             name: r.name.clone(),
             peer: r.peer.clone(),
             group: r.group,
-            members: r
-                .members
-                .iter()
-                .map(|m| MirrorMember {
-                    source: m.source.clone(),
-                    destination: m.destination.clone(),
-                })
-                .collect(),
+            members: r.wire_members(),
             state,
             common_snapshot: r.common.as_ref().map(|c| c.name.clone()),
             common_created: r.common.as_ref().map(|c| c.created),

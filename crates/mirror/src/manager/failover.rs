@@ -24,19 +24,7 @@ impl Mirrors {
                 }
             }
             self.change(name, |rel| {
-                let dropped = rel
-                    .in_flight
-                    .take()
-                    .map(|f| f.target)
-                    .into_iter()
-                    .chain(rel.goal.take());
-                for target in dropped.collect::<Vec<_>>() {
-                    if Some(&target) != rel.common.as_ref()
-                        && rel.release_later.iter().all(|x| *x != target)
-                    {
-                        rel.release_later.push(target);
-                    }
-                }
+                rel.drop_transfer();
                 if rel.state == MirrorState::Transferring || rel.state == MirrorState::Failed {
                     rel.state = if rel.common.is_some() {
                         MirrorState::Idle
@@ -66,19 +54,7 @@ impl Mirrors {
             w.cancel.store(true, Ordering::Relaxed);
         }
         self.change(name, |rel| {
-            let dropped = rel
-                .in_flight
-                .take()
-                .map(|f| f.target)
-                .into_iter()
-                .chain(rel.goal.take());
-            for target in dropped.collect::<Vec<_>>() {
-                if Some(&target) != rel.common.as_ref()
-                    && rel.release_later.iter().all(|x| *x != target)
-                {
-                    rel.release_later.push(target);
-                }
-            }
+            rel.drop_transfer();
             rel.state = MirrorState::Broken;
             Ok(())
         })?;
@@ -132,21 +108,8 @@ impl Mirrors {
                 .map_err(|e| invalid(format!("peer \"{}\": {}", r.peer, e.message)))?;
             let (_, dest) = self.engine.snapshots_brief(&m.destination)?;
             sides.push(Sides {
-                source: src
-                    .snapshots
-                    .into_iter()
-                    .map(|s| Snap {
-                        name: s.name,
-                        created: s.created,
-                    })
-                    .collect(),
-                dest: dest
-                    .into_iter()
-                    .map(|s| Snap {
-                        name: s.name,
-                        created: s.created,
-                    })
-                    .collect(),
+                source: src.snapshots.into_iter().map(Snap::from).collect(),
+                dest: dest.into_iter().map(Snap::from).collect(),
             });
         }
         let discard = |c: &Snap| -> u64 {
@@ -233,14 +196,7 @@ impl Mirrors {
             snaps.extend(r.in_flight.as_ref().map(|f| f.target.clone()));
             snaps.extend(r.goal.clone());
             for snap in snaps {
-                let req = ReleaseMirrorSnapshot {
-                    luns: r.members.iter().map(|m| m.source.clone()).collect(),
-                    snapshot: snap.name.clone(),
-                    holder: holder.clone(),
-                    delete: true,
-                    group: r.group,
-                };
-                if let Err(e) = peer.release_mirror_snapshot(&req) {
+                if let Err(e) = peer.release_mirror_snapshot(&r.release_request(&snap, &holder)) {
                     tracing::warn!(mirror = %name, snapshot = %snap.name, "could not release it on the source ({e}); release it there with `blockfork snapshot` commands");
                 }
             }
@@ -291,14 +247,7 @@ impl Mirrors {
                 .expect("a new token has its secret")
         };
         let req = ReverseRequest {
-            members: r
-                .members
-                .iter()
-                .map(|m| MirrorMember {
-                    source: m.source.clone(),
-                    destination: m.destination.clone(),
-                })
-                .collect(),
+            members: r.wire_members(),
             name: name.into(),
             group: r.group,
             holder: self.source_holder(&r),
@@ -371,10 +320,8 @@ impl Mirrors {
                 // A dry run made no token: their snapshots are ours held.
                 mine.iter()
                     .filter(|s| s.holds.contains(&req.holder))
-                    .map(|s| Snap {
-                        name: s.name.clone(),
-                        created: s.created,
-                    })
+                    .cloned()
+                    .map(Snap::from)
                     .collect()
             } else {
                 other
@@ -382,21 +329,12 @@ impl Mirrors {
                     .map_err(|e| invalid(format!("the destination at {}: {}", req.url, e.message)))?
                     .snapshots
                     .into_iter()
-                    .map(|s| Snap {
-                        name: s.name,
-                        created: s.created,
-                    })
+                    .map(Snap::from)
                     .collect()
             };
             sides.push(Sides {
                 source: theirs,
-                dest: mine
-                    .into_iter()
-                    .map(|s| Snap {
-                        name: s.name,
-                        created: s.created,
-                    })
-                    .collect(),
+                dest: mine.into_iter().map(Snap::from).collect(),
             });
         }
         let discard = |c: &Snap| -> u64 {

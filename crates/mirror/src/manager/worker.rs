@@ -198,13 +198,7 @@ impl Mirrors {
             let (_, dest) = self.engine.snapshots_brief(&m.destination).map_err(local)?;
             sides.push(Sides {
                 source,
-                dest: dest
-                    .into_iter()
-                    .map(|s| Snap {
-                        name: s.name,
-                        created: s.created,
-                    })
-                    .collect(),
+                dest: dest.into_iter().map(Snap::from).collect(),
             });
         }
         let recorded = r.common.as_ref().map(SnapRecord::snap);
@@ -433,14 +427,7 @@ impl Mirrors {
         holder: &str,
         snap: &SnapRecord,
     ) {
-        let req = ReleaseMirrorSnapshot {
-            luns: r.members.iter().map(|m| m.source.clone()).collect(),
-            snapshot: snap.name.clone(),
-            holder: holder.into(),
-            delete: true,
-            group: r.group,
-        };
-        if let Err(e) = peer.release_mirror_snapshot(&req) {
+        if let Err(e) = peer.release_mirror_snapshot(&r.release_request(snap, holder)) {
             tracing::warn!(mirror = %r.name, snapshot = %snap.name, "cannot release the old base on the source yet: {e}");
             let s = snap.clone();
             let _ = self.change(&r.name, |rel| {
@@ -454,14 +441,10 @@ impl Mirrors {
 
     pub(super) fn release_leftovers(&self, r: &Relationship, peer: &client::Client, holder: &str) {
         for snap in &r.release_later {
-            let req = ReleaseMirrorSnapshot {
-                luns: r.members.iter().map(|m| m.source.clone()).collect(),
-                snapshot: snap.name.clone(),
-                holder: holder.into(),
-                delete: true,
-                group: r.group,
-            };
-            if peer.release_mirror_snapshot(&req).is_ok() {
+            if peer
+                .release_mirror_snapshot(&r.release_request(snap, holder))
+                .is_ok()
+            {
                 let s = snap.clone();
                 let _ = self.change(&r.name, |rel| {
                     rel.release_later.retain(|x| *x != s);
@@ -508,15 +491,7 @@ impl Mirrors {
 /// A source LUN's snapshots, oldest first.
 fn source_snaps(peer: &client::Client, lun: &str) -> Result<Vec<Snap>, Failure> {
     peer.replication_lun(lun)
-        .map(|l| {
-            l.snapshots
-                .into_iter()
-                .map(|s| Snap {
-                    name: s.name,
-                    created: s.created,
-                })
-                .collect()
-        })
+        .map(|l| l.snapshots.into_iter().map(Snap::from).collect())
         .map_err(|e| match e.status {
             Some(_) => Failure::Refused(format!("the source: {}", e.message)),
             None => Failure::Cut(e.message),
