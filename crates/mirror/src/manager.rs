@@ -4,7 +4,10 @@
 
 mod failover;
 mod lag;
+mod records;
 mod worker;
+
+use records::*;
 
 use crate::planner::{self, Sides, Snap, Update};
 use crate::tokens::PeerTokens;
@@ -44,159 +47,6 @@ const GOAL_RESTARTS_MAX: u32 = 3;
 pub const KEEP_DEFAULT: u32 = 2;
 /// Shortest schedule.
 pub const SCHEDULE_SECS_MIN: u64 = 1;
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct State {
-    /// This server's name in the holds it takes on sources.
-    site: String,
-    peers: Vec<Peer>,
-    mirrors: Vec<Relationship>,
-    /// Pool-wide mirror rate (bytes/s, 0: none).
-    #[serde(default)]
-    mirror_rate_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Peer {
-    name: String,
-    url: String,
-    token: String,
-    ca_cert: Option<String>,
-    created: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Member {
-    source: String,
-    destination: String,
-    /// `LUN@SNAPSHOT` on this side the destination is a clone of: only the
-    /// member's own blocks travel.
-    clone_of: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct SnapRecord {
-    name: String,
-    created: u64,
-}
-
-impl From<engine::SnapshotInfo> for Snap {
-    fn from(s: engine::SnapshotInfo) -> Snap {
-        Snap {
-            name: s.name,
-            created: s.created,
-        }
-    }
-}
-
-impl From<wire::ReplicationSnapshot> for Snap {
-    fn from(s: wire::ReplicationSnapshot) -> Snap {
-        Snap {
-            name: s.name,
-            created: s.created,
-        }
-    }
-}
-
-impl SnapRecord {
-    fn snap(&self) -> Snap {
-        Snap {
-            name: self.name.clone(),
-            created: self.created,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct InFlight {
-    base: Option<String>,
-    target: SnapRecord,
-    /// Members before this one are complete.
-    member: usize,
-    /// Where `member`'s stream resumes.
-    next_block: u64,
-    bytes: u64,
-    bytes_expected: u64,
-    started: u64,
-    resumes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Relationship {
-    name: String,
-    /// Short id, in the names of the mirror snapshots it takes.
-    id: String,
-    peer: String,
-    group: bool,
-    members: Vec<Member>,
-    state: MirrorState,
-    common: Option<SnapRecord>,
-    in_flight: Option<InFlight>,
-    /// The mirror snapshot the running update is heading for.
-    #[serde(default)]
-    goal: Option<SnapRecord>,
-    /// Source snapshots to release (and delete) when the source is next
-    /// reached: what a break left behind.
-    #[serde(default)]
-    release_later: Vec<SnapRecord>,
-    seq: u64,
-    schedule_secs: Option<u64>,
-    /// Set by `--lag-alert`; the default follows the schedule.
-    #[serde(default)]
-    lag_alert_secs: Option<u64>,
-    rate_bytes: Option<u64>,
-    keep: u32,
-    last_success: Option<u64>,
-    last_error: Option<String>,
-    last_transfer_bytes: u64,
-    last_transfer_secs: f64,
-    created: u64,
-}
-
-impl Relationship {
-    /// Forgets the transfer under way (its checkpoint and goal); their
-    /// snapshots on the source are released when it is next reached.
-    fn drop_transfer(&mut self) {
-        let dropped = self
-            .in_flight
-            .take()
-            .map(|f| f.target)
-            .into_iter()
-            .chain(self.goal.take());
-        for target in dropped.collect::<Vec<_>>() {
-            if Some(&target) != self.common.as_ref() && !self.release_later.contains(&target) {
-                self.release_later.push(target);
-            }
-        }
-    }
-
-    /// The members as the API names them.
-    fn wire_members(&self) -> Vec<MirrorMember> {
-        self.members
-            .iter()
-            .map(|m| MirrorMember {
-                source: m.source.clone(),
-                destination: m.destination.clone(),
-            })
-            .collect()
-    }
-
-    /// Asks the source to release (and delete) `snap`, held by `holder`.
-    fn release_request(&self, snap: &SnapRecord, holder: &str) -> ReleaseMirrorSnapshot {
-        ReleaseMirrorSnapshot {
-            luns: self.members.iter().map(|m| m.source.clone()).collect(),
-            snapshot: snap.name.clone(),
-            holder: holder.into(),
-            delete: true,
-            group: self.group,
-        }
-    }
-
-    /// The holder of this relationship's snapshots on this side.
-    fn holder(&self) -> String {
-        format!("mirror:{}", self.name)
-    }
-}
 
 /// What a worker's transfer shares with those who watch or stop it.
 struct Live<'a> {
