@@ -45,7 +45,13 @@ impl Server {
 
     /// Starts `blockfork serve` on `dir` with exactly these extra arguments.
     pub fn start_raw(dir: &Path, extra: &[&str]) -> Server {
-        Server::start_on(dir, extra, free_port(), free_port())
+        let nbd = free_port();
+        // Two probes can hand out the same free port (seen once in CI:
+        // "Address already in use" for the API): never take it twice.
+        let api = std::iter::repeat_with(free_port)
+            .find(|&p| p != nbd)
+            .expect("a second free port");
+        Server::start_on(dir, extra, nbd, api)
     }
 
     /// Starts `blockfork serve` on `dir` on these ports (a restart that
