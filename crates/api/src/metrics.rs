@@ -502,6 +502,20 @@ fn encode_nbd(out: &mut Out, t: &Telemetry) -> std::fmt::Result {
         "blockfork_nbd_connections_refused",
         "NBD connections refused or ended early, by reason (per-address-limit, total-limit, handshake-timeout, tls, export, protocol).",
         &refused,
+    )?;
+    let polls: Vec<(Labels, u64)> = [("found", true), ("expired", false)]
+        .into_iter()
+        .map(|(name, found)| {
+            (
+                vec![("outcome", name.to_string())],
+                t.nbd.polls_total(found),
+            )
+        })
+        .collect();
+    out.counter(
+        "blockfork_nbd_idle_polls",
+        "Times an idle NBD connection polled its socket for the next request (serve --nbd-poll-us), by outcome: found it, or expired and slept.",
+        &polls,
     )
 }
 

@@ -93,6 +93,16 @@ fn metrics_count_io_connections_and_requests_and_pass_promtool() {
         v(r#"blockfork_nbd_connections_refused_total{reason="protocol"}"#),
         1.0
     );
+    // Sixteen requests sent back to back, each right after the last reply:
+    // idle polls found next requests (decision 026), unless this process
+    // may use one CPU only, where polling is off.
+    let found = v(r#"blockfork_nbd_idle_polls_total{outcome="found"}"#);
+    let expired = v(r#"blockfork_nbd_idle_polls_total{outcome="expired"}"#);
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(found >= 1.0, "found {found}, expired {expired}");
+    } else {
+        assert_eq!(found + expired, 0.0);
+    }
     assert_eq!(
         v(r#"blockfork_api_requests_total{route="/api/v1/luns",method="POST",status="201"}"#),
         2.0

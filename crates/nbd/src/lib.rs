@@ -27,6 +27,7 @@ mod admission;
 pub mod backend;
 mod handshake;
 mod payload;
+mod poll;
 pub mod proto;
 mod server;
 pub mod tls;

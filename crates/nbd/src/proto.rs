@@ -38,6 +38,9 @@ pub const EXTENTS_PER_REPLY_MAX: usize = 1 << 20;
 /// How long `serve` waits after shutdown for open connections to finish
 /// their in-flight requests before aborting them.
 pub const SHUTDOWN_DRAIN_SECS_MAX: u64 = 10;
+/// How long an idle connection polls for its next request before sleeping
+/// (decision 026), in microseconds.
+pub const POLL_MICROS_DEFAULT: u64 = 50;
 /// Connections one TCP client address may hold at once. nbdcopy opens 4,
 /// qemu 1 per disk (more with multi-conn); 32 leaves room for several
 /// clients behind one address, and stops one host from taking every slot.

@@ -13,11 +13,14 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, Limits};
 use crate::backend::{Backend, ClientInfo};
+use crate::poll::{Idle, Polled};
 use crate::proto::{
-    CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX, HANDSHAKE_SECS_MAX, SHUTDOWN_DRAIN_SECS_MAX,
+    CONNECTIONS_MAX, CONNECTIONS_PER_ADDRESS_MAX, HANDSHAKE_SECS_MAX, POLL_MICROS_DEFAULT,
+    SHUTDOWN_DRAIN_SECS_MAX,
 };
 use crate::tls::{TlsSettings, Transport};
 use crate::{handshake, transmission, ConnError};
+use std::os::fd::{AsRawFd, RawFd};
 use telemetry::{NbdStats, Refusal};
 
 /// Something that hands out client connections: TCP and unix sockets here,
@@ -28,6 +31,12 @@ pub trait Listener: Send {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Must be cancel-safe: `serve` drops it when shutdown starts.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, ClientInfo)>> + Send;
+
+    /// The socket under a stream, for polling an idle connection's next
+    /// request (see `Server::with_poll_budget`); `None` never polls.
+    fn socket(_stream: &Self::Stream) -> Option<RawFd> {
+        None
+    }
 }
 
 impl Listener for TcpListener {
@@ -42,6 +51,10 @@ impl Listener for TcpListener {
         }
         Ok((stream, ClientInfo::tcp(peer)))
     }
+
+    fn socket(stream: &TcpStream) -> Option<RawFd> {
+        Some(stream.as_raw_fd())
+    }
 }
 
 impl Listener for UnixListener {
@@ -49,6 +62,10 @@ impl Listener for UnixListener {
     async fn accept(&mut self) -> io::Result<(UnixStream, ClientInfo)> {
         let (stream, _) = UnixListener::accept(self).await?;
         Ok((stream, ClientInfo::unix()))
+    }
+
+    fn socket(stream: &UnixStream) -> Option<RawFd> {
+        Some(stream.as_raw_fd())
     }
 }
 
@@ -65,6 +82,7 @@ pub struct Server {
     admission: Admission,
     tls: Option<TlsSettings>,
     stats: Arc<NbdStats>,
+    poll_budget: Duration,
 }
 
 impl Server {
@@ -80,6 +98,7 @@ impl Server {
             admission: Admission::default(),
             tls: None,
             stats: Arc::default(),
+            poll_budget: Duration::from_micros(POLL_MICROS_DEFAULT),
         }
     }
 
@@ -129,6 +148,15 @@ impl Server {
         self
     }
 
+    /// How long an idle connection's reader polls its socket for the next
+    /// request before sleeping (default POLL_MICROS_DEFAULT); zero never
+    /// polls. Polling spends up to this much CPU per request and saves the
+    /// wake-up that dominates a lone request's latency (decision 026).
+    pub fn with_poll_budget(mut self, budget: Duration) -> Self {
+        self.poll_budget = budget;
+        self
+    }
+
     /// How long `serve` waits for open connections after shutdown
     /// (default SHUTDOWN_DRAIN_SECS_MAX).
     pub fn with_drain_timeout(mut self, drain: Duration) -> Self {
@@ -153,8 +181,9 @@ impl Server {
                         Ok(slot) => {
                             let server = self.clone();
                             let shutdown = shutdown.clone();
+                            let fd = L::socket(&stream);
                             connections.spawn(async move {
-                                server.serve_connection(stream, client, shutdown).await;
+                                server.serve_stream(stream, fd, client, shutdown).await;
                                 drop(slot);
                             });
                         }
@@ -204,10 +233,23 @@ impl Server {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        self.serve_stream(stream, None, client, shutdown).await
+    }
+
+    /// `serve_connection`, polling `fd` (the stream's socket) when idle.
+    async fn serve_stream<S>(
+        &self,
+        stream: S,
+        fd: Option<RawFd>,
+        client: ClientInfo,
+        shutdown: CancellationToken,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let peer = handshake::peer_name(&client);
         info!(%peer, "nbd connection opened");
         self.stats.accepted();
-        let result = self.run_connection(stream, &client, &shutdown).await;
+        let result = self.run_connection(stream, fd, &client, &shutdown).await;
         self.stats.closed();
         match result {
             Ok(()) => info!(%peer, "nbd connection closed"),
@@ -236,6 +278,7 @@ impl Server {
     async fn run_connection<S>(
         &self,
         stream: S,
+        fd: Option<RawFd>,
         client: &ClientInfo,
         shutdown: &CancellationToken,
     ) -> Result<(), ConnError>
@@ -244,6 +287,8 @@ impl Server {
     {
         // One read buffer for the whole connection, so bytes a client sends
         // right behind its GO are not lost between the two phases.
+        let idle = Idle::new(self.poll_budget, self.stats.clone());
+        let stream = Polled::new(stream, fd, idle.clone());
         let mut stream = BufReader::new(Transport::Plain(stream));
         let mut client = client.clone();
         let handshake = async {
@@ -279,7 +324,7 @@ impl Server {
             "nbd export opened"
         );
         let (reader, writer) = tokio::io::split(stream);
-        transmission::transmit(reader, writer, negotiated, shutdown).await
+        transmission::transmit(reader, writer, negotiated, &idle, shutdown).await
     }
 }
 

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 use crate::backend::{Export, IoError, StatusExtent};
 use crate::handshake::Negotiated;
 use crate::payload::{Payload, Pool};
+use crate::poll::Idle;
 use crate::proto::*;
 use crate::wire::{self, Request};
 use crate::ConnError;
@@ -381,6 +382,7 @@ pub(crate) async fn transmit<R, W>(
     mut reader: R,
     writer: W,
     neg: Negotiated,
+    idle: &Idle,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnError>
 where
@@ -431,6 +433,8 @@ where
             if req.command == CMD_DISC {
                 return Ok(End::Disconnect);
             }
+            // Every other request gets exactly one reply.
+            idle.started();
 
             // Payload bytes held by this request: the write data now, or the
             // read buffer once it runs.
@@ -497,7 +501,7 @@ where
     };
 
     let write_loop = async {
-        let result = write_replies(BufWriter::new(writer), rx).await;
+        let result = write_replies(BufWriter::new(writer), rx, idle).await;
         if result.is_err() {
             writer_failed.cancel();
         }
@@ -521,14 +525,20 @@ where
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut w: BufWriter<W>,
     mut rx: mpsc::UnboundedReceiver<Reply>,
+    idle: &Idle,
 ) -> std::io::Result<()> {
+    let mut unflushed = 0;
     while let Some(reply) = rx.recv().await {
         w.write_all(&reply.head).await?;
         w.write_all(&reply.data).await?;
         // Dropping the reply releases its permits only now that it is sent.
         drop(reply);
+        unflushed += 1;
         if rx.is_empty() {
             w.flush().await?;
+            // Only now can the client have every answer, and the reader
+            // may poll for what comes next.
+            idle.answered(std::mem::take(&mut unflushed));
         }
     }
     w.flush().await?;

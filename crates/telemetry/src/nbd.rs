@@ -49,6 +49,10 @@ pub struct NbdStats {
     /// Connections that reached transmission (an export was opened).
     exports_opened: AtomicU64,
     refused: [AtomicU64; 6],
+    /// Idle polls (decision 026) that found the next request, and that
+    /// spent their budget and went to sleep.
+    polls_found: AtomicU64,
+    polls_expired: AtomicU64,
 }
 
 impl NbdStats {
@@ -67,6 +71,26 @@ impl NbdStats {
 
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An idle connection polled for its next request: `found` it, or
+    /// spent the budget.
+    pub fn polled(&self, found: bool) {
+        let c = if found {
+            &self.polls_found
+        } else {
+            &self.polls_expired
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Idle polls that found a request (`true`) or expired (`false`).
+    pub fn polls_total(&self, found: bool) -> u64 {
+        if found {
+            self.polls_found.load(Ordering::Relaxed)
+        } else {
+            self.polls_expired.load(Ordering::Relaxed)
+        }
     }
 
     pub fn open_now(&self) -> i64 {
