@@ -97,6 +97,12 @@ pub(crate) fn resolve_blocks(
         return;
     }
     while pos < end {
+        if at.is_none() {
+            let (n, val) = l.head.lookup_current(pos, end);
+            push_own(s, l, pos, n, val, out);
+            pos += n;
+            continue;
+        }
         let (len, hit) = l.head.lookup(pos, end);
         let own = match (hit, at) {
             (Some((v, _)), None) => Some((len, Some(v))),
@@ -108,21 +114,27 @@ pub(crate) fn resolve_blocks(
             }
         };
         let (n, val) = own.expect("always set");
-        match val {
-            Some(Val::Data(p)) => push_seg(out, n, Src::Data(p)),
-            Some(Val::Zero) => push_seg(out, n, Src::Zero),
-            None => match s.through(l) {
-                Some(t) if pos < t.limit_blocks => {
-                    let through = (pos + n).min(t.limit_blocks);
-                    resolve_through(s, l, t, pos, through, out);
-                    if through < pos + n {
-                        push_seg(out, pos + n - through, Src::Hole);
-                    }
-                }
-                _ => push_seg(out, n, Src::Hole),
-            },
-        }
+        push_own(s, l, pos, n, val, out);
         pos += n;
+    }
+}
+
+/// Appends what `n` blocks from `pos` read as, given what LUN `l` itself
+/// maps there (`None`: nothing, so its parent's blocks or a hole).
+fn push_own(s: &State, l: &Lun, pos: u64, n: u64, val: Option<Val>, out: &mut Segments) {
+    match val {
+        Some(Val::Data(p)) => push_seg(out, n, Src::Data(p)),
+        Some(Val::Zero) => push_seg(out, n, Src::Zero),
+        None => match s.through(l) {
+            Some(t) if pos < t.limit_blocks => {
+                let through = (pos + n).min(t.limit_blocks);
+                resolve_through(s, l, t, pos, through, out);
+                if through < pos + n {
+                    push_seg(out, pos + n - through, Src::Hole);
+                }
+            }
+            _ => push_seg(out, n, Src::Hole),
+        },
     }
 }
 

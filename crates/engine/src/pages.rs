@@ -19,29 +19,84 @@ use std::collections::BTreeMap;
 /// Logical blocks per page (2 MiB of 4 KiB blocks).
 const PAGE_BLOCKS: u64 = 512;
 const PAGE_SHIFT: u32 = PAGE_BLOCKS.trailing_zeros();
-/// A page with at least this many keys keeps a dense table; below it a
+/// A page with at least this many keys keeps a table of indexes; below it a
 /// binary search stays within a cache line or two of offsets.
-const DENSE_KEYS_MIN: usize = 32;
+const INDEX_KEYS_MIN: usize = 32;
+/// A page with at least this many keys keeps a table of answers instead
+/// (4 KiB, no more than 1.6 times its entries' own size at this count).
+const ANSWER_KEYS_MIN: usize = 64;
 
-/// Offsets within a page fit in 16 bits, and so do `1 + index`.
+/// Offsets within a page fit in 16 bits, and `1 + index` in `INDEX_BITS`.
 const _: () = assert!(PAGE_BLOCKS <= u16::MAX as u64);
+const INDEX_BITS: u32 = 10;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+const _: () = assert!(PAGE_BLOCKS <= INDEX_MASK);
 
+/// A value that can answer a lookup in one word, so that a page of many
+/// keys answers from one table load instead of a table load and an entry
+/// load (decision 022: the second dependent cache miss was most of the
+/// remaining search time).
+pub trait Summary {
+    /// Bits of a summary word.
+    const BITS: u32 = 64 - INDEX_BITS;
+    /// For the block `delta` blocks past this value's key: a non-zero word
+    /// below `1 << BITS` that the map's user decodes, or 0 for "ask the
+    /// entry" (the block is not covered, or the answer does not fit).
+    fn summary(&self, delta: u64) -> u64;
+    /// How many blocks from its key this value can answer for: past them
+    /// `summary` is 0 and is not asked.
+    fn reach(&self) -> u64;
+}
+
+/// The per-block table of a page with many keys.
 #[derive(Debug, Clone, Default)]
+enum Table {
+    #[default]
+    None,
+    /// For each block, `1 +` the index of the last key at or before it
+    /// (0: none).
+    Index(Box<[u16; PAGE_BLOCKS as usize]>),
+    /// For each block, the same index in the low `INDEX_BITS` bits and the
+    /// key's `Summary` at the block above them.
+    Answer(Box<[u64; PAGE_BLOCKS as usize]>),
+}
+
+/// How the keys of a page changed, for bringing its table up to date.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    /// A key was added at this index.
+    Inserted(usize),
+    /// The key at this index got a new value.
+    Replaced(usize),
+    /// `count` keys, the first at offset `from`, were removed from this
+    /// index on (which now holds the key after them, if any).
+    Removed { at: usize, count: usize, from: u16 },
+}
+
+#[derive(Debug, Clone)]
 struct Page<V> {
     /// The page's keys (as offsets within it), ascending, each beside its
     /// value: the read that finds the index loads both in one cache line.
     entries: SmallVec<[(u16, V); 1]>,
-    /// With `DENSE_KEYS_MIN` keys or more: for each block of the page,
-    /// `1 +` the index of the last key at or before it (0: none).
-    dense: Option<Box<[u16; PAGE_BLOCKS as usize]>>,
+    table: Table,
 }
 
-impl<V> Page<V> {
+impl<V> Default for Page<V> {
+    fn default() -> Self {
+        Page {
+            entries: SmallVec::new(),
+            table: Table::None,
+        }
+    }
+}
+
+impl<V: Summary> Page<V> {
     /// The index of the last key at or before `offset`, if any.
     fn at_or_before(&self, offset: u16) -> Option<usize> {
-        let after = match &self.dense {
-            Some(d) => d[offset as usize] as usize,
-            None => self.entries.partition_point(|e| e.0 <= offset),
+        let after = match &self.table {
+            Table::Index(d) => d[offset as usize] as usize,
+            Table::Answer(t) => (t[offset as usize] & INDEX_MASK) as usize,
+            Table::None => self.entries.partition_point(|e| e.0 <= offset),
         };
         after.checked_sub(1)
     }
@@ -56,21 +111,109 @@ impl<V> Page<V> {
         self.entries.binary_search_by_key(&offset, |e| e.0)
     }
 
-    /// Rebuilds the dense table after the keys changed.
-    fn reindex(&mut self) {
-        if self.entries.len() < DENSE_KEYS_MIN {
-            self.dense = None;
-            return;
-        }
-        let dense = self
-            .dense
-            .get_or_insert_with(|| Box::new([0; PAGE_BLOCKS as usize]));
-        let mut next = 0;
-        for (block, slot) in dense.iter_mut().enumerate() {
-            while next < self.entries.len() && self.entries[next].0 as usize <= block {
-                next += 1;
+    /// The offset of the key at index `i`, or the page's end.
+    fn offset_or_end(&self, i: usize) -> u16 {
+        self.entries.get(i).map_or(PAGE_BLOCKS as u16, |e| e.0)
+    }
+
+    /// Brings the table up to date after `change`: rebuilt when its kind
+    /// changes or for an index table (512 stores), patched where the keys
+    /// changed for an answer table (whose words cost more to make).
+    fn retable(&mut self, change: Change) {
+        let n = self.entries.len();
+        if n >= ANSWER_KEYS_MIN {
+            let mut t = match std::mem::take(&mut self.table) {
+                Table::Answer(t) => t,
+                _ => {
+                    let mut t = Box::new([0; PAGE_BLOCKS as usize]);
+                    self.fill(&mut t, 0, self.offset_or_end(0), 0);
+                    for i in 0..n {
+                        self.fill(&mut t, self.entries[i].0, self.offset_or_end(i + 1), i + 1);
+                    }
+                    self.table = Table::Answer(t);
+                    return;
+                }
+            };
+            match change {
+                Change::Inserted(i) => {
+                    let next = self.offset_or_end(i + 1);
+                    for slot in &mut t[next as usize..] {
+                        *slot += 1;
+                    }
+                    self.fill(&mut t, self.entries[i].0, next, i + 1);
+                }
+                Change::Replaced(i) => {
+                    self.fill(&mut t, self.entries[i].0, self.offset_or_end(i + 1), i + 1)
+                }
+                Change::Removed { at, count, from } => {
+                    let next = self.offset_or_end(at);
+                    for slot in &mut t[next as usize..] {
+                        *slot -= count as u64;
+                    }
+                    self.fill(&mut t, from, next, at);
+                }
             }
-            *slot = next as u16;
+            self.table = Table::Answer(t);
+        } else if n >= INDEX_KEYS_MIN {
+            let mut d = match std::mem::take(&mut self.table) {
+                Table::Index(d) => d,
+                _ => Box::new([0; PAGE_BLOCKS as usize]),
+            };
+            let mut next = 0;
+            for (block, slot) in d.iter_mut().enumerate() {
+                while next < n && self.entries[next].0 as usize <= block {
+                    next += 1;
+                }
+                *slot = next as u16;
+            }
+            self.table = Table::Index(d);
+        } else {
+            self.table = Table::None;
+        }
+    }
+
+    /// Sets the answer slots of blocks `[from, to)`, which all fall after
+    /// key `after - 1` (none when `after` is 0) and before the next key.
+    fn fill(&self, t: &mut [u64; PAGE_BLOCKS as usize], from: u16, to: u16, after: usize) {
+        let mut b = from;
+        if let Some((o, v)) = after.checked_sub(1).map(|i| &self.entries[i]) {
+            let reach_end = u64::from(*o).saturating_add(v.reach());
+            while b < to && u64::from(b) < reach_end {
+                let word = v.summary(u64::from(b - o));
+                debug_assert!(word < 1 << V::BITS, "summary {word:#x} too wide");
+                t[b as usize] = (after as u64) | (word << INDEX_BITS);
+                b += 1;
+            }
+        }
+        // Past the key's reach: the index alone.
+        t[b as usize..to as usize].fill(after as u64);
+    }
+
+    /// The summary word for block `offset`, when the page keeps answers.
+    fn summary(&self, offset: u16) -> u64 {
+        match &self.table {
+            Table::Answer(t) => t[offset as usize] >> INDEX_BITS,
+            _ => 0,
+        }
+    }
+
+    /// Every table slot recomputed from the entries, against the table kept
+    /// (the tests' check of the patching above).
+    #[cfg(test)]
+    fn check_table(&self)
+    where
+        V: Clone,
+    {
+        let mut fresh = Page {
+            entries: self.entries.clone(),
+            table: Table::None,
+        };
+        fresh.retable(Change::Replaced(0));
+        match (&self.table, &fresh.table) {
+            (Table::None, Table::None) => {}
+            (Table::Index(a), Table::Index(b)) => assert_eq!(a, b),
+            (Table::Answer(a), Table::Answer(b)) => assert_eq!(a, b),
+            (a, b) => panic!("table {a:?} where {b:?} belongs"),
         }
     }
 }
@@ -99,7 +242,7 @@ impl<V> Default for PagedMap<V> {
     }
 }
 
-impl<V> PagedMap<V> {
+impl<V: Summary> PagedMap<V> {
     pub fn len(&self) -> usize {
         self.len
     }
@@ -132,6 +275,13 @@ impl<V> PagedMap<V> {
         Some(Self::last_of(n, p))
     }
 
+    /// The summary word (see `Summary`) of the entry at or before `key` at
+    /// `key`, if its page keeps answers and it gave one; else 0.
+    pub fn summary_at(&self, key: u64) -> u64 {
+        let (page, offset) = split(key);
+        self.pages.get(&page).map_or(0, |p| p.summary(offset))
+    }
+
     /// The last entry whose key is before `key`.
     pub fn before(&self, key: u64) -> Option<(u64, &V)> {
         self.at_or_before(key.checked_sub(1)?)
@@ -159,15 +309,16 @@ impl<V> PagedMap<V> {
     /// Inserts or replaces; returns the value replaced.
     pub fn insert(&mut self, key: u64, value: V) -> Option<V> {
         let (page, offset) = split(key);
-        let p = self.pages.entry(page).or_insert_with(|| Page {
-            entries: SmallVec::new(),
-            dense: None,
-        });
+        let p = self.pages.entry(page).or_default();
         match p.find(offset) {
-            Ok(i) => Some(std::mem::replace(&mut p.entries[i].1, value)),
+            Ok(i) => {
+                let old = std::mem::replace(&mut p.entries[i].1, value);
+                p.retable(Change::Replaced(i));
+                Some(old)
+            }
             Err(i) => {
                 p.entries.insert(i, (offset, value));
-                p.reindex();
+                p.retable(Change::Inserted(i));
                 self.len += 1;
                 None
             }
@@ -182,7 +333,11 @@ impl<V> PagedMap<V> {
         if p.entries.is_empty() {
             self.pages.remove(&page);
         } else {
-            p.reindex();
+            p.retable(Change::Removed {
+                at: i,
+                count: 1,
+                from: offset,
+            });
         }
         self.len -= 1;
         Some(value)
@@ -205,15 +360,31 @@ impl<V> PagedMap<V> {
             if lo == hi {
                 continue;
             }
+            let from = p.entries[lo].0;
             out.extend(p.entries.drain(lo..hi).map(|(o, v)| (join(n, o), v)));
             self.len -= hi - lo;
             if p.entries.is_empty() {
                 self.pages.remove(&n);
             } else {
-                p.reindex();
+                p.retable(Change::Removed {
+                    at: lo,
+                    count: hi - lo,
+                    from,
+                });
             }
         }
         out
+    }
+
+    /// Checks every page's table against one made afresh.
+    #[cfg(test)]
+    fn check_tables(&self)
+    where
+        V: Clone,
+    {
+        for p in self.pages.values() {
+            p.check_table();
+        }
     }
 
     /// Every entry, in key order.
@@ -239,6 +410,21 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    /// Test values answer with a word made from themselves and the delta.
+    impl Summary for u64 {
+        fn summary(&self, delta: u64) -> u64 {
+            if delta >= self.reach() {
+                return 0;
+            }
+            (self.wrapping_mul(31).wrapping_add(delta)) % (1 << 50) + 1
+        }
+
+        fn reach(&self) -> u64 {
+            // Some values reach no further than their own block, some far.
+            [1, 7, u64::MAX][(*self % 3) as usize]
+        }
+    }
 
     /// Random operations against a `BTreeMap`, keys clustered so that
     /// pages go dense and sparse again, and the queries compared.
@@ -273,6 +459,20 @@ mod tests {
                 assert_eq!(o(ours.at_or_after(q)), m(model.range(q..).next()));
                 assert_eq!(ours.get(q), model.get(&q));
                 assert_eq!(ours.len(), model.len());
+                let page_keys = model
+                    .range(q & !(PAGE_BLOCKS - 1)..)
+                    .take_while(|(&k, _)| k >> PAGE_SHIFT == q >> PAGE_SHIFT)
+                    .count();
+                let want = match model.range(..=q).next_back() {
+                    Some((&k, v))
+                        if k >> PAGE_SHIFT == q >> PAGE_SHIFT && page_keys >= ANSWER_KEYS_MIN =>
+                    {
+                        v.summary(q - k)
+                    }
+                    _ => 0,
+                };
+                assert_eq!(ours.summary_at(q), want, "summary at {q}");
+                ours.check_tables();
                 if step % 500 == 0 {
                     let all: Vec<(u64, u64)> = ours.iter().map(|(k, &v)| (k, v)).collect();
                     let want: Vec<(u64, u64)> = model.iter().map(|(&k, &v)| (k, v)).collect();
