@@ -97,7 +97,7 @@ done
 run() { # sys think-us [cpu]
     local sys=$1 think=$2 cpu=${3:-} out=$work/fio.json t0 t1 ios iops
     local pin=()
-    [[ -n $cpu ]] && pin=(taskset -c "$cpu")
+    if [[ -n $cpu ]]; then pin=(taskset -c "$cpu"); fi
     t0=$(awk '{print $14 + $15}' "/proc/${pid[$sys]}/stat")
     "${pin[@]}" fio --name=qd1 --ioengine=nbd --uri="$(uri "$sys")" --rw=randread --bs=4k \
         --iodepth=1 --size="${size_mib}M" --time_based --runtime="$runtime" \
@@ -116,9 +116,9 @@ cells() { # label think cpu systems...
     local r sys
     for r in $(seq "$rounds"); do
         for sys in "$@"; do
-            [[ -n $cpu ]] && taskset -a -p -c "$cpu" "${pid[$sys]}" >/dev/null
+            if [[ -n $cpu ]]; then taskset -a -p -c "$cpu" "${pid[$sys]}" >/dev/null; fi
             run "$sys" "$think" "$cpu" >>"$work/$label.$sys"
-            [[ -n $cpu ]] && taskset -a -p -c "0-$(($(nproc) - 1))" "${pid[$sys]}" >/dev/null
+            if [[ -n $cpu ]]; then taskset -a -p -c "0-$(($(nproc) - 1))" "${pid[$sys]}" >/dev/null; fi
         done
     done
 }

@@ -76,4 +76,5 @@ cargo run --release -q -p bench -- engine --quick --only listing --dir target/be
 bench/run.sh --quick >/dev/null
 bench/mirror.sh --quick --no-build >/dev/null
 bench/metrics.sh --quick --no-build >/dev/null
+bench/poll.sh --quick --no-build >/dev/null
 echo "== all tests passed"
