@@ -8,8 +8,10 @@ mod access;
 mod catalog;
 mod chain;
 mod changes;
+mod clone;
 mod codec;
 mod datapath;
+mod diff;
 mod engine;
 pub mod events;
 mod fence;
@@ -34,11 +36,13 @@ pub use access::{
     validate_igroup_name, ClientIdentity, IgroupInfo, Member, CERT_CN_BYTES_MAX, IGROUPS_MAX,
     IGROUP_MEMBERS_MAX,
 };
+pub use clone::CLONES_PER_CALL_MAX;
+#[cfg(feature = "sim")]
+pub use diff::FULL_WALK;
+pub use diff::{DiffChunk, DiffExtent, DiffKind, DIFF_EXTENTS_MAX};
 pub use engine::{CommitStats, Engine, EngineConfig, Target, FILL_ALERTS};
 pub use events::{quietly, Event, EventLog, Severity};
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
-#[cfg(feature = "sim")]
-pub use replica::FULL_WALK;
-pub use replica::{DiffChunk, DiffExtent, DiffKind, ReplicaSnapshot, DIFF_EXTENTS_MAX};
-pub use split::{SplitStep, CLONES_PER_CALL_MAX, SPLIT_BATCH_BLOCKS};
+pub use replica::ReplicaSnapshot;
+pub use split::{SplitStep, SPLIT_BATCH_BLOCKS};
 pub use types::*;
