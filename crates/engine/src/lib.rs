@@ -15,6 +15,7 @@ mod diff;
 mod engine;
 pub mod events;
 mod fence;
+mod history;
 pub mod io;
 mod load;
 mod lun;
