@@ -16,7 +16,10 @@
 //! the NBD export makes for the metrics, and the count alone.
 //! `--only diff`: a mirror incremental's difference against a walk of every
 //! extent.
+//! `--only checksum`: checksum and parity candidates for the multi-device
+//! pool, alone and on the read path (decision 027).
 
+mod checksum;
 mod counting;
 mod diff;
 mod reads;
@@ -43,7 +46,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting]";
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting | --only checksum]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -65,11 +68,11 @@ fn main() {
             "--only" => {
                 i += 1;
                 match args.get(i).map(String::as_str) {
-                    Some(what @ ("split" | "listing" | "reads" | "diff" | "counting")) => {
-                        opts.only = Some(what.into())
-                    }
+                    Some(
+                        what @ ("split" | "listing" | "reads" | "diff" | "counting" | "checksum"),
+                    ) => opts.only = Some(what.into()),
                     other => {
-                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\" or \"counting\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\", \"counting\" or \"checksum\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -101,6 +104,7 @@ fn main() {
         Some("engine") | None if opts.only.as_deref() == Some("reads") => reads::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("diff") => diff::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("counting") => counting::bench(&opts),
+        Some("engine") | None if opts.only.as_deref() == Some("checksum") => checksum::bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),

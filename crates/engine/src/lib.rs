@@ -14,6 +14,8 @@ mod datapath;
 mod diff;
 mod engine;
 pub mod events;
+#[cfg(feature = "sim")]
+pub mod faulty;
 mod fence;
 mod history;
 pub mod io;
