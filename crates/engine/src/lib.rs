@@ -19,12 +19,14 @@ pub mod faulty;
 mod fence;
 mod history;
 pub mod io;
+pub mod label;
 mod load;
 mod lun;
 mod map;
 mod pages;
 mod pool;
 mod range;
+pub mod redundancy;
 mod replica;
 pub mod sched;
 #[cfg(feature = "sim")]
