@@ -19,6 +19,11 @@ pub const LABEL_FORMAT: u32 = 1;
 /// The encoded label's length before its checksum.
 const BODY_BYTES: usize = 16 + 4 + 8 + 16 + 16 + 4 + 8 + 8 + 8;
 
+/// A label that is ours but unreadable: an I/O error of kind InvalidData.
+fn invalid_data(msg: String) -> Error {
+    Error::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, msg))
+}
+
 /// What a device's label says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Label {
@@ -82,7 +87,7 @@ impl Label {
         let u128_ = |s: &[u8]| u128::from_le_bytes(s.try_into().expect("16"));
         let format = u32_(take(4));
         if format != LABEL_FORMAT {
-            return Err(Error::Store(format!(
+            return Err(invalid_data(format!(
                 "the device label is format {format}; this blockfork reads format {LABEL_FORMAT} (a newer version wrote it)"
             )));
         }
@@ -115,7 +120,7 @@ impl Label {
             (Some(a), Some(b)) => Ok(if b.generation > a.generation { b } else { a }),
             (Some(one), None) | (None, Some(one)) => Ok(one),
             (None, None) if first[..16] == MAGIC || first[half..half + 16] == MAGIC => {
-                Err(Error::Store(format!(
+                Err(invalid_data(format!(
                     "{what}: both copies of its blockfork label are damaged"
                 )))
             }

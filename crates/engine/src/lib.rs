@@ -11,6 +11,7 @@ mod changes;
 mod clone;
 mod codec;
 mod datapath;
+pub mod devices;
 mod diff;
 mod engine;
 pub mod events;
