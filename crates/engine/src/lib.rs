@@ -21,6 +21,7 @@ mod fence;
 mod history;
 pub mod io;
 pub mod label;
+pub mod layout;
 mod load;
 mod lun;
 mod map;
