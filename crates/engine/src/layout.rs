@@ -182,6 +182,17 @@ impl Layout {
         Ok((store, block))
     }
 
+    /// The class of `pba`'s store, and the block's number in it.
+    pub fn store_of(&self, pba: Pba) -> Result<(Redundancy, u64)> {
+        let (store, block) = self.find(pba)?;
+        Ok((store.class, block))
+    }
+
+    /// Where the last store's window ends, in virtual blocks.
+    pub fn end_blocks(&self) -> u64 {
+        self.stores.len() as u64 * self.window()
+    }
+
     fn place(&self, r: SegmentRef, row: u64) -> Place {
         Place {
             device: r.device,

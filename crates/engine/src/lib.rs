@@ -37,6 +37,7 @@ mod snapshot;
 mod space;
 mod split;
 mod state;
+pub mod stores;
 mod types;
 
 pub use access::{
