@@ -272,6 +272,7 @@ pub(crate) fn new_lun(
         maps: Default::default(),
         replica: None,
         changes: Default::default(),
+        class: crate::redundancy::Redundancy::None,
     }
 }
 
@@ -302,6 +303,7 @@ pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
             .and_then(|r| r.view)
             .and_then(|v| l.snapshots.get(&v))
             .map(|sn| sn.name.clone()),
+        redundancy: l.class.to_string(),
     }
 }
 

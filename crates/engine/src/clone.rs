@@ -73,6 +73,7 @@ impl Engine {
                     Some((parent, Epoch(epoch))),
                 );
                 l.created_epoch = s.epoch;
+                l.class = s.lun(parent)?.class;
                 if replica {
                     l.replica = Some(crate::state::Replica { view: None });
                 }

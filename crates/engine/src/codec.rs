@@ -18,9 +18,22 @@ pub const TAG_HISTORY: u8 = b'y';
 pub const TAG_REFS: u8 = b'r';
 pub const TAG_SPLIT: u8 = b'J';
 pub const TAG_IGROUP: u8 = b'I';
+/// A device of a pool on devices, by index.
+pub const TAG_DEVICE: u8 = b'V';
+/// A store (segments assembled by a redundancy class), by number.
+pub const TAG_STORE: u8 = b'T';
+/// A page of block checksums, by page number.
+pub const TAG_SUMS: u8 = b'c';
 
-/// Bumped when the layout changes incompatibly.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this version reads and writes. Bumped when the layout
+/// changes incompatibly; every older one is still read (decision 016).
+pub const FORMAT_VERSION: u32 = 2;
+/// A pool on one data file, as every pool was before devices (format 1).
+/// Such a pool stays in format 1, which it still is byte for byte: an
+/// older blockfork opens it (decision 028).
+pub const FORMAT_SINGLE_FILE: u32 = 1;
+/// A pool on devices: device, store and checksum records (decision 028).
+pub const FORMAT_DEVICES: u32 = 2;
 
 pub fn key_pool() -> Vec<u8> {
     vec![TAG_POOL]
@@ -190,6 +203,36 @@ pub struct PoolRecord {
     /// before access control existed are open.
     #[serde(default)]
     pub open: Option<bool>,
+    /// A pool on devices (format 2): its id, written in every device's
+    /// label, as 32 hex digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<String>,
+    /// A pool on devices: the size of its segments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
+    /// The redundancy class of new LUNs (absent: by device count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<String>,
+}
+
+/// A device of a pool on devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The device's id, as in its label: 32 hex digits.
+    pub id: String,
+    /// Where it was last opened.
+    pub path: String,
+    pub size_bytes: u64,
+    pub segments: u64,
+    /// Unix seconds.
+    pub added: u64,
+}
+
+/// A store: its class and its segments as (device index, segment).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreRecord {
+    pub class: String,
+    pub segments: Vec<(u32, u64)>,
 }
 
 /// An igroup's members.
@@ -221,6 +264,10 @@ pub struct LunRecord {
     /// none was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<ReplicaRecord>,
+    /// The LUN's redundancy class (absent: `none`, all a single-file pool
+    /// has).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -86,6 +86,8 @@ impl Engine {
         self.foreground_ops.fetch_add(1, Ordering::Relaxed);
         let _gate = sched::acquire("gate.read", || self.gate.try_read(), || self.gate.read());
         let mut segs = Segments::new();
+        // A pool on devices: the checksums of the blocks read, in order.
+        let mut expect: smallvec::SmallVec<[u32; 32]> = smallvec::SmallVec::new();
         {
             let s = self.state.read();
             s.check_open()?;
@@ -98,17 +100,36 @@ impl Engine {
                 Target::Snapshot(id, e) => (id, Some(e.0)),
             };
             resolve_blocks(&s, lun, at, first, end, &mut segs);
+            if let Some(table) = &s.sums {
+                for &(n, src) in &segs {
+                    if let Src::Data(pba) = src {
+                        table.extend_into(pba, n, &mut expect);
+                    }
+                }
+            }
         }
         let mut lba = offset / BLOCK_SIZE;
+        let mut sums = expect.as_slice();
         for (n, src) in segs {
             let seg_start = (lba * BLOCK_SIZE).max(offset);
             let seg_end = ((lba + n) * BLOCK_SIZE).min(offset + len);
             let out = &mut buf[(seg_start - offset) as usize..(seg_end - offset) as usize];
-            match src {
-                Src::Data(pba) => self
-                    .data
-                    .read_at(out, pba.bytes() + (seg_start - lba * BLOCK_SIZE))?,
-                Src::Zero | Src::Hole => out.fill(0),
+            let skip = seg_start - lba * BLOCK_SIZE;
+            match (src, &self.stores) {
+                (Src::Data(pba), None) => self.data.read_at(out, pba.bytes() + skip)?,
+                (Src::Data(pba), Some(stores)) => {
+                    let (these, rest) = sums.split_at(n as usize);
+                    sums = rest;
+                    if skip == 0 && out.len() as u64 == n * BLOCK_SIZE {
+                        stores.read_checked(out, pba.bytes(), these)?;
+                    } else {
+                        let mut whole = vec![0u8; (n * BLOCK_SIZE) as usize];
+                        stores.read_checked(&mut whole, pba.bytes(), these)?;
+                        let from = skip as usize;
+                        out.copy_from_slice(&whole[from..from + out.len()]);
+                    }
+                }
+                (Src::Zero | Src::Hole, _) => out.fill(0),
             }
             lba += n;
         }
@@ -239,6 +260,9 @@ impl Engine {
         let mut s = self.state.lock();
         s.check_open()?;
         let l = s.lun(id)?;
+        // A pool on devices never overwrites a block in place: a block's
+        // checksum holds from its write until it is freed (decision 027).
+        let in_place_ok = s.sums.is_none();
         let mut need = 0;
         let mut redirect: Vec<(u64, u64, usize)> = Vec::new();
         for (i, &(lba, data)) in pieces.iter().enumerate() {
@@ -250,7 +274,9 @@ impl Engine {
                 let (len, hit) = l.head.lookup(pos, end);
                 match hit {
                     Some((Val::Data(pba), birth))
-                        if !l.head_is_seen(birth) && !s.refs.any_shared(Run::at(pba, len)) =>
+                        if in_place_ok
+                            && !l.head_is_seen(birth)
+                            && !s.refs.any_shared(Run::at(pba, len)) =>
                     {
                         plan.push(Step {
                             lba: Lba::new(pos),
@@ -272,10 +298,11 @@ impl Engine {
             }
         }
         if need > 0 {
-            let runs = s.alloc.allocate(need).ok_or_else(|| {
+            let class = l.class;
+            let runs = self.allocate(&mut s, class, need).ok_or_else(|| {
                 Error::NoSpace(format!(
-                    "{need} block(s) needed, {} free",
-                    s.alloc.free_blocks()
+                    "{need} block(s) of class {class} needed, {} free",
+                    s.alloc.free_blocks_of(class)
                 ))
             })?;
             s.reserved_blocks += need;
@@ -304,6 +331,8 @@ impl Engine {
     pub(crate) fn write_pieces(&self, id: LunId, all: &[(u64, &[u8])]) -> Result<()> {
         let (pieces, zero_runs) = data_and_zero_runs(all);
         let (plan, fresh_runs) = self.plan_write(id, &pieces)?;
+        let checksummed = self.stores.is_some();
+        let mut sums = Vec::new();
         let mut result = Ok(());
         for step in &plan {
             let (lba, data) = pieces[step.piece];
@@ -312,6 +341,9 @@ impl Engine {
             if let Err(e) = self.data.write_at(bytes, step.pba.bytes()) {
                 result = Err(self.data_write_error(e));
                 break;
+            }
+            if checksummed {
+                sums.push(crate::sums::of_blocks(bytes));
             }
         }
         // Even a failed write may have changed blocks written in place.
@@ -327,6 +359,11 @@ impl Engine {
             return Err(e);
         }
         if s.luns.contains_key(&id) {
+            if let Some(table) = &mut s.sums {
+                for (step, sums) in plan.iter().zip(&sums) {
+                    table.set(step.pba, sums);
+                }
+            }
             for step in plan.into_iter().filter(|p| p.fresh) {
                 s.set_head(
                     id,

@@ -63,17 +63,16 @@ fn read_first(file: &FileData, path: &Path) -> Result<Vec<u8>> {
     Ok(first)
 }
 
-/// Makes `path` a device of a pool: checks its size, refuses a device that
-/// already carries a blockfork label unless `force`, and writes both label
-/// copies, synced. Its whole size is used, rounded down to whole blocks.
-pub fn format(path: &Path, id: Identity, force: bool) -> Result<Device> {
+/// Checks that `path` may become a device of a new pool, changing
+/// nothing: it exists, holds a label and a segment, and (unless `force`)
+/// carries no blockfork label. Answers its usable bytes and the open file.
+fn vet_open(path: &Path, segment_bytes: u64, force: bool) -> Result<(u64, FileData)> {
     let bytes = size_of(path)? / BLOCK_SIZE * BLOCK_SIZE;
-    let need = LABEL_BYTES + id.segment_bytes;
+    let need = LABEL_BYTES + segment_bytes;
     if bytes < need {
         return Err(Error::InvalidArgument(format!(
-            "{} holds {bytes} bytes; a device needs at least {need} (its label and one segment of {} bytes)",
+            "{} holds {bytes} bytes; a device needs at least {need} (its label and one segment of {segment_bytes} bytes)",
             path.display(),
-            id.segment_bytes
         )));
     }
     // Not FileData::open's growth: a device is used at the size it has.
@@ -88,6 +87,20 @@ pub fn format(path: &Path, id: Identity, force: bool) -> Result<Device> {
             )));
         }
     }
+    Ok((bytes, file))
+}
+
+/// Checks, changing nothing, that `path` may become a device of a pool
+/// with segments of `segment_bytes` (see `format`).
+pub fn vet(path: &Path, segment_bytes: u64, force: bool) -> Result<u64> {
+    vet_open(path, segment_bytes, force).map(|(bytes, _)| bytes)
+}
+
+/// Makes `path` a device of a pool: checks its size, refuses a device that
+/// already carries a blockfork label unless `force`, and writes both label
+/// copies, synced. Its whole size is used, rounded down to whole blocks.
+pub fn format(path: &Path, id: Identity, force: bool) -> Result<Device> {
+    let (bytes, file) = vet_open(path, id.segment_bytes, force)?;
     let label = Label {
         generation: 1,
         pool: id.pool,
@@ -126,6 +139,17 @@ pub fn open(path: &Path, pool: u128, device: u128) -> Result<Device> {
         label,
         file,
     })
+}
+
+/// Opens a device that says it belongs to pool `pool`, whichever device
+/// of it it is (the label says).
+pub fn open_member(path: &Path, pool: u128) -> Result<Device> {
+    let what = path.display().to_string();
+    size_of(path)?;
+    let file = FileData::open(path, 0)?;
+    let label = Label::read(&read_first(&file, path)?, &what)?;
+    label.expect(pool, label.device, &what)?;
+    open(path, pool, label.device)
 }
 
 #[cfg(test)]

@@ -83,6 +83,9 @@ pub(crate) struct CommitCtl {
 pub struct Engine {
     pub(crate) state: StateLock,
     pub(crate) data: Box<dyn DataFile>,
+    /// A pool on devices: the same data file, with its devices and layout
+    /// (None: a pool on one data file).
+    pub(crate) stores: Option<Arc<crate::stores::Stores>>,
     pub(crate) store: Mutex<Box<dyn MetaStore>>,
     /// Reads hold it shared while they touch physical blocks; handing freed
     /// blocks back to the allocator takes it exclusive, so a read never sees
@@ -202,6 +205,14 @@ pub(crate) fn bytes_to_blocks(bytes: u64) -> u64 {
     bytes / BLOCK_SIZE
 }
 
+/// Where a pool's data lives, as given to `open_inner`.
+pub(crate) enum Data {
+    /// One data file.
+    File(Box<dyn DataFile>),
+    /// Devices: opened once their layout is loaded.
+    Devices(crate::devpool::OpenDevices),
+}
+
 /// What an export name refers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -250,7 +261,7 @@ impl Engine {
         let data = FileData::open(&dir.join("data"), capacity_blocks * BLOCK_SIZE)
             .map_err(|e| data_file_growth_error(e, capacity_blocks * BLOCK_SIZE))?;
         Engine::open_inner(
-            Box::new(data),
+            Data::File(Box::new(data)),
             Box::new(store),
             capacity_blocks,
             config,
@@ -268,7 +279,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<Arc<Engine>> {
         Engine::open_inner(
-            data,
+            Data::File(data),
             store,
             capacity_blocks,
             config,
@@ -278,21 +289,43 @@ impl Engine {
     }
 
     pub(crate) fn open_inner(
-        data: Box<dyn DataFile>,
+        data: Data,
         store: Box<dyn MetaStore>,
         capacity_blocks: u64,
         config: EngineConfig,
         lock: Option<std::fs::File>,
         events: EventLog,
     ) -> Result<Arc<Engine>> {
-        let (mut state, fresh) = load_state(store.as_ref(), capacity_blocks)?;
+        let (mut state, fresh, on_devices) =
+            crate::load::load_pool(store.as_ref(), capacity_blocks)?;
         state.chain_index_min_levels = config.chain_index_min_levels;
-        let bytes = state.alloc.capacity_blocks() * BLOCK_SIZE;
-        data.ensure_len(bytes)
-            .map_err(|e| data_file_growth_error(e, bytes))?;
+        let (data, stores): (Box<dyn DataFile>, _) = match (data, on_devices) {
+            (Data::File(data), None) => {
+                let bytes = state.alloc.capacity_blocks() * BLOCK_SIZE;
+                data.ensure_len(bytes)
+                    .map_err(|e| data_file_growth_error(e, bytes))?;
+                (data, None)
+            }
+            (Data::Devices(open), Some(layout)) => {
+                let stores = Arc::new(open(layout)?);
+                (Box::new(stores.clone()), Some(stores))
+            }
+            (Data::File(_), Some(_)) => {
+                return Err(Error::InvalidArgument(
+                    "this pool is on devices: open it with its devices (serve --device)".into(),
+                ))
+            }
+            (Data::Devices(_), None) => {
+                return Err(Error::InvalidArgument(
+                    "this pool is on one data file, not on devices: open it without --device"
+                        .into(),
+                ))
+            }
+        };
         let engine = Arc::new(Engine {
             state: StateLock::new(state),
             data,
+            stores,
             store: Mutex::new(store),
             gate: RwLock::new(()),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -612,8 +645,7 @@ impl Engine {
     /// Blocks in use and the capacity.
     fn usage_blocks(&self) -> (u64, u64) {
         let s = self.state.lock();
-        let capacity = s.alloc.capacity_blocks();
-        (capacity - s.alloc.free_blocks(), capacity)
+        self.usage_in(&s)
     }
 
     /// The highest fill alert level the pool is at now (0: none).

@@ -44,6 +44,29 @@ pub trait DataFile: Send + Sync {
     }
 }
 
+/// A shared data file is a data file (a pool on devices keeps its stores
+/// both as the engine's data file and for their device operations).
+impl<T: DataFile + ?Sized> DataFile for std::sync::Arc<T> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        (**self).sync()
+    }
+    fn copy(&self, src: u64, dst: u64, len: u64) -> io::Result<()> {
+        (**self).copy(src, dst, len)
+    }
+    fn ensure_len(&self, bytes: u64) -> io::Result<()> {
+        (**self).ensure_len(bytes)
+    }
+    fn check(&self) -> io::Result<()> {
+        (**self).check()
+    }
+}
+
 /// Called with each key and value of the store, in key order.
 pub type KeyValueVisitor<'a> = dyn FnMut(&[u8], &[u8]) -> crate::Result<()> + 'a;
 

@@ -78,6 +78,76 @@ impl Layout {
         self.free[device as usize].len()
     }
 
+    /// Every store, by number.
+    pub fn stores(&self) -> impl Iterator<Item = (usize, &Store)> {
+        self.stores
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| s.as_ref().map(|s| (n, s)))
+    }
+
+    /// Blocks of data one store of `class` holds.
+    pub fn store_blocks(&self, class: Redundancy) -> u64 {
+        self.segment_blocks() * class.data_shards() as u64
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.segment_bytes
+    }
+
+    /// Devices the layout places segments on.
+    pub fn devices(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Segments of `device` in use by stores.
+    pub fn used_segments(&self, device: u32) -> usize {
+        self.stores()
+            .map(|(_, s)| s.segments.iter().filter(|r| r.device == device).count())
+            .sum()
+    }
+
+    /// Puts back a store read from the metadata: its segments must be
+    /// free (each used once) and on distinct devices.
+    pub fn restore_store(&mut self, n: usize, store: Store) -> Result<()> {
+        let mut seen = BTreeSet::new();
+        for r in &store.segments {
+            if !seen.insert(r.device) {
+                return Err(Error::Store(format!(
+                    "store {n} has two segments on device {}",
+                    r.device
+                )));
+            }
+            let free = self.free.get(r.device as usize).ok_or_else(|| {
+                Error::Store(format!("store {n} uses unknown device {}", r.device))
+            })?;
+            if !free.contains(&r.segment) {
+                return Err(Error::Store(format!(
+                    "store {n} uses segment {} of device {}, which is past its end or used twice",
+                    r.segment, r.device
+                )));
+            }
+        }
+        if store.segments.len() != store.class.devices() {
+            return Err(Error::Store(format!(
+                "store {n} of class {} has {} segments",
+                store.class,
+                store.segments.len()
+            )));
+        }
+        if self.stores.len() <= n {
+            self.stores.resize(n + 1, None);
+        }
+        if self.stores[n].is_some() {
+            return Err(Error::Store(format!("store {n} is recorded twice")));
+        }
+        for r in &store.segments {
+            self.free[r.device as usize].remove(&r.segment);
+        }
+        self.stores[n] = Some(store);
+        Ok(())
+    }
+
     pub fn store(&self, n: usize) -> Option<&Store> {
         self.stores.get(n).and_then(Option::as_ref)
     }

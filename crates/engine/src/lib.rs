@@ -8,10 +8,12 @@ mod access;
 mod catalog;
 mod chain;
 mod changes;
+mod classes;
 mod clone;
 mod codec;
 mod datapath;
 pub mod devices;
+mod devpool;
 mod diff;
 mod engine;
 pub mod events;
@@ -38,6 +40,7 @@ mod space;
 mod split;
 mod state;
 pub mod stores;
+mod sums;
 mod types;
 
 pub use access::{
@@ -45,6 +48,10 @@ pub use access::{
     IGROUP_MEMBERS_MAX,
 };
 pub use clone::CLONES_PER_CALL_MAX;
+pub use devpool::{
+    DeviceInfo, DeviceOptions, DEVICES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX,
+    SEGMENT_BYTES_MIN,
+};
 #[cfg(feature = "sim")]
 pub use diff::FULL_WALK;
 pub use diff::{DiffChunk, DiffExtent, DiffKind, DIFF_EXTENTS_MAX};

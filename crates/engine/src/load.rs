@@ -5,7 +5,7 @@ use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
 use crate::engine::*;
 use crate::io::MetaStore;
 use crate::map::Val;
-use crate::space::{Allocator, RefCounts, Run};
+use crate::space::{RefCounts, Run};
 use crate::state::{Dirty, Group, Lun, LunMap, Snapshot, SplitJob, SplitState, State};
 use crate::types::*;
 use std::collections::BTreeMap;
@@ -42,16 +42,18 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
 
 /// Refuses a pool this version cannot read, before anything is changed.
 /// Every format this version reads is listed here; a new format comes with
-/// a migration from each older one it still opens (decision 016).
+/// a migration from each older one it still opens (decision 016). Format 2
+/// (devices) added records without changing format 1's: a pool on one data
+/// file stays format 1 and needs no migration (decision 028).
 fn check_format(format: u32) -> Result<()> {
     match format {
-        codec::FORMAT_VERSION => Ok(()),
+        codec::FORMAT_SINGLE_FILE | codec::FORMAT_DEVICES => Ok(()),
         f if f > codec::FORMAT_VERSION => Err(Error::Store(format!(
-            "the pool is in format {f}, written by a newer blockfork; this version reads format {} only: upgrade blockfork to open it",
+            "the pool is in format {f}, written by a newer blockfork; this version reads formats 1 to {}: upgrade blockfork to open it",
             codec::FORMAT_VERSION
         ))),
         f => Err(Error::Store(format!(
-            "pool format {f} is not supported: no blockfork release wrote it (this version reads format {})",
+            "pool format {f} is not supported: no blockfork release wrote it (this version reads formats 1 to {})",
             codec::FORMAT_VERSION
         ))),
     }
@@ -79,6 +81,16 @@ struct Loaded {
     igroups: BTreeMap<String, crate::access::Igroup>,
     refs: RefCounts,
     splits: BTreeMap<LunId, SplitJob>,
+    devices: BTreeMap<u64, codec::DeviceRecord>,
+    stores: BTreeMap<u64, codec::StoreRecord>,
+    sums: crate::sums::Sums,
+}
+
+/// What a pool on devices is laid out as: the layout and the devices, by
+/// index.
+pub(crate) struct DeviceLayout {
+    pub layout: crate::layout::Layout,
+    pub devices: Vec<codec::DeviceRecord>,
 }
 
 fn lun_of(k: &[u8]) -> Result<LunId> {
@@ -114,6 +126,15 @@ impl Loaded {
                 };
                 self.groups.insert(name_of(k, "group")?, group);
             }
+            Some(codec::TAG_DEVICE) => {
+                self.devices
+                    .insert(codec::parse_u64(k, 1)?, codec::from_json(k, v)?);
+            }
+            Some(codec::TAG_STORE) => {
+                self.stores
+                    .insert(codec::parse_u64(k, 1)?, codec::from_json(k, v)?);
+            }
+            Some(codec::TAG_SUMS) => self.sums.load_page(k, codec::parse_u64(k, 1)?, v)?,
             Some(codec::TAG_HEAD) => self.head(k, v)?,
             Some(codec::TAG_HISTORY) => self.history(k, v)?,
             Some(codec::TAG_REFS) => {
@@ -145,6 +166,11 @@ impl Loaded {
         l.created_epoch = r.created_epoch;
         l.maps = r.maps.into_iter().collect();
         l.replica = r.replica.map(|r| crate::state::Replica { view: r.view });
+        if let Some(class) = r.redundancy {
+            l.class = class
+                .parse()
+                .map_err(|e| Error::Store(format!("LUN #{id}'s redundancy: {e}")))?;
+        }
         self.luns.insert(id, l);
         Ok(())
     }
@@ -204,6 +230,60 @@ impl Loaded {
 /// Rebuilds the in-memory state from the store. Returns it and whether the
 /// pool is new.
 pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<(State, bool)> {
+    let (state, fresh, _) = load_pool(store, capacity_blocks)?;
+    Ok((state, fresh))
+}
+
+/// Parses a class stored in a record.
+fn stored_class(text: &str, whose: &str) -> Result<crate::redundancy::Redundancy> {
+    text.parse()
+        .map_err(|e| Error::Store(format!("{whose}'s redundancy: {e}")))
+}
+
+/// A pool on devices: its layout from the device and store records.
+fn device_layout(
+    segment_bytes: u64,
+    devices: BTreeMap<u64, codec::DeviceRecord>,
+    stores: BTreeMap<u64, codec::StoreRecord>,
+) -> Result<DeviceLayout> {
+    if segment_bytes == 0 || !segment_bytes.is_multiple_of(BLOCK_SIZE) {
+        return Err(Error::Store(format!(
+            "the pool's segment size {segment_bytes} is not a whole number of blocks"
+        )));
+    }
+    let devices: Vec<codec::DeviceRecord> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, (n, d))| {
+            if n == i as u64 {
+                Ok(d)
+            } else {
+                Err(Error::Store(format!("device record {i} is missing")))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let segments: Vec<u64> = devices.iter().map(|d| d.segments).collect();
+    let mut layout = crate::layout::Layout::new(segment_bytes, &segments);
+    for (n, r) in stores {
+        let store = crate::layout::Store {
+            class: stored_class(&r.class, &format!("store {n}"))?,
+            segments: r
+                .segments
+                .iter()
+                .map(|&(device, segment)| crate::layout::SegmentRef { device, segment })
+                .collect(),
+        };
+        layout.restore_store(n as usize, store)?;
+    }
+    Ok(DeviceLayout { layout, devices })
+}
+
+/// Rebuilds the in-memory state from the store: the state, whether the
+/// pool is new, and for a pool on devices its layout.
+pub(crate) fn load_pool(
+    store: &dyn MetaStore,
+    capacity_blocks: u64,
+) -> Result<(State, bool, Option<DeviceLayout>)> {
     let mut loaded = Loaded::default();
     store.for_each(&mut |k, v| loaded.record(k, v))?;
     let Loaded {
@@ -214,17 +294,48 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
         igroups,
         refs,
         splits,
+        devices,
+        stores,
+        sums,
     } = loaded;
     let fresh = pool.is_none();
     let pool = pool.unwrap_or(PoolRecord {
-        format: codec::FORMAT_VERSION,
+        format: codec::FORMAT_SINGLE_FILE,
         capacity_blocks,
         epoch: 1,
         next_lun_id: 1,
         created: now_secs(),
         open: None,
+        pool_id: None,
+        segment_bytes: None,
+        redundancy: None,
     });
     check_format(pool.format)?;
+    let on_devices = match (pool.format, pool.segment_bytes) {
+        (codec::FORMAT_DEVICES, Some(seg)) => Some(device_layout(seg, devices, stores)?),
+        (codec::FORMAT_DEVICES, None) => {
+            return Err(Error::Store(
+                "a format 2 pool record has no segment size".into(),
+            ))
+        }
+        _ if !devices.is_empty() || !stores.is_empty() => {
+            return Err(Error::Store(
+                "a format 1 pool holds device or store records".into(),
+            ))
+        }
+        _ => None,
+    };
+    let pool_id = match &pool.pool_id {
+        Some(hex) => Some(
+            u128::from_str_radix(hex, 16)
+                .map_err(|_| Error::Store(format!("corrupt pool id {hex:?}")))?,
+        ),
+        None => None,
+    };
+    let default_class = match &pool.redundancy {
+        Some(c) => Some(stored_class(c, "the pool")?),
+        None => None,
+    };
     for (id, epoch, r) in snapshots {
         let l = luns
             .get_mut(&id)
@@ -243,7 +354,21 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
     }
     let names = luns.values().map(|l| (l.name.clone(), l.id)).collect();
     let used = referenced_runs(&luns);
-    let alloc = Allocator::from_used(pool.capacity_blocks, &union_runs(&used));
+    let alloc = match &on_devices {
+        None => crate::classes::Space::single(pool.capacity_blocks, &union_runs(&used)),
+        Some(d) => {
+            let regions: Vec<(Run, crate::redundancy::Redundancy)> = d
+                .layout
+                .stores()
+                .map(|(n, s)| {
+                    let (start, blocks) = d.layout.extent_of(n).expect("a listed store");
+                    (Run::at(start, blocks), s.class)
+                })
+                .collect();
+            crate::classes::Space::over(&regions, &union_runs(&used))
+        }
+    }
+    .map_err(|why| Error::Store(format!("the pool's space does not load: {why}")))?;
     let state = State {
         shape_gen: 0,
         chain_gen: 0,
@@ -270,8 +395,13 @@ pub(crate) fn load_state(store: &dyn MetaStore, capacity_blocks: u64) -> Result<
         finished_splits: Vec::new(),
         next_job_id: 1,
         finished_jobs: Vec::new(),
+        format: pool.format,
+        pool_id,
+        segment_bytes: pool.segment_bytes,
+        default_class,
+        sums: on_devices.as_ref().map(|_| sums),
     };
-    Ok((state, fresh))
+    Ok((state, fresh, on_devices))
 }
 
 /// Every data reference in every map, sorted by physical start.

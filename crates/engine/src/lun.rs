@@ -8,7 +8,18 @@ impl Engine {
     // ------------------------------------------------------------------ LUNs
 
     pub fn create_lun(&self, name: &str, size_bytes: u64) -> Result<LunInfo> {
-        self.create_lun_with(name, size_bytes, false)
+        self.create_lun_with(name, size_bytes, false, None)
+    }
+
+    /// Creates a LUN whose blocks are kept in `class` (None: the pool's
+    /// default class).
+    pub fn create_lun_in(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        class: Option<crate::redundancy::Redundancy>,
+    ) -> Result<LunInfo> {
+        self.create_lun_with(name, size_bytes, false, class)
     }
 
     /// Creates a LUN; with `replica`, as a mirror destination.
@@ -17,9 +28,13 @@ impl Engine {
         name: &str,
         size_bytes: u64,
         replica: bool,
+        class: Option<crate::redundancy::Redundancy>,
     ) -> Result<LunInfo> {
         validate_lun_name(name)?;
         validate_lun_size(size_bytes)?;
+        if let Some(class) = class {
+            self.check_class(class)?;
+        }
         let id = {
             let mut s = self.state.lock();
             s.check_open()?;
@@ -42,6 +57,7 @@ impl Engine {
             if replica {
                 l.replica = Some(crate::state::Replica { view: None });
             }
+            l.class = class.unwrap_or_else(|| self.default_class(&s));
             s.luns.insert(id, l);
             s.names.insert(name.to_string(), id);
             s.dirty.luns.insert(id);

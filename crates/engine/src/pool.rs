@@ -169,8 +169,9 @@ impl Engine {
     pub fn pool_status(&self) -> Result<PoolStatus> {
         let s = self.state.lock();
         s.check_open()?;
-        let capacity = s.alloc.capacity_blocks();
-        let free = s.alloc.free_blocks();
+        let (used, capacity) = self.usage_in(&s);
+        let free = capacity - used;
+        let faulted = self.faulted_devices();
         Ok(PoolStatus {
             capacity_bytes: capacity * BLOCK_SIZE,
             used_bytes: (capacity - free) * BLOCK_SIZE,
@@ -182,12 +183,22 @@ impl Engine {
             jobs_running: s.jobs.len() as u64,
             created: s.created,
             access: if s.open_access { "open" } else { "closed" }.to_string(),
+            state: if faulted > 0 { "degraded" } else { "online" }.into(),
+            devices: self.device_count() as u64,
+            faulted_devices: faulted,
+            redundancy: self.default_class(&s).to_string(),
         })
     }
 
     /// Grows the pool's capacity (never shrinks it).
     pub fn grow_pool(&self, capacity_bytes: u64) -> Result<PoolStatus> {
         validate_pool_capacity(capacity_bytes)?;
+        if self.stores.is_some() {
+            return Err(Error::InvalidArgument(
+                "a pool on devices grows by adding devices (pool device add), not by a capacity"
+                    .into(),
+            ));
+        }
         {
             let s = self.state.lock();
             s.check_open()?;

@@ -41,35 +41,65 @@ impl Run {
 pub struct Allocator {
     free: BTreeMap<u64, u64>,
     free_blocks: u64,
+    /// Blocks in the regions.
     capacity_blocks: u64,
+    /// The end of the last region: no block at or past it is ours.
+    limit: u64,
     cursor: u64,
 }
 
 impl Allocator {
     /// An allocator whose free space is `[0, capacity)` minus `used`
     /// (runs sorted by start and not overlapping).
+    #[cfg(test)]
     pub fn from_used(capacity_blocks: u64, used: &[Run]) -> Allocator {
-        let mut alloc = Allocator {
-            capacity_blocks,
-            ..Default::default()
-        };
-        let mut pos = 0;
-        for run in used {
-            let (start, len) = (run.start.get(), run.len.get());
-            assert!(start >= pos, "used runs overlap or are unsorted at {start}");
-            if start > pos {
-                alloc.insert_free(pos, start - pos);
+        match Allocator::from_regions(&[Run::new(0, capacity_blocks)], used) {
+            Ok(a) => a,
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// An allocator whose free space is `regions` (sorted, disjoint) minus
+    /// `used` (sorted, disjoint; runs outside every region are another
+    /// allocator's and ignored).
+    pub fn from_regions(regions: &[Run], used: &[Run]) -> Result<Allocator, String> {
+        let mut alloc = Allocator::default();
+        let mut last_end = 0;
+        for region in regions {
+            if region.start.get() < last_end {
+                return Err(format!(
+                    "regions overlap or are unsorted at block {}",
+                    region.start.get()
+                ));
             }
-            pos = start + len;
+            last_end = region.end().get();
+            alloc.capacity_blocks += region.len.get();
+            alloc.limit = last_end;
+            let (start, end) = (region.start.get(), region.end().get());
+            let mut pos = start;
+            let first = used.partition_point(|u| u.end().get() <= start);
+            for u in used[first..].iter().take_while(|u| u.start.get() < end) {
+                let (s, e) = (u.start.get().max(start), u.end().get().min(end));
+                if s < pos {
+                    return Err(format!("used runs overlap or are unsorted at block {s}"));
+                }
+                if s > pos {
+                    alloc.insert_free(pos, s - pos);
+                }
+                pos = e;
+            }
+            if pos < end {
+                alloc.insert_free(pos, end - pos);
+            }
         }
-        assert!(
-            pos <= capacity_blocks,
-            "a used block lies beyond the pool's capacity"
-        );
-        if pos < capacity_blocks {
-            alloc.insert_free(pos, capacity_blocks - pos);
-        }
-        alloc
+        Ok(alloc)
+    }
+
+    /// Adds a region of new space (it must overlap no other).
+    pub fn add_region(&mut self, run: Run) {
+        self.capacity_blocks += run.len.get();
+        self.limit = self.limit.max(run.end().get());
+        self.release(run);
     }
 
     pub fn free_blocks(&self) -> u64 {
@@ -80,13 +110,17 @@ impl Allocator {
         self.capacity_blocks
     }
 
-    /// Adds `[old capacity, new capacity)` to the free space.
+    /// Adds `[old capacity, new capacity)` to the free space (an allocator
+    /// of one region from block 0, the single-file pool's).
     pub fn grow(&mut self, capacity_blocks: u64) {
         assert!(capacity_blocks >= self.capacity_blocks);
+        assert_eq!(
+            self.limit, self.capacity_blocks,
+            "grow needs one region from 0"
+        );
         let old = self.capacity_blocks;
-        self.capacity_blocks = capacity_blocks;
         if capacity_blocks > old {
-            self.release(Run::new(old, capacity_blocks - old));
+            self.add_region(Run::new(old, capacity_blocks - old));
         }
     }
 
@@ -133,7 +167,7 @@ impl Allocator {
             return;
         }
         assert!(
-            run.end().get() <= self.capacity_blocks,
+            run.end().get() <= self.limit,
             "released run beyond capacity"
         );
         self.insert_free(run.start.get(), run.len.get());

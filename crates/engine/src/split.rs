@@ -298,7 +298,7 @@ impl Engine {
         } in &placed
         {
             let src = fills[i].src.plus(off);
-            if let Err(e) = self.data.copy(src.bytes(), dst.bytes(), len * BLOCK_SIZE) {
+            if let Err(e) = self.copy_blocks(src, dst, len) {
                 copy_result = Err(e);
                 break;
             }
@@ -334,10 +334,11 @@ impl Engine {
         let runs = if need == 0 {
             Vec::new()
         } else {
-            match s.alloc.allocate(need) {
+            let class = s.lun(id)?.class;
+            match self.allocate(&mut s, class, need) {
                 Some(runs) => runs,
                 None => {
-                    let free = s.alloc.free_blocks();
+                    let free = s.alloc.free_blocks_of(class);
                     let job = s.splits.get_mut(&id).expect("checked");
                     job.state = SplitState::WaitingForSpace;
                     job.message = Some(format!(
@@ -385,6 +386,9 @@ impl Engine {
         {
             let f = &fills[i];
             let lba = f.lba + off;
+            if let Some(table) = &mut s.sums {
+                table.copy(f.src.plus(off), dst, len);
+            }
             for (n, &(g0, g1)) in f.gaps.iter().enumerate() {
                 if n > 0 {
                     s.refs.incref(Run::at(dst, len));

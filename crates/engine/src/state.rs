@@ -5,7 +5,7 @@
 use crate::codec::{self, GroupRecord, LunRecord, PoolRecord, SnapshotRecord};
 use crate::io::MetaPut;
 use crate::map::{HeadMap, HistoryMap, Piece, Val};
-use crate::space::{Allocator, RefCounts, Run};
+use crate::space::{RefCounts, Run};
 use crate::types::{Epoch, Error, LunId, Result};
 use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -82,6 +82,8 @@ pub struct Lun {
     /// Where the maps last changed, by page: what a snapshot difference
     /// visits.
     pub changes: crate::changes::ChangeIndex,
+    /// Where the LUN's new blocks go: stores of this redundancy class.
+    pub class: crate::redundancy::Redundancy,
 }
 
 /// What makes a LUN a mirror destination.
@@ -149,6 +151,8 @@ impl Lun {
             created_epoch: self.created_epoch,
             maps: self.maps.iter().cloned().collect(),
             replica: self.replica.map(|r| codec::ReplicaRecord { view: r.view }),
+            redundancy: (self.class != crate::redundancy::Redundancy::None)
+                .then(|| self.class.to_string()),
         }
     }
 }
@@ -218,6 +222,8 @@ pub struct Dirty {
     pub orphans: Vec<MetaPut>,
     /// Map keys dirtied since the last commit (an estimate, for backpressure).
     pub map_keys: usize,
+    /// Device and store records changed since the last commit.
+    pub layout: Vec<MetaPut>,
 }
 
 /// The state lock: exclusive for changes (`lock`), shared for reads of
@@ -328,7 +334,7 @@ pub struct State {
     pub igroups: crate::access::Igroups,
     /// Unmapped LUNs are visible to every client.
     pub open_access: bool,
-    pub alloc: Allocator,
+    pub alloc: crate::classes::Space,
     pub refs: RefCounts,
     /// Freed since the last commit began; reusable once a commit that
     /// records the free is durable.
@@ -346,6 +352,16 @@ pub struct State {
     pub finished_splits: Vec<(String, u64, u64)>,
     pub next_job_id: u64,
     pub finished_jobs: Vec<GcJob>,
+    /// The pool's format: 1 on one data file, 2 on devices.
+    pub format: u32,
+    /// A pool on devices: its id (in every device's label) and segment size.
+    pub pool_id: Option<u128>,
+    pub segment_bytes: Option<u64>,
+    /// The class of new LUNs (`pool set --redundancy`; None: by device
+    /// count).
+    pub default_class: Option<crate::redundancy::Redundancy>,
+    /// A pool on devices: every data block's checksum.
+    pub sums: Option<crate::sums::Sums>,
 }
 
 impl State {
@@ -380,12 +396,19 @@ impl State {
 
     pub fn pool_record(&self) -> PoolRecord {
         PoolRecord {
-            format: codec::FORMAT_VERSION,
-            capacity_blocks: self.alloc.capacity_blocks(),
+            format: self.format,
+            capacity_blocks: if self.format == codec::FORMAT_SINGLE_FILE {
+                self.alloc.capacity_blocks()
+            } else {
+                0
+            },
             epoch: self.epoch,
             next_lun_id: self.next_lun_id,
             created: self.created,
             open: Some(self.open_access),
+            pool_id: self.pool_id.map(|id| format!("{id:032x}")),
+            segment_bytes: self.segment_bytes,
+            redundancy: self.default_class.map(|c| c.to_string()),
         }
     }
 
@@ -491,6 +514,15 @@ impl State {
     /// dirty marks.
     pub fn take_dirty(&mut self) -> Vec<MetaPut> {
         let mut puts = std::mem::take(&mut self.dirty.orphans);
+        puts.append(&mut self.dirty.layout);
+        if let Some(sums) = &mut self.sums {
+            for page in std::mem::take(&mut sums.dirty) {
+                puts.push((
+                    codec::key_u64(codec::TAG_SUMS, page),
+                    sums.encode_page(page),
+                ));
+            }
+        }
         if std::mem::take(&mut self.dirty.pool) {
             puts.push((codec::key_pool(), Some(codec::to_json(&self.pool_record()))));
         }
@@ -585,6 +617,8 @@ impl State {
             || !d.splits.is_empty()
             || !d.igroups.is_empty()
             || !d.orphans.is_empty()
+            || !d.layout.is_empty()
+            || self.sums.as_ref().is_some_and(|s| !s.dirty.is_empty())
             || !self.pending_free.is_empty()
             || !self.refs.dirty.is_empty()
             || self

@@ -13,17 +13,43 @@
 use crate::io::DataFile;
 use crate::layout::{Layout, Place};
 use crate::redundancy::Redundancy;
+use crate::sums;
 use crate::types::{Pba, BLOCK_SIZE};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Errors seen on one device since the pool opened.
+/// What one device has been through since the pool opened.
 #[derive(Debug, Default)]
 pub struct DeviceErrors {
     pub read: AtomicU64,
     pub write: AtomicU64,
+    /// Blocks whose content did not match their checksum.
+    pub checksum: AtomicU64,
+    /// Blocks rewritten from a good copy.
+    pub repaired: AtomicU64,
+    faulted: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+impl DeviceErrors {
+    pub fn faulted(&self) -> bool {
+        self.faulted.load(Ordering::Acquire)
+    }
+
+    /// Why the device is faulted (None while it is not).
+    pub fn why(&self) -> Option<String> {
+        self.why.lock().clone()
+    }
+
+    fn fault(&self, why: String) -> bool {
+        let mut w = self.why.lock();
+        if w.is_none() {
+            *w = Some(why);
+        }
+        !self.faulted.swap(true, Ordering::AcqRel)
+    }
 }
 
 pub struct Stores {
@@ -57,8 +83,63 @@ fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (Pba, Piece)> {
     })
 }
 
+/// A piece of a call inside one store of copies (`none`, `mirror`,
+/// `mirror3`): contiguous bytes on every copy.
+struct Span {
+    /// Where the span's first byte is on each copy.
+    copies: Vec<Place>,
+    len: usize,
+    done: usize,
+}
+
 fn unplaced(e: crate::types::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+}
+
+fn parity_unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "a parity store is written by whole stripes, which this version does not do yet",
+    )
+}
+
+/// Splits `[offset, offset+len)` into spans that stay inside one store;
+/// `None` when some of it lies in a parity store (read block by block).
+fn spans(layout: &Layout, offset: u64, len: usize) -> io::Result<Option<Vec<Span>>> {
+    let mut out = Vec::new();
+    let mut done = 0usize;
+    while done < len {
+        let pos = offset + done as u64;
+        let pba = Pba::new(pos / BLOCK_SIZE);
+        let (class, block) = layout.store_of(pba).map_err(unplaced)?;
+        if let Redundancy::Parity { .. } = class {
+            return Ok(None);
+        }
+        let store_blocks = layout.store_blocks(class);
+        let left = (store_blocks - block) * BLOCK_SIZE - pos % BLOCK_SIZE;
+        let n = (left.min((len - done) as u64)) as usize;
+        let copies = layout
+            .copies(pba)
+            .map_err(unplaced)?
+            .into_iter()
+            .map(|p| Place {
+                device: p.device,
+                offset: p.offset + pos % BLOCK_SIZE,
+            })
+            .collect();
+        out.push(Span {
+            copies,
+            len: n,
+            done,
+        });
+        done += n;
+    }
+    Ok(Some(out))
+}
+
+/// An error no copy could answer (the client sees EIO).
+fn eio(msg: String) -> io::Error {
+    io::Error::other(msg)
 }
 
 impl Stores {
@@ -79,14 +160,231 @@ impl Stores {
         &self.errors[device as usize]
     }
 
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
     fn device(&self, p: Place) -> &dyn DataFile {
         &*self.devices[p.device as usize]
     }
+
+    /// Marks a device faulted: it is read only when no other copy is left,
+    /// and written no more. True when it was not faulted before.
+    pub fn fault(&self, device: u32, why: String) -> bool {
+        let news = self.errors[device as usize].fault(why.clone());
+        if news {
+            tracing::error!(device, "device faulted: {why}");
+        }
+        news
+    }
+
+    /// Copies in the order to try them: healthy devices first.
+    fn ordered(&self, copies: &[Place]) -> Vec<Place> {
+        let mut v = copies.to_vec();
+        v.sort_by_key(|p| self.errors[p.device as usize].faulted());
+        v
+    }
+
+    /// Fails when some store has lost more segments than its class
+    /// tolerates: its data is gone until a device comes back.
+    pub fn servable(&self) -> Result<(), String> {
+        let layout = self.layout.read();
+        for (n, store) in layout.stores() {
+            let healthy = store
+                .segments
+                .iter()
+                .filter(|r| !self.errors[r.device as usize].faulted())
+                .count();
+            if healthy < store.class.data_shards() {
+                let lost: Vec<String> = store
+                    .segments
+                    .iter()
+                    .filter(|r| self.errors[r.device as usize].faulted())
+                    .map(|r| r.device.to_string())
+                    .collect();
+                return Err(format!(
+                    "store {n} ({}) has lost device(s) {}: more than it tolerates",
+                    store.class,
+                    lost.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, device: u32, e: &io::Error) {
+        let n = self.errors[device as usize]
+            .read
+            .fetch_add(1, Ordering::Relaxed);
+        if e.kind() == io::ErrorKind::NotFound {
+            self.fault(device, format!("it is gone: {e}"));
+        } else if n + 1 >= READ_ERRORS_TO_FAULT {
+            self.fault(device, format!("{} read errors, the last: {e}", n + 1));
+        }
+    }
+
+    /// Reads whole blocks at `offset` and checks each against `expect`
+    /// (crc32c): a block that fails on one copy, by an error or a
+    /// mismatch, is read from the next, and the copies that failed are
+    /// rewritten with the good content. Fails only when no copy of some
+    /// block verifies.
+    pub fn read_checked(&self, buf: &mut [u8], offset: u64, expect: &[u32]) -> io::Result<()> {
+        let bs = BLOCK_SIZE as usize;
+        assert!(offset.is_multiple_of(BLOCK_SIZE) && buf.len() == expect.len() * bs);
+        let layout = self.layout.read();
+        let Some(spans) = spans(&layout, offset, buf.len())? else {
+            // Parity stores: the data column only, for now.
+            drop(layout);
+            self.read_at(buf, offset)?;
+            return match first_mismatch(buf, expect) {
+                None => Ok(()),
+                Some(b) => Err(eio(format!(
+                    "block {} fails its checksum",
+                    offset / BLOCK_SIZE + b as u64
+                ))),
+            };
+        };
+        drop(layout);
+        for span in spans {
+            let out = &mut buf[span.done..span.done + span.len];
+            let sums = &expect[span.done / bs..(span.done + span.len) / bs];
+            self.read_span_checked(out, &span.copies, sums, offset + span.done as u64)?;
+        }
+        Ok(())
+    }
+
+    fn read_span_checked(
+        &self,
+        out: &mut [u8],
+        copies: &[Place],
+        sums: &[u32],
+        offset: u64,
+    ) -> io::Result<()> {
+        let bs = BLOCK_SIZE as usize;
+        let copies = self.ordered(copies);
+        let mut need: Vec<usize> = (0..sums.len()).collect();
+        // (copy, block) pairs that failed and may be repaired.
+        let mut bad: Vec<(Place, usize)> = Vec::new();
+        let mut last_err = None;
+        for c in &copies {
+            if need.is_empty() {
+                break;
+            }
+            let mut still = Vec::new();
+            for run in runs_of(&need) {
+                let bytes = &mut out[run.start * bs..run.end * bs];
+                match self
+                    .device(*c)
+                    .read_at(bytes, c.offset + (run.start * bs) as u64)
+                {
+                    Err(e) => {
+                        self.read_error(c.device, &e);
+                        bad.extend(run.clone().map(|b| (*c, b)));
+                        still.extend(run);
+                        last_err = Some(e);
+                    }
+                    Ok(()) => {
+                        for b in run {
+                            if sums::of_block(&out[b * bs..(b + 1) * bs]) != sums[b] {
+                                self.errors[c.device as usize]
+                                    .checksum
+                                    .fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!(
+                                    device = c.device,
+                                    block = offset / BLOCK_SIZE + b as u64,
+                                    "a copy fails its checksum"
+                                );
+                                bad.push((*c, b));
+                                still.push(b);
+                            }
+                        }
+                    }
+                }
+            }
+            need = still;
+        }
+        if let Some(&b) = need.first() {
+            return Err(eio(format!(
+                "block {}: no copy of it verifies{}",
+                offset / BLOCK_SIZE + b as u64,
+                last_err
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            )));
+        }
+        for (c, b) in bad {
+            if self.errors[c.device as usize].faulted() {
+                continue;
+            }
+            let block = &out[b * bs..(b + 1) * bs];
+            match self.device(c).write_at(block, c.offset + (b * bs) as u64) {
+                Ok(()) => {
+                    self.errors[c.device as usize]
+                        .repaired
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => self.write_error(c.device, &e),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_error(&self, device: u32, e: &io::Error) {
+        self.errors[device as usize]
+            .write
+            .fetch_add(1, Ordering::Relaxed);
+        self.fault(device, format!("a write failed: {e}"));
+    }
+}
+
+/// Read errors after which a device is faulted (ZFS faults a vdev after
+/// too many errors too; one bad sector must not take a disk out).
+pub const READ_ERRORS_TO_FAULT: u64 = 64;
+
+/// Runs of consecutive indices.
+fn runs_of(idx: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for &i in idx {
+        match out.last_mut() {
+            Some(r) if r.end == i => r.end += 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+fn first_mismatch(buf: &[u8], expect: &[u32]) -> Option<usize> {
+    buf.chunks(BLOCK_SIZE as usize)
+        .zip(expect)
+        .position(|(b, &s)| sums::of_block(b) != s)
 }
 
 impl DataFile for Stores {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let layout = self.layout.read();
+        if let Some(spans) = spans(&layout, offset, buf.len())? {
+            drop(layout);
+            for span in spans {
+                let out = &mut buf[span.done..span.done + span.len];
+                let mut last = None;
+                for c in self.ordered(&span.copies) {
+                    match self.device(c).read_at(out, c.offset) {
+                        Ok(()) => {
+                            last = None;
+                            break;
+                        }
+                        Err(e) => {
+                            self.read_error(c.device, &e);
+                            last = Some(e);
+                        }
+                    }
+                }
+                if let Some(e) = last {
+                    return Err(e);
+                }
+            }
+            return Ok(());
+        }
         for (pba, piece) in pieces(offset, buf.len()) {
             let out = &mut buf[piece.done..piece.done + piece.len];
             let copies = layout.copies(pba).map_err(unplaced)?;
@@ -98,9 +396,7 @@ impl DataFile for Stores {
                         break;
                     }
                     Err(e) => {
-                        self.errors[c.device as usize]
-                            .read
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.read_error(c.device, &e);
                         last = Some(e);
                     }
                 }
@@ -112,34 +408,58 @@ impl DataFile for Stores {
         Ok(())
     }
 
+    /// Writes every copy on a device that is not faulted; a copy that
+    /// fails faults its device (its stale content fails its checksum
+    /// later, and is repaired from a good copy). Fails when no copy of
+    /// some span was written.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let layout = self.layout.read();
-        for (pba, piece) in pieces(offset, buf.len()) {
-            let (store, _) = layout.store_of(pba).map_err(unplaced)?;
-            if let Redundancy::Parity { .. } = store {
-                return Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "a parity store is written by whole stripes, which this version does not do yet",
-                ));
-            }
-            let data = &buf[piece.done..piece.done + piece.len];
-            for c in layout.copies(pba).map_err(unplaced)? {
-                if let Err(e) = self.device(c).write_at(data, c.offset + piece.at) {
-                    self.errors[c.device as usize]
-                        .write
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
+        let Some(spans) = spans(&layout, offset, buf.len())? else {
+            return Err(parity_unsupported());
+        };
+        drop(layout);
+        for span in spans {
+            let data = &buf[span.done..span.done + span.len];
+            let mut written = 0;
+            let mut last = None;
+            for c in &span.copies {
+                if self.errors[c.device as usize].faulted() {
+                    continue;
                 }
+                match self.device(*c).write_at(data, c.offset) {
+                    Ok(()) => written += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => return Err(e),
+                    Err(e) => {
+                        self.write_error(c.device, &e);
+                        last = Some(e);
+                    }
+                }
+            }
+            if written == 0 {
+                return Err(last.unwrap_or_else(|| {
+                    eio(format!(
+                        "every device of the store at byte {} is faulted",
+                        offset + span.done as u64
+                    ))
+                }));
             }
         }
         Ok(())
     }
 
+    /// Syncs every device that is not faulted; a device whose sync fails
+    /// is faulted. Fails when a store is left without enough copies.
     fn sync(&self) -> io::Result<()> {
-        for d in &self.devices {
-            d.sync()?;
+        for (i, d) in self.devices.iter().enumerate() {
+            if self.errors[i].faulted() {
+                continue;
+            }
+            if let Err(e) = d.sync() {
+                self.errors[i].write.fetch_add(1, Ordering::Relaxed);
+                self.fault(i as u32, format!("a sync failed: {e}"));
+            }
         }
-        Ok(())
+        self.servable().map_err(eio)
     }
 
     /// The stores are the pool's size: growing happens by adding stores,
@@ -155,11 +475,39 @@ impl DataFile for Stores {
         Ok(())
     }
 
+    /// A device that fails its check (removed while open) is faulted; the
+    /// call fails only when a store is left without enough copies.
     fn check(&self) -> io::Result<()> {
-        for d in &self.devices {
-            d.check()?;
+        for (i, d) in self.devices.iter().enumerate() {
+            if self.errors[i].faulted() {
+                continue;
+            }
+            if let Err(e) = d.check() {
+                self.fault(i as u32, format!("{e}"));
+            }
         }
+        self.servable().map_err(eio)
+    }
+}
+
+/// A device of the pool that is not there: every call fails.
+pub struct Absent(pub String);
+
+impl DataFile for Absent {
+    fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::NotFound, self.0.clone()))
+    }
+    fn write_at(&self, _: &[u8], _: u64) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::NotFound, self.0.clone()))
+    }
+    fn sync(&self) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::NotFound, self.0.clone()))
+    }
+    fn ensure_len(&self, _: u64) -> io::Result<()> {
         Ok(())
+    }
+    fn check(&self) -> io::Result<()> {
+        Err(io::Error::new(io::ErrorKind::NotFound, self.0.clone()))
     }
 }
 
@@ -215,10 +563,12 @@ mod tests {
         let mut again = vec![0u8; data.len()];
         s.read_at(&mut again, mirror.bytes() + 50).unwrap();
         assert_eq!(again, data, "a vanished device: the other copy");
-        assert!(
-            s.write_at(&data, mirror.bytes()).is_err(),
-            "writes need every copy, for now"
-        );
+        s.write_at(&data, mirror.bytes())
+            .expect("a write goes on to the copies left");
+        assert!(s.errors(first).faulted(), "the vanished device is faulted");
+        let mut back = vec![0u8; data.len()];
+        s.read_at(&mut back, mirror.bytes()).unwrap();
+        assert_eq!(back, data);
     }
 
     #[test]
@@ -262,10 +612,17 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_sync_fails_the_call() {
-        let (s, faulty, _, _) = pool();
-        faulty[2].inject(Rule::always(On::Sync, Misbehave::Eio).times(1));
-        assert!(s.sync().is_err());
-        s.sync().unwrap();
+    fn a_failed_sync_faults_the_device_and_fails_only_what_is_lost() {
+        let (s, faulty, mirror, none) = pool();
+        let single = s.layout().read().copies(none).unwrap()[0].device;
+        let copies = s.layout().read().copies(mirror).unwrap();
+        // A mirror device that the single copy is not on.
+        let other = copies.iter().find(|c| c.device != single).unwrap().device;
+        faulty[other as usize].inject(Rule::always(On::Sync, Misbehave::Eio).times(1));
+        s.sync().expect("the mirror keeps a copy");
+        assert!(s.errors(other).faulted());
+        faulty[single as usize].inject(Rule::always(On::Sync, Misbehave::Eio).times(1));
+        let e = s.sync().unwrap_err().to_string();
+        assert!(e.contains("more than it tolerates"), "{e}");
     }
 }

@@ -351,6 +351,14 @@ pub struct LunInfo {
     pub replica: bool,
     /// The snapshot a replica's readers see (its newest complete transfer).
     pub replica_view: Option<String>,
+    /// The redundancy class of the LUN's blocks (`none`, `mirror`,
+    /// `mirror3`, `parity:K+M`).
+    #[serde(default = "default_redundancy")]
+    pub redundancy: String,
+}
+
+fn default_redundancy() -> String {
+    "none".into()
 }
 
 /// One export: a LUN, or one of its snapshots (read-only).
@@ -443,6 +451,22 @@ pub struct PoolStatus {
     /// "open": unmapped LUNs are visible to every client; "closed": only
     /// mapped LUNs are visible, to their igroups.
     pub access: String,
+    /// "online", or "degraded" while a device is faulted.
+    #[serde(default = "online")]
+    pub state: String,
+    /// Devices of a pool on devices (0: a pool on one data file).
+    #[serde(default)]
+    pub devices: u64,
+    /// Faulted devices.
+    #[serde(default)]
+    pub faulted_devices: u64,
+    /// The redundancy class of new LUNs.
+    #[serde(default = "default_redundancy")]
+    pub redundancy: String,
+}
+
+fn online() -> String {
+    "online".into()
 }
 
 /// What a range of a volume holds, for block status.

@@ -269,7 +269,7 @@ fn a_pool_of_an_unknown_format_is_refused_clearly_and_left_alone() {
     e.create_lun("keep", MIB).unwrap();
     e.close().unwrap();
     drop(e);
-    for (format, says) in [(2u64, "newer"), (0, "not supported")] {
+    for (format, says) in [(3u64, "newer"), (0, "not supported")] {
         set_format(&dir, format);
         let err = match Engine::open_dir(&dir, None, config()) {
             Ok(_) => panic!("format {format} opened"),

@@ -1,0 +1,263 @@
+//! A pool on devices (issue 14) with real files as devices: classes,
+//! checksums verified on every read, self-healing mirrors, a pool that
+//! opens degraded without a device, and refusals that change nothing.
+
+use engine::{DeviceOptions, Engine, EngineConfig, Error};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const MIB: u64 = 1 << 20;
+const SEGMENT: u64 = MIB;
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        background: false,
+        check_after_commit: true,
+        ..EngineConfig::default()
+    }
+}
+
+fn opts() -> DeviceOptions {
+    DeviceOptions {
+        segment_bytes: SEGMENT,
+        force: false,
+    }
+}
+
+/// `n` device files of `mib` MiB in `dir`.
+fn device_files(dir: &Path, n: usize, mib: u64) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("d{i}"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(mib * MIB)
+                .unwrap();
+            p
+        })
+        .collect()
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13) ^ seed ^ (i >> 12) as u8)
+        .collect()
+}
+
+fn open(dir: &Path, devices: &[PathBuf]) -> engine::Result<Arc<Engine>> {
+    Engine::open_devices(&dir.join("meta"), devices, opts(), config())
+}
+
+fn read(e: &Engine, lun: &str, offset: u64, len: usize) -> Vec<u8> {
+    let mut b = vec![0u8; len];
+    e.read(e.resolve(lun).unwrap(), offset, &mut b).unwrap();
+    b
+}
+
+/// Overwrites every byte after the label of `path` that holds data with
+/// random bytes, in the first `mib` MiB.
+fn rot(path: &Path, mib: u64) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(8192)).unwrap();
+    let junk: Vec<u8> = (0..mib * MIB - 8192)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8)
+        .collect();
+    f.write_all(&junk).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_mirror_reads_right_through_a_rotten_copy_and_repairs_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 2, 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    let status = e.pool_status().unwrap();
+    assert_eq!((status.devices, status.redundancy.as_str()), (2, "mirror"));
+    let info = e.create_lun("vm", 8 * MIB).unwrap();
+    assert_eq!(info.redundancy, "mirror");
+    let data = pattern(1, 3 * MIB as usize);
+    e.write(e.resolve("vm").unwrap(), 0, &data, true).unwrap();
+    // Unaligned, and overwritten: a checksummed pool redirects.
+    e.write(e.resolve("vm").unwrap(), 4096 + 100, &[7u8; 5000], true)
+        .unwrap();
+    let mut want = data.clone();
+    want[4196..9196].fill(7);
+    e.close().unwrap();
+    drop(e);
+
+    rot(&devs[0], 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    assert_eq!(read(&e, "vm", 0, want.len()), want);
+    assert_eq!(read(&e, "vm", 4097, 3), want[4097..4100].to_vec());
+    let d = e.pool_devices().unwrap();
+    assert!(d[0].checksum_errors > 0, "{d:?}");
+    assert_eq!(d[0].repaired_blocks, d[0].checksum_errors);
+    assert_eq!(d[1].checksum_errors, 0);
+    assert_eq!(d[0].state, "online", "bit rot does not fault a device");
+    e.check_invariants().unwrap();
+    e.close().unwrap();
+    drop(e);
+
+    // Repaired on disk: now the other copy may rot.
+    rot(&devs[1], 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    assert_eq!(read(&e, "vm", 0, want.len()), want);
+    assert_eq!(e.pool_devices().unwrap()[0].checksum_errors, 0);
+}
+
+#[test]
+fn a_single_copy_that_rots_is_an_error_not_wrong_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 1, 8);
+    let e = open(tmp.path(), &devs).unwrap();
+    let info = e.create_lun("one", 2 * MIB).unwrap();
+    assert_eq!(info.redundancy, "none");
+    e.write(
+        e.resolve("one").unwrap(),
+        0,
+        &pattern(2, MIB as usize),
+        true,
+    )
+    .unwrap();
+    e.close().unwrap();
+    drop(e);
+    rot(&devs[0], 8);
+    let e = open(tmp.path(), &devs).unwrap();
+    let mut b = vec![0u8; 4096];
+    let err = e.read(e.resolve("one").unwrap(), 0, &mut b).unwrap_err();
+    assert!(err.to_string().contains("no copy of it verifies"), "{err}");
+    assert!(e.pool_devices().unwrap()[0].checksum_errors >= 1);
+}
+
+#[test]
+fn a_missing_device_opens_degraded_and_serves_every_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 3, 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    e.create_lun_in("m", 4 * MIB, Some("mirror".parse().unwrap()))
+        .unwrap();
+    let l3 = e.create_lun("m3", 4 * MIB).unwrap();
+    assert_eq!(
+        l3.redundancy, "mirror3",
+        "three devices: mirror3 by default"
+    );
+    e.create_lun_in("plain", 4 * MIB, Some("none".parse().unwrap()))
+        .unwrap();
+    let a = pattern(3, 2 * MIB as usize);
+    let b = pattern(4, 2 * MIB as usize);
+    e.write(e.resolve("m").unwrap(), 0, &a, false).unwrap();
+    e.write(e.resolve("m3").unwrap(), MIB, &b, false).unwrap();
+    e.flush().unwrap();
+    e.close().unwrap();
+    drop(e);
+
+    // A device the stores of `plain` do not use can go; one they use
+    // cannot, and opening without it changes nothing.
+    let plain_dev = {
+        let e = open(tmp.path(), &devs).unwrap();
+        e.write(e.resolve("plain").unwrap(), 0, &[1u8; 4096], true)
+            .unwrap();
+        let d = e.pool_devices().unwrap();
+        e.close().unwrap();
+        // The device with the most used segments holds the `none` store
+        // (stores go where free segments are most; ties to the lowest).
+        d.iter()
+            .max_by_key(|d| (d.used_segments, d.index))
+            .unwrap()
+            .index as usize
+    };
+    let gone = (plain_dev + 1) % 3;
+    let moved = tmp.path().join("gone");
+    std::fs::rename(&devs[gone], &moved).unwrap();
+    let e = open(tmp.path(), &[]).unwrap();
+    let status = e.pool_status().unwrap();
+    assert_eq!(
+        (status.state.as_str(), status.faulted_devices),
+        ("degraded", 1)
+    );
+    let d = e.pool_devices().unwrap();
+    assert_eq!(d[gone].state, "faulted");
+    assert!(d[gone].reason.as_deref().unwrap().contains("did not open"));
+    assert_eq!(read(&e, "m", 0, a.len()), a);
+    assert_eq!(read(&e, "m3", MIB, b.len()), b);
+    // Writes go on, to the copies left.
+    e.write(e.resolve("m").unwrap(), 0, &b[..4096], true)
+        .unwrap();
+    assert_eq!(read(&e, "m", 0, 4096), b[..4096].to_vec());
+    e.close().unwrap();
+    drop(e);
+
+    // Back again: its stale copy of `m`'s first block fails its checksum
+    // and is repaired from the other.
+    std::fs::rename(&moved, &devs[gone]).unwrap();
+    let e = open(tmp.path(), &devs).unwrap();
+    assert_eq!(e.pool_status().unwrap().state, "online");
+    assert_eq!(read(&e, "m", 0, 4096), b[..4096].to_vec());
+    e.close().unwrap();
+    drop(e);
+
+    std::fs::remove_file(&devs[plain_dev]).unwrap();
+    let err = open(tmp.path(), &[]).err().unwrap().to_string();
+    assert!(err.contains("the pool cannot open"), "{err}");
+}
+
+#[test]
+fn refusals_name_the_problem_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 2, 8);
+    let e = open(tmp.path(), &devs).unwrap();
+    let bad = |class: &str| {
+        e.create_lun_in("x", MIB, Some(class.parse().unwrap()))
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(bad("mirror3").contains("needs 3 devices; the pool has 2"));
+    assert!(bad("parity:2+1").contains("not available yet"));
+    assert!(e.list_luns("").unwrap().is_empty(), "nothing was made");
+    assert!(matches!(
+        e.grow_pool(64 * MIB),
+        Err(Error::InvalidArgument(_))
+    ));
+    // Fill the pool: 2 × 7 segments mirrored hold 7 MiB.
+    e.create_lun("big", 64 * MIB).unwrap();
+    let target = e.resolve("big").unwrap();
+    let chunk = pattern(5, MIB as usize);
+    let mut written = 0;
+    let err = loop {
+        match e.write(target, written, &chunk, false) {
+            Ok(()) => written += MIB,
+            Err(err) => break err,
+        }
+    };
+    assert!(matches!(err, Error::NoSpace(_)), "{err}");
+    assert_eq!(written, 7 * MIB);
+    for at in (0..written).step_by(MIB as usize) {
+        assert_eq!(read(&e, "big", at, MIB as usize), chunk, "at {at}");
+    }
+    e.check_invariants().unwrap();
+    e.close().unwrap();
+    drop(e);
+
+    // A device of this pool cannot start another, and a single-file pool's
+    // directory does not open as devices.
+    let other = tempfile::tempdir().unwrap();
+    let err = open(other.path(), &devs[..1]).err().unwrap().to_string();
+    assert!(err.contains("already belongs to blockfork pool"), "{err}");
+    let one = tempfile::tempdir().unwrap();
+    Engine::open_dir(one.path(), Some(16 * MIB), config())
+        .unwrap()
+        .close()
+        .unwrap();
+    let err = Engine::open_devices(one.path(), &devs, opts(), config())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("one data file"), "{err}");
+    let none = tempfile::tempdir().unwrap();
+    let err = Engine::open_devices(none.path(), &[none.path().join("nope")], opts(), config())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("does not exist"), "{err}");
+}
