@@ -127,6 +127,7 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         pool::jobs,
         pool::status,
         pool::check,
+        pool::devices,
         pool::grow,
         settings::show,
         settings::update,
@@ -367,6 +368,7 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/jobs", get(pool::jobs))
         .route("/pool", get(pool::status).patch(pool::grow))
         .route("/pool/check", get(pool::check))
+        .route("/pool/devices", get(pool::devices))
         .route("/settings", get(settings::show).patch(settings::update))
         .route(
             "/peer-tokens",

@@ -41,7 +41,17 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<CreateLun>,
 ) -> Result<(StatusCode, Json<LunInfo>), ApiError> {
-    let info = call(&state, move |e| e.create_lun(&body.name, body.size)).await?;
+    let class = match body.redundancy.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<engine::redundancy::Redundancy>()
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
+        ),
+    };
+    let info = call(&state, move |e| {
+        e.create_lun_in(&body.name, body.size, class)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(info.into())))
 }
 

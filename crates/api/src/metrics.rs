@@ -23,6 +23,7 @@ use telemetry::{HistogramSnapshot, Op, Refusal, Telemetry};
 #[derive(Debug, Default)]
 struct Scrape {
     pool: Option<PoolStatus>,
+    devices: Vec<engine::DeviceInfo>,
     luns: Vec<LunInfo>,
     /// LUNs left out of per-LUN gauges by the label limit.
     luns_unlabelled: usize,
@@ -51,6 +52,7 @@ fn read(engine: &Engine, mirrors: Option<&mirror::Mirrors>, t: Option<Arc<Teleme
     luns.truncate(limit);
     Scrape {
         pool: engine.pool_status().ok(),
+        devices: engine.pool_devices().unwrap_or_default(),
         luns,
         luns_unlabelled,
         jobs: engine.jobs(),
@@ -193,6 +195,7 @@ impl Collector for Scrape {
             )],
         )?;
         self.encode_pool(&mut out)?;
+        self.encode_devices(&mut out)?;
         self.encode_luns(&mut out)?;
         self.encode_commits(&mut out)?;
         self.encode_jobs(&mut out)?;
@@ -210,6 +213,61 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
+    /// A pool on devices: each device's state and error counts.
+    fn encode_devices(&self, out: &mut Out) -> std::fmt::Result {
+        if self.devices.is_empty() {
+            return Ok(());
+        }
+        let label = |d: &engine::DeviceInfo| vec![("device", d.path.clone())];
+        let up: Vec<(Labels, f64)> = self
+            .devices
+            .iter()
+            .map(|d| (label(d), if d.state == "online" { 1.0 } else { 0.0 }))
+            .collect();
+        out.gauge(
+            "blockfork_device_up",
+            "1 while a device of the pool is online; 0 once faulted (pool device list says why).",
+            &up,
+        )?;
+        let used: Vec<(Labels, f64)> = self
+            .devices
+            .iter()
+            .map(|d| (label(d), d.used_bytes as f64))
+            .collect();
+        out.gauge(
+            "blockfork_device_used_bytes",
+            "Bytes of each device in segments of the pool's stores.",
+            &used,
+        )?;
+        let mut errors: Vec<(Labels, u64)> = Vec::new();
+        for d in &self.devices {
+            for (kind, n) in [
+                ("read", d.read_errors),
+                ("write", d.write_errors),
+                ("checksum", d.checksum_errors),
+            ] {
+                let mut l = label(d);
+                l.push(("kind", kind.to_string()));
+                errors.push((l, n));
+            }
+        }
+        out.counter(
+            "blockfork_device_errors_total",
+            "Errors on each device since the server started, by kind: read and write errors, and blocks that failed their checksum.",
+            &errors,
+        )?;
+        let repaired: Vec<(Labels, u64)> = self
+            .devices
+            .iter()
+            .map(|d| (label(d), d.repaired_blocks))
+            .collect();
+        out.counter(
+            "blockfork_device_repaired_blocks_total",
+            "Blocks of each device rewritten from a good copy since the server started.",
+            &repaired,
+        )
+    }
+
     fn encode_pool(&self, out: &mut Out) -> std::fmt::Result {
         out.gauge1(
             "blockfork_pool_up",

@@ -3,7 +3,7 @@
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::wire::{AccessMode, ErrorBody, GrowPool, JobInfo, PoolCheck, PoolStatus};
+use crate::wire::{AccessMode, DeviceInfo, ErrorBody, GrowPool, JobInfo, PoolCheck, PoolStatus};
 use crate::{call, AppState};
 use axum::extract::State;
 use axum::Json;
@@ -19,6 +19,20 @@ use axum::Json;
 pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, ApiError> {
     let status = call(&state, |e| e.pool_status()).await?;
     Ok(Json(status.into()))
+}
+
+/// List the pool's devices: state, size, use and error counts (empty for a
+/// pool on one data file).
+#[utoipa::path(
+    get, path = "/api/v1/pool/devices", operation_id = "list_devices", tag = "pool",
+    responses(
+        (status = 200, description = "The devices, by index", body = Vec<DeviceInfo>),
+        (status = 503, description = "The pool stopped or closed", body = ErrorBody),
+    )
+)]
+pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
+    let devices = call(&state, |e| e.pool_devices()).await?;
+    Ok(Json(devices.into_iter().map(Into::into).collect()))
 }
 
 /// Check the pool's invariants online: the committed metadata as a restart

@@ -40,8 +40,23 @@ enum Top {
 struct ServeArgs {
     /// Capacity of a new pool, like 100G or 512M (ignored for an existing
     /// pool). Default: 90 % of the free space of the file system under --data.
-    #[arg(long, value_parser = cli::parse_size)]
+    #[arg(long, value_parser = cli::parse_size, conflicts_with = "device")]
     capacity: Option<u64>,
+    /// Keep the pool's data on this device (a file or a block device that
+    /// exists; repeat for each). The first start labels them and makes a
+    /// pool on devices, whose metadata stays in --data; later starts find
+    /// its devices by their labels (name them again after they moved).
+    /// Without it the pool is one data file in --data.
+    #[arg(long, value_name = "PATH")]
+    device: Vec<PathBuf>,
+    /// The segment size of a new pool on devices (the unit of placement;
+    /// decision 028), like 64M.
+    #[arg(long, value_parser = cli::parse_size, default_value = "64M", value_name = "SIZE")]
+    segment_size: u64,
+    /// Label devices that carry another blockfork pool's label, destroying
+    /// what they hold.
+    #[arg(long, requires = "device")]
+    force: bool,
     /// NBD listen address.
     #[arg(long, default_value = "127.0.0.1:10809")]
     nbd: SocketAddr,
@@ -161,8 +176,10 @@ fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .init();
     let existing = data.join("meta").exists();
+    let on_devices = !args.device.is_empty() || (existing && !data.join("data").exists());
     let capacity = match args.capacity {
         Some(c) => c,
+        None if on_devices => 0,
         None => {
             let free = free_space(data)
                 .ok_or("cannot read the free space under --data; pass --capacity")?;
@@ -175,7 +192,16 @@ fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
         open_access: args.open,
         ..EngineConfig::default()
     };
-    let engine = Engine::open_dir(data, Some(capacity), config).map_err(|e| e.to_string())?;
+    let engine = if on_devices {
+        let opts = engine::DeviceOptions {
+            segment_bytes: args.segment_size,
+            force: args.force,
+        };
+        Engine::open_devices(data, &args.device, opts, config)
+    } else {
+        Engine::open_dir(data, Some(capacity), config)
+    }
+    .map_err(|e| e.to_string())?;
     let status = engine.pool_status().map_err(|e| e.to_string())?;
     if existing && args.open && status.access != "open" {
         tracing::warn!("--open applies to new pools only; this pool stays closed (change it with `blockfork pool set --access open`)");

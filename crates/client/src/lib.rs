@@ -288,6 +288,11 @@ impl Client {
         self.get("/pool")
     }
 
+    /// The pool's devices (empty for a pool on one data file).
+    pub fn pool_devices(&self) -> Result<Vec<DeviceInfo>> {
+        self.get("/pool/devices")
+    }
+
     /// Grows the pool and/or sets its access mode.
     pub fn update_pool(&self, body: &GrowPool) -> Result<PoolStatus> {
         self.send("PATCH", "/pool", body)

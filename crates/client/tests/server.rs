@@ -76,6 +76,7 @@ fn luns_snapshots_clones_and_access() {
         .create_lun(&CreateLun {
             name: "vol0/db".into(),
             size: 64 << 20,
+            redundancy: None,
         })
         .unwrap();
     assert_eq!((lun.name.as_str(), lun.size_bytes), ("vol0/db", 64 << 20));
@@ -232,6 +233,7 @@ fn errors_carry_the_servers_sentence() {
         .create_lun(&CreateLun {
             name: "bad name".into(),
             size: 4096,
+            redundancy: None,
         })
         .unwrap_err();
     assert_eq!(err.status, Some(400), "{err}");

@@ -382,6 +382,20 @@ impl Engine {
         })
     }
 
+    /// Records an event for each device faulted since the last call.
+    pub(crate) fn report_faults(&self) {
+        let Some(stores) = &self.stores else { return };
+        for (device, why) in stores.take_news() {
+            self.note(
+                "device-faulted",
+                &format!("device {device}"),
+                format!(
+                    "Device {device} is faulted: {why}. The pool serves from the other copies, degraded."
+                ),
+            );
+        }
+    }
+
     /// Devices in the pool (0 for a pool on one data file).
     pub(crate) fn device_count(&self) -> usize {
         self.stores.as_ref().map_or(0, |s| s.device_count())
@@ -457,7 +471,9 @@ impl Engine {
             }
             let stores = self.stores.as_ref()?;
             let mut layout = stores.layout().write();
-            let n = layout.add_store(class).ok()?;
+            let n = layout
+                .add_store_avoiding(class, |d| stores.errors(d).faulted())
+                .ok()?;
             let store = layout.store(n).expect("just added");
             let record = StoreRecord {
                 class: store.class.to_string(),

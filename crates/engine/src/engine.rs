@@ -362,6 +362,7 @@ impl Engine {
         engine
             .fill_alert
             .store(engine.fill_level(), Ordering::Relaxed);
+        engine.report_faults();
         engine.resume_jobs();
         if engine.config.background {
             engine.start_threads();
@@ -448,7 +449,9 @@ impl Engine {
     /// Checks that the data file and the metadata store are still there and
     /// working; a failure fails the pool.
     pub(crate) fn check_devices(&self) -> Result<()> {
-        if let Err(e) = self.data.check() {
+        let checked = self.data.check();
+        self.report_faults();
+        if let Err(e) = checked {
             return Err(self.fail(format!("the data file failed: {e}")));
         }
         let checked = self.store_lock().check();

@@ -163,9 +163,18 @@ impl Layout {
     /// `class.devices()` devices with the most free segments (levelling as
     /// it goes); returns its number.
     pub fn add_store(&mut self, class: Redundancy) -> Result<usize> {
+        self.add_store_avoiding(class, |_| false)
+    }
+
+    /// `add_store`, on no device for which `avoid` is true (faulted ones).
+    pub fn add_store_avoiding(
+        &mut self,
+        class: Redundancy,
+        avoid: impl Fn(u32) -> bool,
+    ) -> Result<usize> {
         let want = class.devices();
         let mut candidates: Vec<u32> = (0..self.free.len() as u32)
-            .filter(|&d| !self.free[d as usize].is_empty())
+            .filter(|&d| !self.free[d as usize].is_empty() && !avoid(d))
             .collect();
         if candidates.len() < want {
             return Err(Error::NoSpace(format!(

@@ -56,6 +56,8 @@ pub struct Stores {
     devices: Vec<Arc<dyn DataFile>>,
     layout: RwLock<Layout>,
     errors: Vec<DeviceErrors>,
+    /// Devices faulted and not yet reported as events: (device, why).
+    news: Mutex<Vec<(u32, String)>>,
 }
 
 /// A piece of a call that lies in one block.
@@ -149,6 +151,7 @@ impl Stores {
             devices,
             layout: RwLock::new(layout),
             errors,
+            news: Mutex::new(Vec::new()),
         }
     }
 
@@ -174,8 +177,14 @@ impl Stores {
         let news = self.errors[device as usize].fault(why.clone());
         if news {
             tracing::error!(device, "device faulted: {why}");
+            self.news.lock().push((device, why));
         }
         news
+    }
+
+    /// Devices faulted since the last call: (device, why).
+    pub fn take_news(&self) -> Vec<(u32, String)> {
+        std::mem::take(&mut *self.news.lock())
     }
 
     /// Copies in the order to try them: healthy devices first.

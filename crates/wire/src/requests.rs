@@ -27,6 +27,11 @@ pub struct CreateLun {
         multiple_of = 4096
     )]
     pub size: u64,
+    /// How the LUN's blocks are kept: `none`, `mirror`, `mirror3` or
+    /// `parity:K+M`. Absent: the pool's default (`pool show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "mirror")]
+    pub redundancy: Option<String>,
 }
 
 /// `PATCH /api/v1/luns/{name}`

@@ -52,6 +52,15 @@ pub struct LunInfo {
     /// complete transfer (none until the baseline completes).
     #[serde(default)]
     pub replica_view: Option<String>,
+    /// How the LUN's blocks are kept: `none`, `mirror`, `mirror3` or
+    /// `parity:K+M`.
+    #[serde(default = "none_class")]
+    #[schema(example = "mirror")]
+    pub redundancy: String,
+}
+
+fn none_class() -> String {
+    "none".into()
 }
 
 #[cfg(feature = "engine")]
@@ -69,6 +78,7 @@ impl From<engine::LunInfo> for LunInfo {
             maps: l.maps,
             replica: l.replica,
             replica_view: l.replica_view,
+            redundancy: l.redundancy,
         }
     }
 }
@@ -251,6 +261,72 @@ pub struct PoolStatus {
     /// `closed`: a LUN is visible only to the igroups it is mapped to.
     #[schema(example = "closed")]
     pub access: String,
+    /// `online`, or `degraded` while a device is faulted.
+    #[serde(default = "online")]
+    #[schema(example = "online")]
+    pub state: String,
+    /// Devices of a pool on devices; 0 for a pool on one data file.
+    #[serde(default)]
+    pub devices: u64,
+    #[serde(default)]
+    pub faulted_devices: u64,
+    /// The redundancy class of new LUNs.
+    #[serde(default = "none_class")]
+    #[schema(example = "mirror")]
+    pub redundancy: String,
+}
+
+fn online() -> String {
+    "online".into()
+}
+
+/// One device of a pool on devices (`GET /api/v1/pool/devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceInfo {
+    /// Its place in the pool's device table.
+    pub index: u32,
+    /// The file or block device, as last opened.
+    pub path: String,
+    /// The id in its label.
+    pub id: String,
+    /// `online` or `faulted`.
+    #[schema(example = "online")]
+    pub state: String,
+    /// Why it is faulted.
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub size_bytes: u64,
+    pub segments: u64,
+    pub used_segments: u64,
+    pub used_bytes: u64,
+    /// Errors since the server started.
+    pub read_errors: u64,
+    pub write_errors: u64,
+    /// Blocks read whose content did not match their checksum.
+    pub checksum_errors: u64,
+    /// Blocks rewritten from a good copy.
+    pub repaired_blocks: u64,
+}
+
+#[cfg(feature = "engine")]
+impl From<engine::DeviceInfo> for DeviceInfo {
+    fn from(d: engine::DeviceInfo) -> Self {
+        DeviceInfo {
+            index: d.index,
+            path: d.path,
+            id: d.id,
+            state: d.state,
+            reason: d.reason,
+            size_bytes: d.size_bytes,
+            segments: d.segments,
+            used_segments: d.used_segments,
+            used_bytes: d.used_bytes,
+            read_errors: d.read_errors,
+            write_errors: d.write_errors,
+            checksum_errors: d.checksum_errors,
+            repaired_blocks: d.repaired_blocks,
+        }
+    }
 }
 
 #[cfg(feature = "engine")]
@@ -267,6 +343,10 @@ impl From<engine::PoolStatus> for PoolStatus {
             jobs_running: p.jobs_running,
             created: p.created,
             access: p.access,
+            state: p.state,
+            devices: p.devices,
+            faulted_devices: p.faulted_devices,
+            redundancy: p.redundancy,
         }
     }
 }

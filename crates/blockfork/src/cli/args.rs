@@ -143,6 +143,12 @@ pub enum LunCommand {
         /// optional B or iB), or bytes; a multiple of 4 KiB.
         #[arg(long, value_parser = parse_size)]
         size: u64,
+        /// How its blocks are kept on a pool on devices: none (one copy),
+        /// mirror (two, on different devices), mirror3 (three). Default:
+        /// the pool's (`pool status` shows it: none on one device, mirror
+        /// on two, mirror3 on three or more).
+        #[arg(long, value_name = "CLASS")]
+        redundancy: Option<String>,
     },
     /// List LUNs, by name.
     List {
@@ -349,6 +355,11 @@ pub enum PoolCommand {
     /// committed metadata as a restart would read it, then the live maps
     /// one LUN at a time. Exits non-zero when it finds a problem.
     Check,
+    /// The devices of a pool on devices (`serve --device`).
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
     /// Grow the pool's capacity (a pool never shrinks).
     Grow {
         /// New total capacity, like 2T (binary units K, M, G, T, P), or bytes.
@@ -378,6 +389,13 @@ pub enum PoolCommand {
         #[arg(long, value_enum)]
         access: Option<AccessArg>,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// List the devices: state, size, use, and read, write and checksum
+    /// error counts since the server started.
+    List,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

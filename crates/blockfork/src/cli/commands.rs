@@ -6,8 +6,16 @@ use super::*;
 
 pub(super) fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), String> {
     match command {
-        LunCommand::Create { name, size } => {
-            let reply = client.create_lun(&CreateLun { name, size })?;
+        LunCommand::Create {
+            name,
+            size,
+            redundancy,
+        } => {
+            let reply = client.create_lun(&CreateLun {
+                name,
+                size,
+                redundancy,
+            })?;
             out.show(reply, |l: LunInfo| lun_details(&l))
         }
         LunCommand::List { prefix } => {
@@ -377,6 +385,12 @@ pub(super) fn cg_snapshot(
 pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
     let reply = match command {
         PoolCommand::Status => client.pool()?,
+        PoolCommand::Device {
+            command: DeviceCommand::List,
+        } => {
+            let devices = client.pool_devices()?;
+            return out.show(devices, |d: Vec<DeviceInfo>| device_table(&d));
+        }
         PoolCommand::Check => {
             let report = client.check_pool()?;
             let problems = report.problems.len();

@@ -8,9 +8,9 @@
 use clap::builder::NonEmptyStringValueParser;
 use client::wire::{
     AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
-    CreateIgroup, CreateLun, GroupInfo, GrowPool, IgroupInfo, IgroupMember, JobInfo, JobState,
-    LunInfo, PoolCheck, PoolStatus, ResizeLun, Settings, SnapshotInfo, SplitInfo, SplitPhase,
-    UpdateSettings,
+    CreateIgroup, CreateLun, DeviceInfo, GroupInfo, GrowPool, IgroupInfo, IgroupMember, JobInfo,
+    JobState, LunInfo, PoolCheck, PoolStatus, ResizeLun, Settings, SnapshotInfo, SplitInfo,
+    SplitPhase, UpdateSettings,
 };
 use client::Client;
 use serde::Serialize;
@@ -258,6 +258,7 @@ mod tests {
                 maps: Vec::new(),
                 replica: false,
                 replica_view: None,
+                redundancy: "none".into(),
             },
             LunInfo {
                 id: 2,
@@ -271,6 +272,7 @@ mod tests {
                 maps: Vec::new(),
                 replica: false,
                 replica_view: None,
+                redundancy: "none".into(),
             },
         ];
         assert_eq!(

@@ -75,6 +75,7 @@ pub(crate) fn lun_details(l: &LunInfo) -> String {
         ),
         ("clones", list_or_dash(&l.clones)),
         ("maps", list_or_dash(&l.maps)),
+        ("redundancy", l.redundancy.clone()),
         ("created", format_time(l.created)),
     ]);
     if l.replica {
@@ -302,7 +303,7 @@ pub(crate) fn pool_details(p: &PoolStatus) -> String {
     } else {
         p.used_bytes as f64 * 100.0 / p.capacity_bytes as f64
     };
-    details(&[
+    let mut text = details(&[
         ("capacity", size_with_bytes(p.capacity_bytes)),
         (
             "used",
@@ -315,7 +316,65 @@ pub(crate) fn pool_details(p: &PoolStatus) -> String {
         ("jobs running", p.jobs_running.to_string()),
         ("epoch", p.epoch.to_string()),
         ("created", format_time(p.created)),
-    ])
+    ]);
+    if p.devices > 0 {
+        let state = if p.faulted_devices > 0 {
+            format!(
+                "{} ({} of {} devices faulted: `pool device list`)",
+                p.state, p.faulted_devices, p.devices
+            )
+        } else {
+            p.state.clone()
+        };
+        text.push_str(&details(&[
+            ("state", state),
+            ("devices", p.devices.to_string()),
+            ("redundancy", format!("{} (for new LUNs)", p.redundancy)),
+        ]));
+    }
+    text
+}
+
+pub(crate) fn device_table(devices: &[DeviceInfo]) -> String {
+    if devices.is_empty() {
+        return "no devices: this pool is one data file\n".into();
+    }
+    let rows = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.index.to_string(),
+                d.path.clone(),
+                d.state.clone(),
+                format_size(d.size_bytes),
+                format_size(d.used_bytes),
+                d.read_errors.to_string(),
+                d.write_errors.to_string(),
+                d.checksum_errors.to_string(),
+                d.repaired_blocks.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    let mut text = table(
+        &[
+            ("#", Align::Right),
+            ("PATH", Align::Left),
+            ("STATE", Align::Left),
+            ("SIZE", Align::Right),
+            ("USED", Align::Right),
+            ("READ-ERR", Align::Right),
+            ("WRITE-ERR", Align::Right),
+            ("CKSUM-ERR", Align::Right),
+            ("REPAIRED", Align::Right),
+        ],
+        &rows,
+    );
+    for d in devices {
+        if let Some(why) = &d.reason {
+            text.push_str(&format!("device {} is faulted: {why}\n", d.index));
+        }
+    }
+    text
 }
 
 pub(crate) fn check_details(c: &PoolCheck) -> String {

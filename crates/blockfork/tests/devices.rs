@@ -1,0 +1,212 @@
+//! A pool on devices end to end (issue 14): `serve --device` over real
+//! files, written and read by qemu-io over NBD, with a device file
+//! overwritten by random bytes or deleted between runs.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const MIB: u64 = 1 << 20;
+
+fn device_files(dir: &Path, n: usize, mib: u64) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("dev{i}"));
+            std::fs::File::create(&p)
+                .unwrap()
+                .set_len(mib * MIB)
+                .unwrap();
+            p
+        })
+        .collect()
+}
+
+fn device_args(devices: &[PathBuf]) -> Vec<String> {
+    let mut args = vec!["--segment-size".to_string(), "4M".to_string()];
+    for d in devices {
+        args.push("--device".into());
+        args.push(d.display().to_string());
+    }
+    args
+}
+
+fn start(dir: &Path, devices: &[PathBuf]) -> Server {
+    let args = device_args(devices);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start_with(dir, &refs)
+}
+
+fn qemu_io(server: &Server, export: &str, cmds: &[&str]) -> String {
+    let uri = server.nbd(export);
+    let mut args = vec!["-f", "raw", uri.as_str()];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    let out = tool_ok("qemu-io", &args);
+    assert!(
+        !out.contains("failed") && !out.contains("error"),
+        "qemu-io {cmds:?}: {out}"
+    );
+    out
+}
+
+fn json(server: &Server, args: &[&str]) -> Value {
+    let mut all = vec!["--output", "json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&server.cli_ok(&all)).unwrap()
+}
+
+/// What the test writes, and reads back after each trouble.
+const WRITES: &[&str] = &[
+    "write -P 0xa1 0 8M",
+    "write -P 0xb2 8M 4M",
+    "write -P 0xc3 1000 5000",
+    "write -P 0xd4 30M 2M",
+];
+const READS: &[&str] = &[
+    "read -P 0xa1 0 1000",
+    "read -P 0xc3 1000 5000",
+    "read -P 0xa1 6000 8382608",
+    "read -P 0xb2 8M 4M",
+    "read -P 0 12M 18M",
+    "read -P 0xd4 30M 2M",
+];
+
+/// Overwrites `len` bytes of `path` from `at` with random bytes.
+fn scribble(path: &Path, at: u64, len: u64) {
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let junk: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    f.write_all(&junk).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn a_rotten_device_is_read_around_and_repaired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = device_files(tmp.path(), 2, 48);
+    let pool = tmp.path().join("pool");
+    let mut server = start(&pool, &devices);
+    let status = json(&server, &["pool", "status"]);
+    assert_eq!(status["devices"], 2);
+    assert_eq!(status["redundancy"], "mirror");
+    server.cli_ok(&["lun", "create", "vm", "--size", "32M"]);
+    let lun = json(&server, &["lun", "show", "vm"]);
+    assert_eq!(lun["redundancy"], "mirror");
+    qemu_io(&server, "vm", WRITES);
+    qemu_io(&server, "vm", READS);
+    assert!(server.stop().success());
+
+    // Random bytes over most of the first device, its label spared.
+    scribble(&devices[0], 8192, 40 * MIB);
+    // Restarted without naming the devices: found where they were.
+    let server = Server::start_with(&pool, &[]);
+    qemu_io(&server, "vm", READS);
+    let list = json(&server, &["pool", "device", "list"]);
+    let (d0, d1) = (&list[0], &list[1]);
+    let found = d0["checksum_errors"].as_u64().unwrap();
+    assert!(found >= 3584, "every block written was rotten: {list}");
+    assert_eq!(d0["repaired_blocks"].as_u64().unwrap(), found);
+    assert_eq!(d1["checksum_errors"], 0);
+    assert_eq!(d0["state"], "online");
+    // Repaired on disk: reading again finds nothing new.
+    qemu_io(&server, "vm", READS);
+    let again = json(&server, &["pool", "device", "list"]);
+    assert_eq!(again[0]["checksum_errors"].as_u64().unwrap(), found);
+    let text = server.cli_ok(&["pool", "device", "list"]);
+    assert!(
+        text.contains("CKSUM-ERR") && text.contains("dev0"),
+        "{text}"
+    );
+    let check = json(&server, &["pool", "check"]);
+    assert_eq!(check["ok"], true, "{check}");
+}
+
+#[test]
+fn a_missing_device_leaves_the_pool_serving_degraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = device_files(tmp.path(), 3, 64);
+    let pool = tmp.path().join("pool");
+    let mut server = start(&pool, &devices);
+    server.cli_ok(&["lun", "create", "vm", "--size", "32M"]);
+    assert_eq!(
+        json(&server, &["lun", "show", "vm"])["redundancy"],
+        "mirror3"
+    );
+    server.cli_ok(&[
+        "lun",
+        "create",
+        "db",
+        "--size",
+        "16M",
+        "--redundancy",
+        "mirror",
+    ]);
+    qemu_io(&server, "vm", WRITES);
+    qemu_io(&server, "db", &["write -P 0x5e 0 16M"]);
+    let bad = server.cli(&[
+        "lun",
+        "create",
+        "x",
+        "--size",
+        "1M",
+        "--redundancy",
+        "raid5",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("raid5") && err.contains("mirror3"), "{err}");
+    assert!(server.stop().success());
+
+    std::fs::remove_file(&devices[1]).unwrap();
+    let server = Server::start_with(&pool, &[]);
+    let status = json(&server, &["pool", "status"]);
+    assert_eq!(status["state"], "degraded", "{status}");
+    assert_eq!(status["faulted_devices"], 1);
+    let list = json(&server, &["pool", "device", "list"]);
+    assert_eq!(list[1]["state"], "faulted");
+    assert!(
+        list[1]["reason"].as_str().unwrap().contains("did not open"),
+        "{list}"
+    );
+    let text = server.cli_ok(&["pool", "status"]);
+    assert!(text.contains("degraded (1 of 3 devices faulted"), "{text}");
+    qemu_io(&server, "vm", READS);
+    qemu_io(&server, "db", &["read -P 0x5e 0 16M"]);
+    // Writes go on, to the copies left.
+    qemu_io(
+        &server,
+        "db",
+        &["write -P 0x6f 4M 1M", "read -P 0x6f 4M 1M"],
+    );
+    assert!(server.log_text().contains("device faulted"));
+    let events = server.cli_ok(&["events", "--since", "0"]);
+    assert!(events.contains("device-faulted"), "{events}");
+    let (code, metrics) = get(
+        &format!("{}/metrics", server.url()),
+        Some(&server.token()),
+        None,
+    );
+    assert_eq!(code, 200);
+    promtool_ok(&metrics);
+    let dev1 = devices[1].display().to_string();
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!("blockfork_device_up{{device=\"{dev1}\"}}")
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+}
