@@ -499,6 +499,12 @@ impl MetaStore for SimStore {
                 None => {}
             }
         }
+        // The machine went down before this call (a device's sync crashed,
+        // and a pool on devices goes on past one device's failure): nothing
+        // more reaches any disk.
+        if self.plan.crashed() {
+            return Err(Error::Store("simulated crash: the machine is down".into()));
+        }
         let fault = self.plan.next();
         if fault == Some(Fault::Panic) {
             panic!("simulated panic in a metadata commit");

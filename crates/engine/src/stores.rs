@@ -452,6 +452,13 @@ impl DataFile for Stores {
                     ))
                 }));
             }
+            // A device faulted here may hold another store's last copy:
+            // the pool cannot go on, and says so now, not at the next sync.
+            if let Some(e) = last {
+                if let Err(why) = self.servable() {
+                    return Err(eio(format!("{e}; {why}")));
+                }
+            }
         }
         Ok(())
     }

@@ -5,7 +5,16 @@
 //!
 //! Seeds: `MODEL_SEEDS` (default 24) starting at `MODEL_SEED` (default 1);
 //! steps per seed: `MODEL_STEPS` (default 400). A failure prints its seed.
+//!
+//! The same sequences run on a pool of three simulated devices (issue 14):
+//! LUNs of every redundancy class, device faults failing one copy; and on
+//! a pool whose first device lies (flips bits it reads and writes, tears
+//! and drops writes, all reported as success) under mirrored LUNs only,
+//! where every read must still return the right bytes.
+//! `MODEL_DEVICE_SEEDS` (default 12) seeds each.
 
+use engine::faulty::{FaultyDevice, Misbehave, On, Rule};
+use engine::io::DataFile;
 use engine::sim::{Fault, FaultPlan, SimData, SimStore};
 use engine::{Engine, EngineConfig, Error, RangeEntry, Target, BLOCK_SIZE};
 use rand::rngs::StdRng;
@@ -15,6 +24,114 @@ use std::sync::Arc;
 
 const BS: usize = BLOCK_SIZE as usize;
 const CAPACITY_BLOCKS: u64 = 120;
+/// A pool on devices: three devices of ten 16-block segments.
+const DEVICES: usize = 3;
+const DEVICE_SEGMENTS: u64 = 10;
+const SEGMENT_BYTES: u64 = 16 * BLOCK_SIZE;
+
+/// What the pool's data lives on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// One data file.
+    File,
+    /// Three devices; LUNs of every class; devices fail (EIO, short
+    /// writes) and crash.
+    Devices,
+    /// Three devices, the first of which lies; mirrored LUNs only; no
+    /// device fails loudly, crashes only (one liar and one failure could
+    /// leave no good copy, which no redundancy promises).
+    Lying,
+}
+
+/// The simulated storage under the engine, kept across crashes.
+struct Backing {
+    mode: Mode,
+    files: Vec<SimData>,
+    /// What the lying device did, over every open.
+    lies: u64,
+    liar: Option<Arc<FaultyDevice>>,
+}
+
+impl Backing {
+    fn new(mode: Mode, plan: &FaultPlan) -> Backing {
+        let n = if mode == Mode::File { 1 } else { DEVICES };
+        let files: Vec<SimData> = (0..n).map(|_| SimData::new(plan.clone())).collect();
+        if mode != Mode::File {
+            for f in &files {
+                f.ensure_len(engine::label::LABEL_BYTES + DEVICE_SEGMENTS * SEGMENT_BYTES)
+                    .unwrap();
+            }
+        }
+        Backing {
+            mode,
+            files,
+            lies: 0,
+            liar: None,
+        }
+    }
+
+    fn after_crash(&mut self, plan: &FaultPlan) -> Backing {
+        Backing {
+            mode: self.mode,
+            files: self
+                .files
+                .iter()
+                .map(|f| f.after_crash(plan.clone()))
+                .collect(),
+            lies: self.lies_told(),
+            liar: None,
+        }
+    }
+
+    /// Bits flipped, writes torn and writes dropped by the lying device.
+    fn lies_told(&self) -> u64 {
+        self.lies
+            + self.liar.as_ref().map_or(0, |l| {
+                let i = l.injected();
+                use std::sync::atomic::Ordering::Relaxed;
+                i.bit_flips.load(Relaxed) + i.torn.load(Relaxed) + i.dropped.load(Relaxed)
+            })
+    }
+
+    fn open(&mut self, store: &SimStore, seed: u64, salt: u64) -> engine::Result<Arc<Engine>> {
+        if self.mode == Mode::File {
+            return Engine::open_with(
+                Box::new(self.files[0].clone()),
+                Box::new(store.clone()),
+                CAPACITY_BLOCKS,
+                config(seed),
+            );
+        }
+        let mut devices = Vec::new();
+        let mut liar_now = None;
+        for (i, f) in self.files.iter().enumerate() {
+            let f: Arc<dyn DataFile> = Arc::new(f.clone());
+            let f = if i == 0 && self.mode == Mode::Lying {
+                let liar = FaultyDevice::new(f, seed ^ salt);
+                liar.inject(Rule::always(On::Read, Misbehave::BitFlip).one_in(10));
+                liar.inject(Rule::always(On::Write, Misbehave::BitFlip).one_in(20));
+                liar.inject(Rule::always(On::Write, Misbehave::Torn).one_in(30));
+                liar.inject(Rule::always(On::Write, Misbehave::Dropped).one_in(30));
+                let liar = Arc::new(liar);
+                liar_now = Some(liar.clone());
+                liar as Arc<dyn DataFile>
+            } else {
+                f
+            };
+            devices.push((f, DEVICE_SEGMENTS));
+        }
+        if liar_now.is_some() {
+            self.lies = self.lies_told();
+            self.liar = liar_now;
+        }
+        Engine::open_devices_with(
+            devices,
+            Box::new(store.clone()),
+            SEGMENT_BYTES,
+            config(seed),
+        )
+    }
+}
 
 #[derive(Clone, Default)]
 struct MLun {
@@ -58,7 +175,7 @@ struct World {
     rng: StdRng,
     seed: u64,
     plan: FaultPlan,
-    data: SimData,
+    backing: Backing,
     store: SimStore,
     engine: Arc<Engine>,
     luns: BTreeMap<String, MLun>,
@@ -108,22 +225,17 @@ fn pattern(rng: &mut StdRng, len: usize) -> Vec<u8> {
 }
 
 impl World {
-    fn new(seed: u64) -> World {
+    fn new(seed: u64, mode: Mode) -> World {
         let plan = FaultPlan::new(seed);
-        let data = SimData::new(plan.clone());
+        let backing = Backing::new(mode, &plan);
         let store = SimStore::new(plan.clone());
-        let engine = Engine::open_with(
-            Box::new(data.clone()),
-            Box::new(store.clone()),
-            CAPACITY_BLOCKS,
-            config(seed),
-        )
-        .expect("open a new pool");
+        let mut backing = backing;
+        let engine = backing.open(&store, seed, 0).expect("open a new pool");
         World {
             rng: StdRng::seed_from_u64(seed),
             seed,
             plan,
-            data,
+            backing,
             store,
             engine,
             luns: BTreeMap::new(),
@@ -173,6 +285,7 @@ impl World {
     fn maybe_fault(&mut self) -> bool {
         if self.rng.gen_ratio(1, 12) {
             let fault = match self.rng.gen_range(0..4) {
+                _ if self.backing.mode == Mode::Lying => Fault::Crash,
                 0 => Fault::Eio,
                 1 => Fault::NoSpace,
                 2 => Fault::ShortWrite,
@@ -438,7 +551,15 @@ impl World {
     fn op_create_lun(&mut self) -> Result<(), Error> {
         let name = self.lun_name();
         let blocks = self.rng.gen_range(1..40);
-        let r = self.engine.create_lun(&name, blocks as u64 * BLOCK_SIZE);
+        let class = match self.backing.mode {
+            Mode::File => None,
+            Mode::Devices => Some(["none", "mirror", "mirror3"][self.rng.gen_range(0..3)]),
+            Mode::Lying => Some(["mirror", "mirror3"][self.rng.gen_range(0..2)]),
+        };
+        let class = class.map(|c| c.parse().unwrap());
+        let r = self
+            .engine
+            .create_lun_in(&name, blocks as u64 * BLOCK_SIZE, class);
         match r {
             Ok(_) => {
                 assert!(
@@ -849,16 +970,13 @@ impl World {
         self.engine.close()?;
         self.all_durable();
         let plan = FaultPlan::new(self.rng.gen());
-        self.data = self.data.after_crash(plan.clone());
+        self.backing = self.backing.after_crash(&plan);
         self.store = self.store.after_crash(plan.clone());
         self.plan = plan;
-        self.engine = Engine::open_with(
-            Box::new(self.data.clone()),
-            Box::new(self.store.clone()),
-            CAPACITY_BLOCKS,
-            config(self.seed),
-        )
-        .unwrap_or_else(|e| panic!("seed {}: reopen: {e}", self.seed));
+        self.engine = self
+            .backing
+            .open(&self.store, self.seed, self.rng.gen())
+            .unwrap_or_else(|e| panic!("seed {}: reopen: {e}", self.seed));
         self.unknown.clear();
         self.engine.run_jobs();
         Ok(())
@@ -889,16 +1007,13 @@ impl World {
     fn crash(&mut self) {
         self.crashes += 1;
         let plan = FaultPlan::new(self.rng.gen());
-        self.data = self.data.after_crash(plan.clone());
+        self.backing = self.backing.after_crash(&plan);
         self.store = self.store.after_crash(plan.clone());
         self.plan = plan;
-        self.engine = Engine::open_with(
-            Box::new(self.data.clone()),
-            Box::new(self.store.clone()),
-            CAPACITY_BLOCKS,
-            config(self.seed),
-        )
-        .unwrap_or_else(|e| panic!("seed {}: reopen after crash: {e}", self.seed));
+        self.engine = self
+            .backing
+            .open(&self.store, self.seed, self.rng.gen())
+            .unwrap_or_else(|e| panic!("seed {}: reopen after crash: {e}", self.seed));
         self.engine
             .check_invariants()
             .unwrap_or_else(|e| panic!("seed {}: after crash: {e}", self.seed));
@@ -1175,14 +1290,29 @@ fn env_u64(name: &str, default: u64) -> u64 {
 
 #[test]
 fn model_random_sequences_with_crashes() {
-    let first = env_u64("MODEL_SEED", 1);
     let seeds = env_u64("MODEL_SEEDS", 24);
+    run_model(Mode::File, seeds);
+}
+
+#[test]
+fn model_on_devices_with_failing_devices_and_crashes() {
+    run_model(Mode::Devices, env_u64("MODEL_DEVICE_SEEDS", 12));
+}
+
+#[test]
+fn model_on_devices_one_of_which_lies() {
+    run_model(Mode::Lying, env_u64("MODEL_DEVICE_SEEDS", 12));
+}
+
+fn run_model(mode: Mode, seeds: u64) {
+    let first = env_u64("MODEL_SEED", 1);
     let steps = env_u64("MODEL_STEPS", 400);
     let (mut crashes, mut faults, mut nospace) = (0, 0, 0);
     let (mut clones, mut split_bytes, mut splits_done) = (0, 0, 0);
     let mut range_clones = 0;
+    let mut lies = 0;
     for seed in first..first + seeds {
-        let mut w = World::new(seed);
+        let mut w = World::new(seed, mode);
         for _ in 0..steps {
             w.step();
         }
@@ -1191,15 +1321,20 @@ fn model_random_sequences_with_crashes() {
         split_bytes += w.split_bytes;
         splits_done += w.splits_done;
         range_clones += w.range_clones;
+        lies += w.backing.lies_told();
         crashes += w.crashes;
         faults += w.faults;
         nospace += w.nospace;
     }
     eprintln!(
-        "model: {seeds} seeds x {steps} steps, {crashes} crashes, {faults} failed writes, {nospace} ENOSPC, \
+        "model ({mode:?}): {seeds} seeds x {steps} steps, {crashes} crashes, {faults} failed writes, {nospace} ENOSPC, \
          {clones} clones, {split_bytes} bytes copied by splits, {splits_done} split-done observations, {range_clones} range clones"
     );
     assert!(range_clones > 0, "the run never cloned a range");
+    if mode == Mode::Lying {
+        eprintln!("model ({mode:?}): the lying device told {lies} lies");
+        assert!(lies > 100, "the device hardly lied: {lies}");
+    }
     assert!(
         clones > 0 && split_bytes > 0 && splits_done > 0,
         "the run never split a clone to the end"
