@@ -128,6 +128,9 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         pool::status,
         pool::check,
         pool::devices,
+        pool::scrub_status,
+        pool::scrub_start,
+        pool::scrub_stop,
         pool::grow,
         settings::show,
         settings::update,
@@ -369,6 +372,9 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/pool", get(pool::status).patch(pool::grow))
         .route("/pool/check", get(pool::check))
         .route("/pool/devices", get(pool::devices))
+        .route("/pool/scrub", get(pool::scrub_status))
+        .route("/pool/scrub/start", post(pool::scrub_start))
+        .route("/pool/scrub/stop", post(pool::scrub_stop))
         .route("/settings", get(settings::show).patch(settings::update))
         .route(
             "/peer-tokens",

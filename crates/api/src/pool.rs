@@ -3,7 +3,9 @@
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::wire::{AccessMode, DeviceInfo, ErrorBody, GrowPool, JobInfo, PoolCheck, PoolStatus};
+use crate::wire::{
+    AccessMode, DeviceInfo, ErrorBody, GrowPool, JobInfo, PoolCheck, PoolStatus, ScrubInfo,
+};
 use crate::{call, AppState};
 use axum::extract::State;
 use axum::Json;
@@ -33,6 +35,47 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, A
 pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     let devices = call(&state, |e| e.pool_devices()).await?;
     Ok(Json(devices.into_iter().map(Into::into).collect()))
+}
+
+/// Show the scrub: state, progress, what it repaired and what it could not.
+#[utoipa::path(
+    get, path = "/api/v1/pool/scrub", operation_id = "scrub_status", tag = "pool",
+    responses(
+        (status = 200, description = "The scrub", body = ScrubInfo),
+        (status = 503, description = "The pool stopped or closed", body = ErrorBody),
+    )
+)]
+pub async fn scrub_status(State(state): State<AppState>) -> Result<Json<ScrubInfo>, ApiError> {
+    let info = call(&state, |e| e.scrub_status()).await?;
+    Ok(Json(info.into()))
+}
+
+/// Start a scrub (or resume a stopped one): it reads every used block,
+/// checks every copy against its checksum and repairs from a good copy,
+/// in the background, paced by the scrub rate.
+#[utoipa::path(
+    post, path = "/api/v1/pool/scrub/start", operation_id = "start_scrub", tag = "pool",
+    responses(
+        (status = 200, description = "The scrub", body = ScrubInfo),
+        (status = 400, description = "The pool is on one data file (no checksums)", body = ErrorBody),
+    )
+)]
+pub async fn scrub_start(State(state): State<AppState>) -> Result<Json<ScrubInfo>, ApiError> {
+    let info = call(&state, |e| e.scrub_start()).await?;
+    Ok(Json(info.into()))
+}
+
+/// Stop the running scrub where it is (start resumes it).
+#[utoipa::path(
+    post, path = "/api/v1/pool/scrub/stop", operation_id = "stop_scrub", tag = "pool",
+    responses(
+        (status = 200, description = "The scrub", body = ScrubInfo),
+        (status = 400, description = "No scrub is running, or the pool is on one data file", body = ErrorBody),
+    )
+)]
+pub async fn scrub_stop(State(state): State<AppState>) -> Result<Json<ScrubInfo>, ApiError> {
+    let info = call(&state, |e| e.scrub_stop()).await?;
+    Ok(Json(info.into()))
 }
 
 /// Check the pool's invariants online: the committed metadata as a restart

@@ -21,11 +21,12 @@ fn io_metrics(state: &AppState) -> bool {
     responses((status = 200, description = "The settings", body = Settings))
 )]
 pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiError> {
-    let rate = call(&state, |e| Ok(e.split_rate())).await?;
+    let (rate, scrub) = call(&state, |e| Ok((e.split_rate(), e.scrub_rate()))).await?;
     Ok(Json(Settings::from_rates(
         rate,
         mirror_rate(&state),
         io_metrics(&state),
+        scrub,
     )))
 }
 
@@ -38,6 +39,9 @@ pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiEr
 /// `mirror_rate_mbps` limits, pool-wide, how fast mirrors transfer into
 /// this server; it is kept with the mirrors' state. `io_metrics` starts or
 /// stops counting NBD requests (until the server restarts).
+/// `scrub_rate_mbps` paces the scrub (MB/s; 0 for unlimited; a quarter of
+/// it while reads or writes arrive) until the server restarts, which takes
+/// `blockfork serve --scrub-rate` again.
 #[utoipa::path(
     patch, path = "/api/v1/settings", operation_id = "update_settings", tag = "settings",
     request_body = UpdateSettings,
@@ -68,6 +72,15 @@ pub async fn update(
         })?),
         None => None,
     };
+    let scrub_bytes = match body.scrub_rate_mbps {
+        Some(mbps) => Some(mbps.checked_mul(MB).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`scrub_rate_mbps` {mbps} is too large; the largest is {}, and 0 means unlimited",
+                u64::MAX / MB
+            ))
+        })?),
+        None => None,
+    };
     if mirror_bytes.is_some() && state.mirrors.is_none() {
         return Err(ApiError::invalid("mirroring is not enabled on this server"));
     }
@@ -82,9 +95,13 @@ pub async fn update(
         if let Some(bytes) = bytes {
             e.set_split_rate(bytes);
         }
-        Ok(e.split_rate())
+        if let Some(bytes) = scrub_bytes {
+            e.set_scrub_rate(bytes);
+        }
+        Ok((e.split_rate(), e.scrub_rate()))
     })
     .await?;
+    let (rate, scrub) = rate;
     if let (Some(on), Some(t)) = (body.io_metrics, &state.telemetry) {
         t.io.set_enabled(on);
         tracing::info!("I/O metrics {}", if on { "on" } else { "off" });
@@ -93,5 +110,6 @@ pub async fn update(
         rate,
         mirror_rate(&state),
         io_metrics(&state),
+        scrub,
     )))
 }

@@ -833,7 +833,7 @@ fn splits() {
     assert_eq!(fast.status, 200, "{}", fast.body);
     assert_eq!(
         fast.body,
-        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
+        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64})
     );
     let resumed = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
     assert_eq!(resumed.status, 200, "{}", resumed.body);
@@ -897,15 +897,28 @@ fn settings() {
     assert_eq!(shown.status, 200);
     assert_eq!(
         shown.body,
-        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
+        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64})
     );
     let set = server.send("PATCH", "/settings", json!({"split_rate_mbps": 5}));
     assert_eq!(set.status, 200, "{}", set.body);
     assert_eq!(
         set.body,
-        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
+        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64})
     );
     assert_eq!(server.engine.split_rate(), 5_000_000);
+    let scrub = server.send("PATCH", "/settings", json!({"scrub_rate_mbps": 10}));
+    assert_eq!(scrub.status, 200, "{}", scrub.body);
+    assert_eq!(scrub.body["scrub_rate_bytes_per_sec"], 10_000_000);
+    assert_eq!(server.engine.scrub_rate(), 10_000_000);
+    let bad = server.send("PATCH", "/settings", json!({"scrub_rate_mbps": -1}));
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    // A pool on one data file has no checksums to scrub.
+    let refused = server.send("POST", "/pool/scrub/start", json!(null));
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(server.get("/pool/scrub").body["state"], "never");
+    assert_eq!(server.get("/pool/devices").body, json!([]));
+    let back = server.send("PATCH", "/settings", json!({"scrub_rate_mbps": 64}));
+    assert_eq!(back.status, 200, "{}", back.body);
     assert_eq!(server.get("/settings").body, set.body);
     // Nothing asked, nothing changed.
     let same = server.send("PATCH", "/settings", json!({}));
@@ -1375,6 +1388,10 @@ fn openapi_lists_every_route() {
         ("/api/v1/jobs", &["get"]),
         ("/api/v1/pool", &["get", "patch"]),
         ("/api/v1/pool/check", &["get"]),
+        ("/api/v1/pool/devices", &["get"]),
+        ("/api/v1/pool/scrub", &["get"]),
+        ("/api/v1/pool/scrub/start", &["post"]),
+        ("/api/v1/pool/scrub/stop", &["post"]),
         ("/api/v1/settings", &["get", "patch"]),
         ("/api/v1/peer-tokens", &["get", "post"]),
         ("/api/v1/peer-tokens/{name}", &["delete"]),

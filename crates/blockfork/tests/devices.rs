@@ -131,6 +131,35 @@ fn a_rotten_device_is_read_around_and_repaired() {
     );
     let check = json(&server, &["pool", "check"]);
     assert_eq!(check["ok"], true, "{check}");
+    let mut server = server;
+    assert!(server.stop().success());
+
+    // The other device rots, where reads do not look (they take the first
+    // copy that verifies): a scrub reads every copy and repairs it.
+    scribble(&devices[1], 8192, 40 * MIB);
+    let server = Server::start_with(&pool, &["--scrub-rate", "0"]);
+    assert_eq!(
+        json(&server, &["pool", "scrub", "status"])["state"],
+        "never"
+    );
+    server.cli_ok(&["pool", "scrub", "start"]);
+    let text = server.cli_ok(&["pool", "scrub", "status", "--watch"]);
+    assert!(
+        text.contains("done") && text.contains("lost blocks"),
+        "{text}"
+    );
+    let scrub = json(&server, &["pool", "scrub", "status"]);
+    assert_eq!(scrub["state"], "done");
+    let repaired = scrub["repaired_copies"].as_u64().unwrap();
+    assert!(repaired >= 3584, "{scrub}");
+    assert_eq!(scrub["lost_blocks"], 0);
+    let list = json(&server, &["pool", "device", "list"]);
+    assert_eq!(list[1]["checksum_errors"].as_u64().unwrap(), repaired);
+    qemu_io(&server, "vm", READS);
+    let settings = server.cli_ok(&["pool", "set", "--scrub-rate", "50"]);
+    assert!(settings.contains("scrub rate"), "{settings}");
+    let events = server.cli_ok(&["events", "--since", "0"]);
+    assert!(events.contains("scrub-done"), "{events}");
 }
 
 #[test]

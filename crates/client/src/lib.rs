@@ -293,6 +293,18 @@ impl Client {
         self.get("/pool/devices")
     }
 
+    pub fn scrub_status(&self) -> Result<ScrubInfo> {
+        self.get("/pool/scrub")
+    }
+
+    pub fn scrub_start(&self) -> Result<ScrubInfo> {
+        self.post_empty("/pool/scrub/start")
+    }
+
+    pub fn scrub_stop(&self) -> Result<ScrubInfo> {
+        self.post_empty("/pool/scrub/stop")
+    }
+
     /// Grows the pool and/or sets its access mode.
     pub fn update_pool(&self, body: &GrowPool) -> Result<PoolStatus> {
         self.send("PATCH", "/pool", body)

@@ -112,6 +112,30 @@ impl Space {
             .grow(capacity_blocks);
     }
 
+    /// The first run of blocks in use (not free) at or after `pos`, within
+    /// one region, of at most `max` blocks; None past the last region.
+    pub fn next_used(&self, pos: u64, max: u64) -> Option<Run> {
+        let mut p = pos;
+        loop {
+            let (start, len, class) = match self.region_of(p) {
+                Some(r) => r,
+                None => {
+                    let (&s, &(l, c)) = self.regions.range(p..).next()?;
+                    (s, l, c)
+                }
+            };
+            let from = p.max(start);
+            let alloc = self
+                .classes
+                .get(&class)
+                .expect("a region's class has an allocator");
+            if let Some(run) = alloc.next_used(from, start + len, max) {
+                return Some(run);
+            }
+            p = start + len;
+        }
+    }
+
     pub fn free_blocks(&self) -> u64 {
         self.classes.values().map(Allocator::free_blocks).sum()
     }
@@ -165,6 +189,23 @@ mod tests {
         s.add_region(Run::new(3000, 10), m);
         assert_eq!(s.free_blocks_of(m), 15);
         assert_eq!(s.free_blocks(), 30 + 15);
+    }
+
+    #[test]
+    fn used_runs_are_found_region_by_region() {
+        let (m, n) = (Redundancy::Mirror, Redundancy::None);
+        let s = Space::over(
+            &[(Run::new(0, 100), n), (Run::new(1000, 50), m)],
+            &[Run::new(10, 5), Run::new(98, 2), Run::new(1000, 30)],
+        )
+        .unwrap();
+        assert_eq!(s.next_used(0, 64), Some(Run::new(10, 5)));
+        assert_eq!(s.next_used(12, 64), Some(Run::new(12, 3)));
+        assert_eq!(s.next_used(15, 64), Some(Run::new(98, 2)));
+        assert_eq!(s.next_used(100, 64), Some(Run::new(1000, 30)));
+        assert_eq!(s.next_used(1000, 8), Some(Run::new(1000, 8)));
+        assert_eq!(s.next_used(1030, 64), None);
+        assert_eq!(s.next_used(5000, 64), None);
     }
 
     #[test]

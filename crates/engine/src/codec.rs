@@ -24,6 +24,8 @@ pub const TAG_DEVICE: u8 = b'V';
 pub const TAG_STORE: u8 = b'T';
 /// A page of block checksums, by page number.
 pub const TAG_SUMS: u8 = b'c';
+/// The scrub's job (one key).
+pub const TAG_SCRUB: u8 = b'U';
 
 /// The newest format this version reads and writes. Bumped when the layout
 /// changes incompatibly; every older one is still read (decision 016).

@@ -120,11 +120,14 @@ impl Engine {
                 (Src::Data(pba), Some(stores)) => {
                     let (these, rest) = sums.split_at(n as usize);
                     sums = rest;
+                    let lost = |e: std::io::Error| self.lost(target, lba, n, e);
                     if skip == 0 && out.len() as u64 == n * BLOCK_SIZE {
-                        stores.read_checked(out, pba.bytes(), these)?;
+                        stores.read_checked(out, pba.bytes(), these).map_err(lost)?;
                     } else {
                         let mut whole = vec![0u8; (n * BLOCK_SIZE) as usize];
-                        stores.read_checked(&mut whole, pba.bytes(), these)?;
+                        stores
+                            .read_checked(&mut whole, pba.bytes(), these)
+                            .map_err(lost)?;
                         let from = skip as usize;
                         out.copy_from_slice(&whole[from..from + out.len()]);
                     }
@@ -305,7 +308,7 @@ impl Engine {
                     s.alloc.free_blocks_of(class)
                 ))
             })?;
-            s.reserved_blocks += need;
+            s.reserve(&runs);
             for p in lay_out(&runs, redirect.iter().map(|r| r.1)) {
                 let (at, _, piece) = redirect[p.range];
                 plan.push(Step {
@@ -349,8 +352,7 @@ impl Engine {
         // Even a failed write may have changed blocks written in place.
         self.data_dirty.store(true, Ordering::Release);
         let mut s = self.state.lock();
-        let reserved: u64 = fresh_runs.iter().map(|r| r.len.get()).sum();
-        s.reserved_blocks -= reserved;
+        s.unreserve(&fresh_runs);
         if let Err(e) = result {
             // Nothing points at the new blocks: they are free at once.
             for r in fresh_runs {

@@ -38,6 +38,9 @@ pub struct EngineConfig {
     /// Pool-wide clone split rate limit in bytes per second (0: none);
     /// adjustable at run time with `Engine::set_split_rate`.
     pub split_rate_bytes: u64,
+    /// The scrub's pace in bytes per second (0: none), adjustable at run
+    /// time with `Engine::set_scrub_rate`.
+    pub scrub_rate_bytes: u64,
     /// Run the commit and reclaim threads. Tests turn this off and drive
     /// commits (`flush`) and jobs (`run_jobs`) themselves, deterministically.
     pub background: bool,
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             reclaim_ranges_per_batch: 4096,
             reclaim_pause_ms: 1,
             split_rate_bytes: 128_000_000,
+            scrub_rate_bytes: crate::scrub::SCRUB_RATE_DEFAULT,
             background: true,
             open_access: false,
             chain_index_min_levels: crate::chain::CHAIN_INDEX_MIN_LEVELS,
@@ -98,6 +102,8 @@ pub struct Engine {
     pub(crate) data_dirty: AtomicBool,
     /// Pool-wide clone split rate limit, bytes per second (0: none).
     pub(crate) split_rate_bytes: AtomicU64,
+    /// The scrub's pace, bytes per second (0: none).
+    pub(crate) scrub_rate_bytes: AtomicU64,
     /// Reads and writes served so far: the split thread slows down while
     /// this moves (see `SPLIT_YIELD_DIVISOR`).
     pub(crate) foreground_ops: AtomicU64,
@@ -333,6 +339,7 @@ impl Engine {
             ctl_cv: Condvar::new(),
             data_dirty: AtomicBool::new(false),
             split_rate_bytes: AtomicU64::new(config.split_rate_bytes),
+            scrub_rate_bytes: AtomicU64::new(config.scrub_rate_bytes),
             foreground_ops: AtomicU64::new(0),
             split_turn: Mutex::new(LunId(0)),
             access_gen: AtomicU64::new(0),
@@ -413,7 +420,18 @@ impl Engine {
             last_fg = fg;
             crate::split::split_pause(step, engine.split_rate(), busy, started.elapsed())
         });
-        self.threads.lock().extend([committer, reclaimer, splitter]);
+        let mut last_scrub_fg = 0;
+        let scrubber = self.spawn_worker("blockfork-scrub", move |engine| {
+            let started = std::time::Instant::now();
+            let step = engine.run_scrub_batch();
+            let fg = engine.foreground_ops.load(Ordering::Relaxed);
+            let busy = fg != last_scrub_fg;
+            last_scrub_fg = fg;
+            crate::scrub::scrub_pause(step, engine.scrub_rate(), busy, started.elapsed())
+        });
+        self.threads
+            .lock()
+            .extend([committer, reclaimer, splitter, scrubber]);
     }
 
     /// A background thread: runs `step` until the engine stops or is gone,

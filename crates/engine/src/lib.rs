@@ -33,6 +33,7 @@ mod range;
 pub mod redundancy;
 mod replica;
 pub mod sched;
+pub mod scrub;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod snapshot;

@@ -84,6 +84,7 @@ struct Loaded {
     devices: BTreeMap<u64, codec::DeviceRecord>,
     stores: BTreeMap<u64, codec::StoreRecord>,
     sums: crate::sums::Sums,
+    scrub: Option<crate::scrub::ScrubJob>,
 }
 
 /// What a pool on devices is laid out as: the layout and the devices, by
@@ -135,6 +136,7 @@ impl Loaded {
                     .insert(codec::parse_u64(k, 1)?, codec::from_json(k, v)?);
             }
             Some(codec::TAG_SUMS) => self.sums.load_page(k, codec::parse_u64(k, 1)?, v)?,
+            Some(codec::TAG_SCRUB) => self.scrub = Some(codec::from_json(k, v)?),
             Some(codec::TAG_HEAD) => self.head(k, v)?,
             Some(codec::TAG_HISTORY) => self.history(k, v)?,
             Some(codec::TAG_REFS) => {
@@ -297,6 +299,7 @@ pub(crate) fn load_pool(
         devices,
         stores,
         sums,
+        scrub,
     } = loaded;
     let fresh = pool.is_none();
     let pool = pool.unwrap_or(PoolRecord {
@@ -387,6 +390,7 @@ pub(crate) fn load_pool(
         pending_free: Vec::new(),
         committing_free: Vec::new(),
         reserved_blocks: 0,
+        in_flight: BTreeMap::new(),
         dirty: Dirty::default(),
         failed: None,
         closed: false,
@@ -400,6 +404,8 @@ pub(crate) fn load_pool(
         segment_bytes: pool.segment_bytes,
         default_class,
         sums: on_devices.as_ref().map(|_| sums),
+        scrub,
+        damage: Vec::new(),
     };
     Ok((state, fresh, on_devices))
 }

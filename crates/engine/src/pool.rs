@@ -187,6 +187,7 @@ impl Engine {
             devices: self.device_count() as u64,
             faulted_devices: faulted,
             redundancy: self.default_class(&s).to_string(),
+            damage: s.damage.clone(),
         })
     }
 

@@ -194,6 +194,24 @@ impl Allocator {
         self.free_blocks += added;
     }
 
+    /// The first run of blocks not free at or after `pos` and before `end`
+    /// (at most `max` blocks).
+    pub fn next_used(&self, pos: u64, end: u64, max: u64) -> Option<Run> {
+        let mut p = pos;
+        while p < end {
+            if let Some((&s, &l)) = self.free.range(..=p).next_back() {
+                if s + l > p {
+                    p = s + l;
+                    continue;
+                }
+            }
+            let next_free = self.free.range(p..).next().map_or(end, |(&s, _)| s);
+            let stop = next_free.min(end).min(p + max);
+            return Some(Run::new(p, stop - p));
+        }
+        None
+    }
+
     /// Free runs in order (for invariant checks).
     pub fn free_runs(&self) -> Vec<Run> {
         self.free

@@ -349,7 +349,7 @@ impl Engine {
                 }
             }
         };
-        s.reserved_blocks += need;
+        s.reserve(&runs);
         Ok(Ok((fills, runs)))
     }
 
@@ -367,7 +367,7 @@ impl Engine {
     ) -> Result<(u64, bool)> {
         let copied: u64 = fills.iter().map(|f| f.len).sum();
         let mut s = self.state.lock();
-        s.reserved_blocks -= copied;
+        s.unreserve(&runs);
         if let Err(e) = copy_result {
             for r in runs {
                 s.alloc.release(r);

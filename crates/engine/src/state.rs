@@ -224,6 +224,7 @@ pub struct Dirty {
     pub map_keys: usize,
     /// Device and store records changed since the last commit.
     pub layout: Vec<MetaPut>,
+    pub scrub: bool,
 }
 
 /// The state lock: exclusive for changes (`lock`), shared for reads of
@@ -341,8 +342,10 @@ pub struct State {
     pub pending_free: Vec<Run>,
     /// Freed by a commit now in progress.
     pub committing_free: Vec<Run>,
-    /// Allocated to writes whose data is being written.
+    /// Allocated to writes whose data is being written: how many blocks,
+    /// and which (start → length, as allocated).
     pub reserved_blocks: u64,
+    pub in_flight: BTreeMap<u64, u64>,
     pub dirty: Dirty,
     pub failed: Option<String>,
     pub closed: bool,
@@ -362,6 +365,11 @@ pub struct State {
     pub default_class: Option<crate::redundancy::Redundancy>,
     /// A pool on devices: every data block's checksum.
     pub sums: Option<crate::sums::Sums>,
+    /// The scrub, running or last run.
+    pub scrub: Option<crate::scrub::ScrubJob>,
+    /// Ranges found with no good copy since the pool opened (by reads and
+    /// scrubs), for `pool status`.
+    pub damage: Vec<crate::scrub::Damage>,
 }
 
 impl State {
@@ -373,6 +381,30 @@ impl State {
             return Err(Error::Closed);
         }
         Ok(())
+    }
+
+    /// Runs just allocated to a write or a copy: in flight until applied.
+    pub fn reserve(&mut self, runs: &[Run]) {
+        for r in runs {
+            self.reserved_blocks += r.len.get();
+            self.in_flight.insert(r.start.get(), r.len.get());
+        }
+    }
+
+    /// The runs of a `reserve` are applied (or given up).
+    pub fn unreserve(&mut self, runs: &[Run]) {
+        for r in runs {
+            self.reserved_blocks -= r.len.get();
+            self.in_flight.remove(&r.start.get());
+        }
+    }
+
+    /// True when a block of `[start, start+len)` is being written.
+    pub fn in_flight_overlaps(&self, start: u64, len: u64) -> bool {
+        self.in_flight
+            .range(..start + len)
+            .next_back()
+            .is_some_and(|(&s, &l)| s + l > start)
     }
 
     pub fn lun_id(&self, name: &str) -> Result<LunId> {
@@ -515,6 +547,9 @@ impl State {
     pub fn take_dirty(&mut self) -> Vec<MetaPut> {
         let mut puts = std::mem::take(&mut self.dirty.orphans);
         puts.append(&mut self.dirty.layout);
+        if std::mem::take(&mut self.dirty.scrub) {
+            puts.push((crate::scrub::key(), self.scrub.as_ref().map(codec::to_json)));
+        }
         if let Some(sums) = &mut self.sums {
             for page in std::mem::take(&mut sums.dirty) {
                 puts.push((
@@ -618,6 +653,7 @@ impl State {
             || !d.igroups.is_empty()
             || !d.orphans.is_empty()
             || !d.layout.is_empty()
+            || d.scrub
             || self.sums.as_ref().is_some_and(|s| !s.dirty.is_empty())
             || !self.pending_free.is_empty()
             || !self.refs.dirty.is_empty()

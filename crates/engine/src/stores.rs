@@ -338,12 +338,111 @@ impl Stores {
         Ok(())
     }
 
+    /// Scrubs whole blocks at `offset`: reads every copy on a device that
+    /// is not faulted, checks each block against `expect`, rewrites every
+    /// copy that failed from one that passed. What no copy has right is
+    /// listed in `lost` (block indices from `offset`).
+    pub fn scrub(&self, offset: u64, expect: &[u32]) -> io::Result<Scrubbed> {
+        let bs = BLOCK_SIZE as usize;
+        assert!(offset.is_multiple_of(BLOCK_SIZE));
+        let len = expect.len() * bs;
+        let layout = self.layout.read();
+        let spans = spans(&layout, offset, len)?;
+        drop(layout);
+        let mut report = Scrubbed::default();
+        let Some(spans) = spans else {
+            // Parity stores: their data column, checked (no repair yet).
+            let mut buf = vec![0u8; len];
+            self.read_at(&mut buf, offset)?;
+            for (b, block) in buf.chunks(bs).enumerate() {
+                report.checked += 1;
+                if sums::of_block(block) != expect[b] {
+                    report.lost.push(b);
+                }
+            }
+            return Ok(report);
+        };
+        for span in spans {
+            let first = span.done / bs;
+            let blocks = span.len / bs;
+            let copies: Vec<Place> = span
+                .copies
+                .iter()
+                .copied()
+                .filter(|c| !self.errors[c.device as usize].faulted())
+                .collect();
+            let mut images: Vec<Option<Vec<u8>>> = Vec::with_capacity(copies.len());
+            for c in &copies {
+                let mut buf = vec![0u8; span.len];
+                match self.device(*c).read_at(&mut buf, c.offset) {
+                    Ok(()) => images.push(Some(buf)),
+                    Err(e) => {
+                        self.read_error(c.device, &e);
+                        images.push(None);
+                    }
+                }
+            }
+            for b in 0..blocks {
+                let want = expect[first + b];
+                let ok: Vec<bool> = images
+                    .iter()
+                    .map(|i| {
+                        i.as_ref()
+                            .is_some_and(|i| sums::of_block(&i[b * bs..(b + 1) * bs]) == want)
+                    })
+                    .collect();
+                report.checked += copies.len() as u64;
+                let Some(good) = ok.iter().position(|&o| o) else {
+                    report.lost.push(first + b);
+                    continue;
+                };
+                let block = images[good].as_ref().expect("a good copy was read")
+                    [b * bs..(b + 1) * bs]
+                    .to_vec();
+                for (ci, c) in copies.iter().enumerate() {
+                    if ok[ci] {
+                        continue;
+                    }
+                    report.bad += 1;
+                    if images[ci].is_some() {
+                        self.errors[c.device as usize]
+                            .checksum
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    match self.device(*c).write_at(&block, c.offset + (b * bs) as u64) {
+                        Ok(()) => {
+                            report.repaired += 1;
+                            self.errors[c.device as usize]
+                                .repaired
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => self.write_error(c.device, &e),
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+
     fn write_error(&self, device: u32, e: &io::Error) {
         self.errors[device as usize]
             .write
             .fetch_add(1, Ordering::Relaxed);
         self.fault(device, format!("a write failed: {e}"));
     }
+}
+
+/// What one scrub call found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Block copies read and checked.
+    pub checked: u64,
+    /// Copies that failed (read error or checksum).
+    pub bad: u64,
+    /// Copies rewritten from a good one.
+    pub repaired: u64,
+    /// Blocks no copy has right, as indices from the call's first block.
+    pub lost: Vec<usize>,
 }
 
 /// Read errors after which a device is faulted (ZFS faults a vdev after

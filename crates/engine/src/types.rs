@@ -463,6 +463,10 @@ pub struct PoolStatus {
     /// The redundancy class of new LUNs.
     #[serde(default = "default_redundancy")]
     pub redundancy: String,
+    /// Ranges no copy holds right, found by reads and scrubs since the
+    /// server started.
+    #[serde(default)]
+    pub damage: Vec<crate::scrub::Damage>,
 }
 
 fn online() -> String {

@@ -352,6 +352,15 @@ pub struct UpdateSettings {
     /// rates (on by default; `serve --no-io-metrics` starts it off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_metrics: Option<bool>,
+    /// The scrub's pace in MB/s (10^6 bytes per second); 0 for unlimited.
+    /// While reads or writes arrive, a scrub reads at a quarter of it.
+    #[serde(
+        default,
+        deserialize_with = "rate_field",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(example = 64)]
+    pub scrub_rate_mbps: Option<u64>,
 }
 
 /// `GET /api/v1/luns`

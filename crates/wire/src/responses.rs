@@ -274,10 +274,84 @@ pub struct PoolStatus {
     #[serde(default = "none_class")]
     #[schema(example = "mirror")]
     pub redundancy: String,
+    /// Ranges no copy holds right, found by reads and scrubs since the
+    /// server started.
+    #[serde(default)]
+    pub damage: Vec<Damage>,
 }
 
 fn online() -> String {
     "online".into()
+}
+
+/// A range of a LUN (or of one of its snapshots) that no copy holds right.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Damage {
+    pub lun: String,
+    /// The snapshot whose content it is (absent: the LUN's current
+    /// content).
+    #[serde(default)]
+    pub snapshot: Option<String>,
+    pub offset_bytes: u64,
+    pub length_bytes: u64,
+}
+
+#[cfg(feature = "engine")]
+impl From<engine::scrub::Damage> for Damage {
+    fn from(d: engine::scrub::Damage) -> Self {
+        Damage {
+            lun: d.lun,
+            snapshot: d.snapshot,
+            offset_bytes: d.offset_bytes,
+            length_bytes: d.length_bytes,
+        }
+    }
+}
+
+/// The scrub (`GET /api/v1/pool/scrub`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScrubInfo {
+    /// `never`, `running`, `stopped` or `done`.
+    #[schema(example = "running")]
+    pub state: String,
+    /// 0.0 to 1.0
+    pub progress: f64,
+    pub scanned_bytes: u64,
+    pub total_bytes: u64,
+    /// Block copies that failed a read or their checksum.
+    pub bad_copies: u64,
+    /// Block copies rewritten from a good one.
+    pub repaired_copies: u64,
+    /// Blocks no copy holds right.
+    pub lost_blocks: u64,
+    /// Where the lost blocks are: LUN (or snapshot) ranges.
+    pub damage: Vec<Damage>,
+    pub rate_bytes_per_sec: u64,
+    /// The pace it is held to (`pool set --scrub-rate`); 0: none.
+    pub rate_limit_bytes_per_sec: u64,
+    /// Unix seconds.
+    pub started: Option<u64>,
+    pub finished: Option<u64>,
+}
+
+#[cfg(feature = "engine")]
+impl From<engine::scrub::ScrubInfo> for ScrubInfo {
+    fn from(s: engine::scrub::ScrubInfo) -> Self {
+        ScrubInfo {
+            state: s.state,
+            progress: s.progress,
+            scanned_bytes: s.scanned_bytes,
+            total_bytes: s.total_bytes,
+            bad_copies: s.bad_copies,
+            repaired_copies: s.repaired_copies,
+            lost_blocks: s.lost_blocks,
+            damage: s.damage.into_iter().map(Into::into).collect(),
+            rate_bytes_per_sec: s.rate_bytes_per_sec,
+            rate_limit_bytes_per_sec: s.rate_limit_bytes_per_sec,
+            started: s.started,
+            finished: s.finished,
+        }
+    }
 }
 
 /// One device of a pool on devices (`GET /api/v1/pool/devices`).
@@ -347,6 +421,7 @@ impl From<engine::PoolStatus> for PoolStatus {
             devices: p.devices,
             faulted_devices: p.faulted_devices,
             redundancy: p.redundancy,
+            damage: p.damage.into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -450,6 +525,12 @@ pub struct Settings {
     /// dashboard's rates.
     #[serde(default = "default_true")]
     pub io_metrics: bool,
+    /// The scrub's pace in MB/s, rounded down; 0 means unlimited.
+    #[serde(default)]
+    pub scrub_rate_mbps: u64,
+    /// The same pace in bytes per second, exactly.
+    #[serde(default)]
+    pub scrub_rate_bytes_per_sec: u64,
 }
 
 fn default_true() -> bool {
@@ -461,6 +542,7 @@ impl Settings {
         split_bytes_per_sec: u64,
         mirror_bytes_per_sec: u64,
         io_metrics: bool,
+        scrub_bytes_per_sec: u64,
     ) -> Settings {
         Settings {
             split_rate_mbps: split_bytes_per_sec / MB,
@@ -468,6 +550,8 @@ impl Settings {
             mirror_rate_mbps: mirror_bytes_per_sec / MB,
             mirror_rate_bytes_per_sec: mirror_bytes_per_sec,
             io_metrics,
+            scrub_rate_mbps: scrub_bytes_per_sec / MB,
+            scrub_rate_bytes_per_sec: scrub_bytes_per_sec,
         }
     }
 }

@@ -360,6 +360,12 @@ pub enum PoolCommand {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Read every used block of a pool on devices, check every copy
+    /// against its checksum, and repair from a good copy.
+    Scrub {
+        #[command(subcommand)]
+        command: ScrubCommand,
+    },
     /// Grow the pool's capacity (a pool never shrinks).
     Grow {
         /// New total capacity, like 2T (binary units K, M, G, T, P), or bytes.
@@ -388,7 +394,26 @@ pub enum PoolCommand {
         /// Stored with the pool.
         #[arg(long, value_enum)]
         access: Option<AccessArg>,
+        /// The scrub's pace in MB/s (10^6 bytes per second); 0 for
+        /// unlimited. While reads or writes arrive, a scrub reads at a
+        /// quarter of it. `blockfork serve --scrub-rate` sets it at start.
+        #[arg(long, value_name = "MBPS")]
+        scrub_rate: Option<u64>,
     },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ScrubCommand {
+    /// Start a scrub in the background (or resume a stopped one).
+    Start,
+    /// Show the scrub: progress, what it repaired and what it could not.
+    Status {
+        /// Follow it with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Stop the scrub where it is; `start` resumes it.
+    Stop,
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -404,17 +404,24 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
             capacity: Some(capacity),
             access: None,
         })?,
+        PoolCommand::Scrub { command } => return scrub(client, out, command),
         PoolCommand::Set {
             split_rate,
             mirror_rate,
             io_metrics,
             access: Some(access),
+            scrub_rate,
         } => {
-            if split_rate.is_some() || mirror_rate.is_some() || io_metrics.is_some() {
+            if split_rate.is_some()
+                || mirror_rate.is_some()
+                || io_metrics.is_some()
+                || scrub_rate.is_some()
+            {
                 client.update_settings(&UpdateSettings {
                     split_rate_mbps: split_rate,
                     mirror_rate_mbps: mirror_rate,
                     io_metrics,
+                    scrub_rate_mbps: scrub_rate,
                 })?;
             }
             let access = match access {
@@ -431,19 +438,56 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
             mirror_rate,
             io_metrics,
             access: None,
+            scrub_rate,
         } => {
-            let reply = match (split_rate, mirror_rate, io_metrics) {
-                (None, None, None) => client.settings()?,
+            let reply = match (split_rate, mirror_rate, io_metrics, scrub_rate) {
+                (None, None, None, None) => client.settings()?,
                 _ => client.update_settings(&UpdateSettings {
                     split_rate_mbps: split_rate,
                     mirror_rate_mbps: mirror_rate,
                     io_metrics,
+                    scrub_rate_mbps: scrub_rate,
                 })?,
             };
             return out.show(reply, |s: Settings| settings_details(&s));
         }
     };
     out.show(reply, |p: PoolStatus| pool_details(&p))
+}
+
+fn scrub(client: &Client, out: Out, command: ScrubCommand) -> Result<(), String> {
+    let info = match command {
+        ScrubCommand::Start => client.scrub_start()?,
+        ScrubCommand::Stop => client.scrub_stop()?,
+        ScrubCommand::Status { watch: false } => client.scrub_status()?,
+        ScrubCommand::Status { watch: true } => {
+            let bar = progress_bar("scrubbing".into());
+            loop {
+                let info = client.scrub_status()?;
+                if info.state != "running" {
+                    bar.finish_and_clear();
+                    break info;
+                }
+                bar.set_position((info.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+                bar.set_message(format!(
+                    "{} read at {}, {} repaired, {} lost",
+                    format_size(info.scanned_bytes),
+                    format_rate(info.rate_bytes_per_sec),
+                    info.repaired_copies,
+                    info.lost_blocks
+                ));
+                std::thread::sleep(Duration::from_millis(SPLIT_POLL_INTERVAL_MS));
+            }
+        }
+    };
+    let lost = info.lost_blocks;
+    out.show(info, |s: ScrubInfo| scrub_details(&s))?;
+    match lost {
+        0 => Ok(()),
+        n => Err(format!(
+            "the scrub found {n} block(s) no copy holds right (listed above)"
+        )),
+    }
 }
 
 pub(super) fn jobs(client: &Client, out: Out) -> Result<(), String> {

@@ -8,9 +8,9 @@
 use clap::builder::NonEmptyStringValueParser;
 use client::wire::{
     AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
-    CreateIgroup, CreateLun, DeviceInfo, GroupInfo, GrowPool, IgroupInfo, IgroupMember, JobInfo,
-    JobState, LunInfo, PoolCheck, PoolStatus, ResizeLun, Settings, SnapshotInfo, SplitInfo,
-    SplitPhase, UpdateSettings,
+    CreateIgroup, CreateLun, Damage, DeviceInfo, GroupInfo, GrowPool, IgroupInfo, IgroupMember,
+    JobInfo, JobState, LunInfo, PoolCheck, PoolStatus, ResizeLun, ScrubInfo, Settings,
+    SnapshotInfo, SplitInfo, SplitPhase, UpdateSettings,
 };
 use client::Client;
 use serde::Serialize;

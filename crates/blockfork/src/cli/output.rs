@@ -243,6 +243,7 @@ pub(crate) fn settings_details(s: &Settings) -> String {
     details(&[
         ("split rate", rate(s.split_rate_bytes_per_sec)),
         ("mirror rate", rate(s.mirror_rate_bytes_per_sec)),
+        ("scrub rate", rate(s.scrub_rate_bytes_per_sec)),
         (
             "I/O metrics",
             if s.io_metrics { "on" } else { "off" }.into(),
@@ -332,6 +333,63 @@ pub(crate) fn pool_details(p: &PoolStatus) -> String {
             ("redundancy", format!("{} (for new LUNs)", p.redundancy)),
         ]));
     }
+    text.push_str(&damage_lines(&p.damage));
+    text
+}
+
+pub(crate) fn damage_lines(damage: &[Damage]) -> String {
+    damage
+        .iter()
+        .map(|d| {
+            format!(
+                "lost: {}{} bytes {}+{}\n",
+                d.lun,
+                d.snapshot
+                    .as_ref()
+                    .map(|s| format!("@{s}"))
+                    .unwrap_or_default(),
+                d.offset_bytes,
+                d.length_bytes
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn scrub_details(s: &ScrubInfo) -> String {
+    let mut text = details(&[
+        ("state", s.state.clone()),
+        ("progress", format_percent(s.progress)),
+        (
+            "scanned",
+            format!(
+                "{} of {}",
+                format_size(s.scanned_bytes),
+                format_size(s.total_bytes)
+            ),
+        ),
+        ("bad copies", s.bad_copies.to_string()),
+        ("repaired", s.repaired_copies.to_string()),
+        ("lost blocks", s.lost_blocks.to_string()),
+        (
+            "rate",
+            if s.state == "running" {
+                format_rate(s.rate_bytes_per_sec)
+            } else {
+                "-".into()
+            },
+        ),
+        (
+            "rate limit",
+            if s.rate_limit_bytes_per_sec == 0 {
+                "unlimited".into()
+            } else {
+                format_rate(s.rate_limit_bytes_per_sec)
+            },
+        ),
+        ("started", s.started.map_or("-".into(), format_time)),
+        ("finished", s.finished.map_or("-".into(), format_time)),
+    ]);
+    text.push_str(&damage_lines(&s.damage));
     text
 }
 
