@@ -16,6 +16,9 @@ pub struct Space {
     classes: HashMap<Redundancy, Allocator>,
     /// Region start → (blocks, class): every block any allocator owns.
     regions: BTreeMap<u64, (u64, Redundancy)>,
+    /// Regions whose free blocks are held back from allocation (a store
+    /// being moved): region start → its free runs.
+    frozen: BTreeMap<u64, Vec<Run>>,
 }
 
 impl Space {
@@ -80,12 +83,48 @@ impl Space {
                 .region_of(pos)
                 .unwrap_or_else(|| panic!("released block {pos} lies in no region"));
             let upto = (start + len).min(end);
-            self.classes
-                .get_mut(&class)
-                .expect("a region's class has an allocator")
-                .release(Run::new(pos, upto - pos));
+            let piece = Run::new(pos, upto - pos);
+            match self.frozen.get_mut(&start) {
+                Some(held) => held.push(piece),
+                None => self
+                    .classes
+                    .get_mut(&class)
+                    .expect("a region's class has an allocator")
+                    .release(piece),
+            }
             pos = upto;
         }
+    }
+
+    /// Holds the free blocks of the region starting at `start` back from
+    /// allocation (and what is freed there until `thaw`).
+    pub fn freeze(&mut self, start: u64) {
+        if self.frozen.contains_key(&start) {
+            return;
+        }
+        let Some(&(len, class)) = self.regions.get(&start) else {
+            return;
+        };
+        let alloc = self
+            .classes
+            .get_mut(&class)
+            .expect("a region's class has an allocator");
+        let held = alloc.take_free_within(start, start + len);
+        self.frozen.insert(start, held);
+    }
+
+    /// Gives a frozen region's free blocks back to allocation.
+    pub fn thaw(&mut self, start: u64) {
+        let Some(held) = self.frozen.remove(&start) else {
+            return;
+        };
+        for run in held {
+            self.release(run);
+        }
+    }
+
+    fn frozen_blocks(&self) -> u64 {
+        self.frozen.values().flatten().map(|r| r.len.get()).sum()
     }
 
     /// Adds a region of new space of `class` (overlapping no other).
@@ -129,15 +168,25 @@ impl Space {
                 .classes
                 .get(&class)
                 .expect("a region's class has an allocator");
-            if let Some(run) = alloc.next_used(from, start + len, max) {
+            let found = match self.frozen.get(&start) {
+                // A frozen region: what is not held back is used.
+                Some(held) => next_used_among(held, from, start + len, max),
+                None => alloc.next_used(from, start + len, max),
+            };
+            if let Some(run) = found {
                 return Some(run);
             }
             p = start + len;
         }
     }
 
+    /// Free blocks, those held back in frozen regions included.
     pub fn free_blocks(&self) -> u64 {
-        self.classes.values().map(Allocator::free_blocks).sum()
+        self.classes
+            .values()
+            .map(Allocator::free_blocks)
+            .sum::<u64>()
+            + self.frozen_blocks()
     }
 
     pub fn free_blocks_of(&self, class: Redundancy) -> u64 {
@@ -152,9 +201,33 @@ impl Space {
     /// Every free run, in order (for invariant checks).
     pub fn free_runs(&self) -> Vec<Run> {
         let mut runs: Vec<Run> = self.classes.values().flat_map(|a| a.free_runs()).collect();
+        runs.extend(self.frozen.values().flatten().copied());
         runs.sort_by_key(|r| r.start);
         runs
     }
+}
+
+/// The first run not in `free` (disjoint runs) at or after `pos`, before
+/// `end`, of at most `max` blocks.
+fn next_used_among(free: &[Run], pos: u64, end: u64, max: u64) -> Option<Run> {
+    let mut p = pos;
+    while p < end {
+        if let Some(r) = free
+            .iter()
+            .find(|r| r.start.get() <= p && p < r.end().get())
+        {
+            p = r.end().get();
+            continue;
+        }
+        let next = free
+            .iter()
+            .map(|r| r.start.get())
+            .filter(|&s| s > p)
+            .min()
+            .unwrap_or(end);
+        return Some(Run::new(p, next.min(end).min(p + max) - p));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -218,6 +291,28 @@ mod tests {
         .unwrap();
         s.release(Run::new(5, 10));
         assert_eq!((s.free_blocks_of(n), s.free_blocks_of(m)), (5, 5));
+    }
+
+    #[test]
+    fn a_frozen_region_allocates_nothing_and_keeps_its_frees() {
+        let n = Redundancy::None;
+        let mut s = Space::over(
+            &[(Run::new(0, 10), n), (Run::new(100, 10), n)],
+            &[Run::new(0, 4)],
+        )
+        .unwrap();
+        s.freeze(0);
+        assert_eq!(s.free_blocks(), 16);
+        let got = s.allocate(n, 10).unwrap();
+        assert_eq!(got, vec![Run::new(100, 10)]);
+        assert!(s.allocate(n, 1).is_none(), "the frozen region holds back 6");
+        s.release(Run::new(0, 2));
+        assert_eq!(s.next_used(0, 64), Some(Run::new(2, 2)));
+        assert_eq!(s.free_blocks(), 8);
+        s.thaw(0);
+        let again: u64 = s.allocate(n, 8).unwrap().iter().map(|r| r.len.get()).sum();
+        assert_eq!(again, 8);
+        assert_eq!(s.free_blocks(), 0);
     }
 
     #[test]

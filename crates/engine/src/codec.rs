@@ -26,6 +26,8 @@ pub const TAG_STORE: u8 = b'T';
 pub const TAG_SUMS: u8 = b'c';
 /// The scrub's job (one key).
 pub const TAG_SCRUB: u8 = b'U';
+/// The device job: rebuild, removal or levelling (one key).
+pub const TAG_MOVE: u8 = b'W';
 
 /// The newest format this version reads and writes. Bumped when the layout
 /// changes incompatibly; every older one is still read (decision 016).
@@ -228,6 +230,10 @@ pub struct DeviceRecord {
     pub segments: u64,
     /// Unix seconds.
     pub added: u64,
+    /// Removed from the pool (`pool device remove`, or replaced): its index
+    /// stays taken, nothing is on it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 /// A store: its class and its segments as (device index, segment).

@@ -130,6 +130,7 @@ fn create_pool(
             size_bytes: d.label.size_bytes,
             segments: d.label.segments(),
             added,
+            removed: false,
         };
         puts.push((
             codec::key_u64(codec::TAG_DEVICE, i as u64),
@@ -178,12 +179,18 @@ fn open_devices_of(dl: DeviceLayout, given: &[PathBuf], pool: u128) -> Result<St
         files[index] = Some(Arc::new(d.file));
     }
     let mut absent = Vec::new();
+    let removed: Vec<u32> = (0..n as u32)
+        .filter(|&i| dl.devices[i as usize].removed)
+        .collect();
     let files: Vec<Arc<dyn DataFile>> = files
         .into_iter()
         .enumerate()
         .map(|(i, f)| {
             f.unwrap_or_else(|| {
                 let r = &dl.devices[i];
+                if r.removed {
+                    return Arc::new(Absent("removed from the pool".into())) as Arc<dyn DataFile>;
+                }
                 let id = u128::from_str_radix(&r.id, 16).unwrap_or(0);
                 match devices::open(Path::new(&r.path), pool, id) {
                     Ok(d) => Arc::new(d.file) as Arc<dyn DataFile>,
@@ -197,6 +204,9 @@ fn open_devices_of(dl: DeviceLayout, given: &[PathBuf], pool: u128) -> Result<St
         })
         .collect();
     let stores = Stores::new(files, dl.layout);
+    for d in removed {
+        stores.retire(d);
+    }
     for (i, why) in absent {
         stores.fault(i, why);
     }
@@ -280,6 +290,7 @@ impl Engine {
                     size_bytes: crate::label::LABEL_BYTES + segments * segment_bytes,
                     segments,
                     added: 0,
+                    removed: false,
                 };
                 puts.push((
                     codec::key_u64(codec::TAG_DEVICE, i as u64),
@@ -324,6 +335,7 @@ impl Engine {
         Ok(records
             .into_iter()
             .enumerate()
+            .filter(|(_, r)| !r.removed)
             .map(|(i, r)| {
                 let e = stores.errors(i as u32);
                 let used = layout.used_segments(i as u32) as u64;
@@ -347,17 +359,246 @@ impl Engine {
             .collect())
     }
 
-    /// The device records, as committed.
+    /// The device records.
     fn device_records(&self) -> Result<Vec<DeviceRecord>> {
-        let view = self.store_lock().snapshot()?;
-        let mut out = Vec::new();
-        view.for_each(&mut |k, v| {
-            if k.first() == Some(&codec::TAG_DEVICE) {
-                out.push(codec::from_json::<DeviceRecord>(k, v)?);
+        Ok(self.state.read().devices.clone())
+    }
+
+    /// Each device's path, by index.
+    pub(crate) fn device_paths(&self) -> Vec<String> {
+        self.state
+            .read()
+            .devices
+            .iter()
+            .map(|d| d.path.clone())
+            .collect()
+    }
+
+    fn need_stores(&self) -> Result<&Stores> {
+        self.stores.as_deref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "this pool is one data file; devices belong to a pool on devices (serve --device)"
+                    .into(),
+            )
+        })
+    }
+
+    /// The index of the device at `path` (by its canonical path, or as
+    /// recorded for one that is gone).
+    fn device_at(&self, path: &Path) -> Result<u32> {
+        let canonical = std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| path.display().to_string());
+        let s = self.state.read();
+        s.devices
+            .iter()
+            .position(|d| !d.removed && (d.path == canonical || Path::new(&d.path) == path))
+            .map(|i| i as u32)
+            .ok_or_else(|| Error::not_found("device", path.display().to_string()))
+    }
+
+    fn refuse_while_moving(&self) -> Result<()> {
+        if self.moving() {
+            return Err(Error::InvalidArgument(
+                "a rebuild, removal or levelling is running; wait for it (pool device status --watch)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Labels `path` and makes it a device of the pool (no job started).
+    fn join_device(&self, path: &Path, force: bool) -> Result<u32> {
+        let stores = self.need_stores()?;
+        let (pool, segment_bytes) = {
+            let s = self.state.read();
+            s.check_open()?;
+            (
+                s.pool_id.expect("a pool on devices has an id"),
+                s.segment_bytes
+                    .expect("a pool on devices has a segment size"),
+            )
+        };
+        devices::vet(path, segment_bytes, force)?;
+        let canonical = std::fs::canonicalize(path)?.display().to_string();
+        if self
+            .state
+            .read()
+            .devices
+            .iter()
+            .any(|d| !d.removed && d.path == canonical)
+        {
+            return Err(Error::AlreadyExists {
+                kind: "device",
+                name: canonical,
+            });
+        }
+        let index = stores.device_count();
+        if index >= DEVICES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "a pool has at most {DEVICES_MAX} devices (removed ones count)"
+            )));
+        }
+        let id = Identity {
+            pool,
+            device: random_id(),
+            index: index as u32,
+            segment_bytes,
+            added_secs: now_secs(),
+        };
+        let d = devices::format(path, id, force)?;
+        let record = DeviceRecord {
+            id: hex(id.device),
+            path: canonical,
+            size_bytes: d.label.size_bytes,
+            segments: d.label.segments(),
+            added: id.added_secs,
+            removed: false,
+        };
+        {
+            let mut s = self.state.lock();
+            s.dirty.layout.push((
+                codec::key_u64(codec::TAG_DEVICE, index as u64),
+                Some(codec::to_json(&record)),
+            ));
+            s.devices.push(record.clone());
+            stores.add_device(Arc::new(d.file), record.segments);
+        }
+        self.flush()?;
+        Ok(index as u32)
+    }
+
+    /// `pool device add PATH`: labels the device, adds it, and levels
+    /// segments onto it in the background.
+    pub fn add_device(&self, path: &Path, force: bool) -> Result<DeviceInfo> {
+        self.refuse_while_moving()?;
+        let index = self.join_device(path, force)?;
+        self.note(
+            "device-added",
+            &format!("device {index}"),
+            format!(
+                "{} joined the pool as device {index}; segments level onto it in the background.",
+                path.display()
+            ),
+        );
+        self.start_move(crate::reloc::MoveKind::Level, index, Some(index))?;
+        self.flush()?;
+        self.device_info(index)
+    }
+
+    /// `pool device remove PATH`: moves every segment off the device in
+    /// the background, then forgets it.
+    pub fn remove_device(&self, path: &Path) -> Result<crate::reloc::MoveInfo> {
+        let stores = self.need_stores()?;
+        self.refuse_while_moving()?;
+        let d = self.device_at(path)?;
+        {
+            let layout = stores.layout().read();
+            let on = layout.segments_on(d);
+            let others: Vec<u32> = (0..layout.devices() as u32)
+                .filter(|&o| o != d && !stores.errors(o).faulted())
+                .collect();
+            let widest = on
+                .iter()
+                .filter_map(|&(n, _)| layout.store(n).map(|s| s.class.devices()))
+                .max()
+                .unwrap_or(0);
+            if widest > others.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} holds segments of {widest}-device stores; without it the pool has {} usable device(s): add one first",
+                    path.display(),
+                    others.len()
+                )));
             }
-            Ok(())
-        })?;
-        Ok(out)
+            let room: usize = others.iter().map(|&o| layout.free_segments(o)).sum();
+            if room < on.len() {
+                return Err(Error::NoSpace(format!(
+                    "{} holds {} segment(s); the other devices have {room} free",
+                    path.display(),
+                    on.len()
+                )));
+            }
+        }
+        self.start_move(crate::reloc::MoveKind::Remove, d, None)?;
+        self.flush()?;
+        self.move_status()
+    }
+
+    /// `pool device replace OLD NEW`: NEW joins the pool and everything on
+    /// OLD is rebuilt onto it (from the other copies when OLD is gone),
+    /// then OLD is forgotten.
+    pub fn replace_device(
+        &self,
+        old: &Path,
+        new: &Path,
+        force: bool,
+    ) -> Result<crate::reloc::MoveInfo> {
+        let stores = self.need_stores()?;
+        self.refuse_while_moving()?;
+        let d = self.device_at(old)?;
+        let need = stores.layout().read().segments_on(d).len() as u64;
+        let segment_bytes = self.state.read().segment_bytes.unwrap_or(1);
+        let have = devices::vet(new, segment_bytes, force)?
+            .saturating_sub(crate::label::LABEL_BYTES)
+            / segment_bytes;
+        if have < need {
+            return Err(Error::NoSpace(format!(
+                "{} holds {have} segment(s); {} has {need} to rebuild",
+                new.display(),
+                old.display()
+            )));
+        }
+        let n = self.join_device(new, force)?;
+        self.start_move(crate::reloc::MoveKind::Rebuild, d, Some(n))?;
+        self.flush()?;
+        self.note(
+            "rebuild-started",
+            &format!("device {d}"),
+            format!(
+                "Rebuilding {} onto {} ({need} segment(s)).",
+                old.display(),
+                new.display()
+            ),
+        );
+        self.move_status()
+    }
+
+    /// A device nothing is on leaves the pool: marked removed, its label
+    /// wiped when it can still be written (so it can be reused without
+    /// `--force`).
+    pub(crate) fn retire_device(&self, d: u32) -> Result<()> {
+        let stores = self.need_stores()?;
+        let path = {
+            let mut s = self.state.lock();
+            let Some(r) = s.devices.get_mut(d as usize) else {
+                return Ok(());
+            };
+            r.removed = true;
+            let record = r.clone();
+            s.dirty.layout.push((
+                codec::key_u64(codec::TAG_DEVICE, d as u64),
+                Some(codec::to_json(&record)),
+            ));
+            record.path
+        };
+        let healthy = !stores.errors(d).faulted();
+        stores.retire(d);
+        self.flush()?;
+        if healthy {
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&path) {
+                use std::os::unix::fs::FileExt;
+                let zeros = vec![0u8; crate::label::LABEL_BYTES as usize];
+                let _ = f.write_all_at(&zeros, 0).and_then(|_| f.sync_all());
+            }
+        }
+        Ok(())
+    }
+
+    fn device_info(&self, index: u32) -> Result<DeviceInfo> {
+        self.pool_devices()?
+            .into_iter()
+            .find(|d| d.index == index)
+            .ok_or_else(|| Error::not_found("device", format!("#{index}")))
     }
 
     /// Blocks in use and the capacity. A pool on devices counts, beside
@@ -382,7 +623,7 @@ impl Engine {
     pub(crate) fn faulted_devices(&self) -> u64 {
         self.stores.as_ref().map_or(0, |st| {
             (0..st.device_count() as u32)
-                .filter(|&d| st.errors(d).faulted())
+                .filter(|&d| st.errors(d).faulted() && !st.errors(d).removed())
                 .count() as u64
         })
     }
@@ -403,7 +644,11 @@ impl Engine {
 
     /// Devices in the pool (0 for a pool on one data file).
     pub(crate) fn device_count(&self) -> usize {
-        self.stores.as_ref().map_or(0, |s| s.device_count())
+        self.stores.as_ref().map_or(0, |s| {
+            (0..s.device_count() as u32)
+                .filter(|&d| !s.errors(d).removed())
+                .count()
+        })
     }
 
     /// The class of a new LUN that names none.
@@ -427,7 +672,8 @@ impl Engine {
                 "redundancy {class} is not available yet: parity stripes come in a later step of issue 14; use mirror or mirror3"
             )));
         }
-        let have = stores.device_count();
+        let _ = stores;
+        let have = self.device_count();
         if class.devices() > have {
             return Err(Error::InvalidArgument(format!(
                 "redundancy {class} needs {} devices; the pool has {have}",

@@ -41,6 +41,9 @@ pub struct EngineConfig {
     /// The scrub's pace in bytes per second (0: none), adjustable at run
     /// time with `Engine::set_scrub_rate`.
     pub scrub_rate_bytes: u64,
+    /// The pace of rebuilds, removals and levelling, bytes per second (0:
+    /// none), adjustable with `Engine::set_rebuild_rate`.
+    pub rebuild_rate_bytes: u64,
     /// Run the commit and reclaim threads. Tests turn this off and drive
     /// commits (`flush`) and jobs (`run_jobs`) themselves, deterministically.
     pub background: bool,
@@ -66,6 +69,7 @@ impl Default for EngineConfig {
             reclaim_pause_ms: 1,
             split_rate_bytes: 128_000_000,
             scrub_rate_bytes: crate::scrub::SCRUB_RATE_DEFAULT,
+            rebuild_rate_bytes: crate::reloc::REBUILD_RATE_DEFAULT,
             background: true,
             open_access: false,
             chain_index_min_levels: crate::chain::CHAIN_INDEX_MIN_LEVELS,
@@ -104,6 +108,8 @@ pub struct Engine {
     pub(crate) split_rate_bytes: AtomicU64,
     /// The scrub's pace, bytes per second (0: none).
     pub(crate) scrub_rate_bytes: AtomicU64,
+    /// The pace of rebuilds, removals and levelling (0: none).
+    pub(crate) rebuild_rate_bytes: AtomicU64,
     /// Reads and writes served so far: the split thread slows down while
     /// this moves (see `SPLIT_YIELD_DIVISOR`).
     pub(crate) foreground_ops: AtomicU64,
@@ -340,6 +346,7 @@ impl Engine {
             data_dirty: AtomicBool::new(false),
             split_rate_bytes: AtomicU64::new(config.split_rate_bytes),
             scrub_rate_bytes: AtomicU64::new(config.scrub_rate_bytes),
+            rebuild_rate_bytes: AtomicU64::new(config.rebuild_rate_bytes),
             foreground_ops: AtomicU64::new(0),
             split_turn: Mutex::new(LunId(0)),
             access_gen: AtomicU64::new(0),
@@ -429,9 +436,18 @@ impl Engine {
             last_scrub_fg = fg;
             crate::scrub::scrub_pause(step, engine.scrub_rate(), busy, started.elapsed())
         });
+        let mut last_move_fg = 0;
+        let mover = self.spawn_worker("blockfork-move", move |engine| {
+            let started = std::time::Instant::now();
+            let step = engine.run_move_batch();
+            let fg = engine.foreground_ops.load(Ordering::Relaxed);
+            let busy = fg != last_move_fg;
+            last_move_fg = fg;
+            crate::reloc::move_pause(step, engine.rebuild_rate(), busy, started.elapsed())
+        });
         self.threads
             .lock()
-            .extend([committer, reclaimer, splitter, scrubber]);
+            .extend([committer, reclaimer, splitter, scrubber, mover]);
     }
 
     /// A background thread: runs `step` until the engine stops or is gone,

@@ -52,6 +52,8 @@ pub struct Layout {
     segment_bytes: u64,
     stores: Vec<Option<Store>>,
     free: Vec<BTreeSet<u64>>,
+    /// The segment the last `move_segment` let go of.
+    last_freed: Option<SegmentRef>,
 }
 
 impl Layout {
@@ -62,6 +64,7 @@ impl Layout {
             segment_bytes,
             stores: Vec::new(),
             free: segments.iter().map(|&n| (0..n).collect()).collect(),
+            last_freed: None,
         }
     }
 
@@ -76,6 +79,102 @@ impl Layout {
     /// Free segments of device `device`.
     pub fn free_segments(&self, device: u32) -> usize {
         self.free[device as usize].len()
+    }
+
+    /// Adds a device of `segments` free segments; answers its index.
+    pub fn add_device(&mut self, segments: u64) -> u32 {
+        self.free.push((0..segments).collect());
+        (self.free.len() - 1) as u32
+    }
+
+    /// Moves column `column` of store `n` to a free segment of `device`,
+    /// keeping the old segment out of the free set: it still holds what
+    /// the committed layout points at until the new layout is committed
+    /// (`free_segment` then). Answers (new, old).
+    pub fn relocate(
+        &mut self,
+        n: usize,
+        column: usize,
+        device: u32,
+    ) -> Result<(SegmentRef, SegmentRef)> {
+        let new = self.move_segment(n, column, device)?;
+        // move_segment freed the old one: take it back out.
+        let old = self.last_freed.take().expect("move_segment sets it");
+        self.free[old.device as usize].remove(&old.segment);
+        Ok((new, old))
+    }
+
+    /// Takes a free segment of `device` for a move (`swap_segment` puts it
+    /// in a store; `free_segment` gives it back if the move is abandoned).
+    pub fn take_segment(&mut self, device: u32) -> Result<SegmentRef> {
+        let segment = self
+            .free
+            .get_mut(device as usize)
+            .and_then(BTreeSet::pop_first)
+            .ok_or_else(|| Error::NoSpace(format!("device {device} has no free segment")))?;
+        Ok(SegmentRef { device, segment })
+    }
+
+    /// Puts `new` (from `take_segment`) in column `column` of store `n`;
+    /// answers the segment it replaces, which stays out of the free set
+    /// until `free_segment` (after the new layout is committed).
+    pub fn swap_segment(&mut self, n: usize, column: usize, new: SegmentRef) -> Result<SegmentRef> {
+        let store = self
+            .stores
+            .get_mut(n)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| Error::InvalidArgument(format!("store {n} does not exist")))?;
+        if store
+            .segments
+            .iter()
+            .enumerate()
+            .any(|(c, r)| c != column && r.device == new.device)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "store {n} already has a segment on device {}",
+                new.device
+            )));
+        }
+        Ok(std::mem::replace(&mut store.segments[column], new))
+    }
+
+    /// A device leaves the pool: no store may be placed on it.
+    pub fn retire_device(&mut self, device: u32) {
+        if let Some(free) = self.free.get_mut(device as usize) {
+            free.clear();
+        }
+    }
+
+    /// Where row `row` of a segment is on its device.
+    pub fn place_of(&self, r: SegmentRef, row: u64) -> Place {
+        self.place(r, row)
+    }
+
+    /// The first block of store `n`'s window, and how many blocks it holds.
+    pub fn window_of(&self, n: usize) -> (u64, u64) {
+        let start = n as u64 * self.window();
+        (
+            start,
+            self.store(n).map_or(0, |s| self.store_blocks(s.class)),
+        )
+    }
+
+    /// A segment no committed layout points at any more is free again.
+    pub fn free_segment(&mut self, r: SegmentRef) {
+        self.free[r.device as usize].insert(r.segment);
+    }
+
+    /// Segments of `device` in stores: (store, column) pairs.
+    pub fn segments_on(&self, device: u32) -> Vec<(usize, usize)> {
+        self.stores()
+            .flat_map(|(n, s)| {
+                s.segments
+                    .iter()
+                    .enumerate()
+                    .filter(move |(_, r)| r.device == device)
+                    .map(move |(c, _)| (n, c))
+            })
+            .collect()
     }
 
     /// Every store, by number.
@@ -241,6 +340,7 @@ impl Layout {
         let new = SegmentRef { device, segment };
         let old = std::mem::replace(&mut store.segments[column], new);
         self.free[old.device as usize].insert(old.segment);
+        self.last_freed = Some(old);
         Ok(new)
     }
 

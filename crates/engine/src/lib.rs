@@ -31,6 +31,7 @@ mod pages;
 mod pool;
 mod range;
 pub mod redundancy;
+pub mod reloc;
 mod replica;
 pub mod sched;
 pub mod scrub;

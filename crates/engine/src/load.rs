@@ -85,6 +85,7 @@ struct Loaded {
     stores: BTreeMap<u64, codec::StoreRecord>,
     sums: crate::sums::Sums,
     scrub: Option<crate::scrub::ScrubJob>,
+    moving: Option<crate::reloc::MoveJob>,
 }
 
 /// What a pool on devices is laid out as: the layout and the devices, by
@@ -137,6 +138,7 @@ impl Loaded {
             }
             Some(codec::TAG_SUMS) => self.sums.load_page(k, codec::parse_u64(k, 1)?, v)?,
             Some(codec::TAG_SCRUB) => self.scrub = Some(codec::from_json(k, v)?),
+            Some(codec::TAG_MOVE) => self.moving = Some(codec::from_json(k, v)?),
             Some(codec::TAG_HEAD) => self.head(k, v)?,
             Some(codec::TAG_HISTORY) => self.history(k, v)?,
             Some(codec::TAG_REFS) => {
@@ -300,6 +302,7 @@ pub(crate) fn load_pool(
         stores,
         sums,
         scrub,
+        moving,
     } = loaded;
     let fresh = pool.is_none();
     let pool = pool.unwrap_or(PoolRecord {
@@ -404,7 +407,12 @@ pub(crate) fn load_pool(
         segment_bytes: pool.segment_bytes,
         default_class,
         sums: on_devices.as_ref().map(|_| sums),
+        devices: on_devices
+            .as_ref()
+            .map(|d| d.devices.clone())
+            .unwrap_or_default(),
         scrub,
+        moving,
         damage: Vec::new(),
     };
     Ok((state, fresh, on_devices))

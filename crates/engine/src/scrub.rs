@@ -112,7 +112,7 @@ pub fn scrub_pause(step: ScrubStep, rate: u64, busy: bool, took: Duration) -> Du
 }
 
 /// Where data block `pba` is mapped: LUN ranges (current or snapshot).
-fn owners(s: &State, pba: u64, out: &mut Vec<Damage>) {
+pub(crate) fn owners_of(s: &State, pba: u64, out: &mut Vec<Damage>) {
     for l in s.luns.values() {
         for (lba, e) in l.head.iter() {
             if let Val::Data(p) = e.val {
@@ -400,7 +400,7 @@ impl Engine {
         };
         let mut found = Vec::new();
         for &b in &report.lost {
-            owners(&s, run.start.get() + b as u64, &mut found);
+            owners_of(&s, run.start.get() + b as u64, &mut found);
         }
         if !found.is_empty() {
             let mut damage = std::mem::take(&mut s.damage);

@@ -194,6 +194,30 @@ impl Allocator {
         self.free_blocks += added;
     }
 
+    /// Takes every free run within `[start, end)` out of the free space.
+    pub fn take_free_within(&mut self, start: u64, end: u64) -> Vec<Run> {
+        let mut taken = Vec::new();
+        let keys: Vec<(u64, u64)> = self
+            .free
+            .range(..end)
+            .filter(|(&s, &l)| s + l > start)
+            .map(|(&s, &l)| (s, l))
+            .collect();
+        for (s, l) in keys {
+            self.free.remove(&s);
+            self.free_blocks -= l;
+            let (a, b) = (s.max(start), (s + l).min(end));
+            if s < a {
+                self.insert_free(s, a - s);
+            }
+            if b < s + l {
+                self.insert_free(b, s + l - b);
+            }
+            taken.push(Run::new(a, b - a));
+        }
+        taken
+    }
+
     /// The first run of blocks not free at or after `pos` and before `end`
     /// (at most `max` blocks).
     pub fn next_used(&self, pos: u64, end: u64, max: u64) -> Option<Run> {

@@ -225,6 +225,7 @@ pub struct Dirty {
     /// Device and store records changed since the last commit.
     pub layout: Vec<MetaPut>,
     pub scrub: bool,
+    pub moving: bool,
 }
 
 /// The state lock: exclusive for changes (`lock`), shared for reads of
@@ -365,8 +366,12 @@ pub struct State {
     pub default_class: Option<crate::redundancy::Redundancy>,
     /// A pool on devices: every data block's checksum.
     pub sums: Option<crate::sums::Sums>,
+    /// A pool on devices: its device records, by index.
+    pub devices: Vec<codec::DeviceRecord>,
     /// The scrub, running or last run.
     pub scrub: Option<crate::scrub::ScrubJob>,
+    /// The device job (rebuild, removal, levelling), running or last run.
+    pub moving: Option<crate::reloc::MoveJob>,
     /// Ranges found with no good copy since the pool opened (by reads and
     /// scrubs), for `pool status`.
     pub damage: Vec<crate::scrub::Damage>,
@@ -547,6 +552,12 @@ impl State {
     pub fn take_dirty(&mut self) -> Vec<MetaPut> {
         let mut puts = std::mem::take(&mut self.dirty.orphans);
         puts.append(&mut self.dirty.layout);
+        if std::mem::take(&mut self.dirty.moving) {
+            puts.push((
+                crate::reloc::key(),
+                self.moving.as_ref().map(codec::to_json),
+            ));
+        }
         if std::mem::take(&mut self.dirty.scrub) {
             puts.push((crate::scrub::key(), self.scrub.as_ref().map(codec::to_json)));
         }
@@ -654,6 +665,7 @@ impl State {
             || !d.orphans.is_empty()
             || !d.layout.is_empty()
             || d.scrub
+            || d.moving
             || self.sums.as_ref().is_some_and(|s| !s.dirty.is_empty())
             || !self.pending_free.is_empty()
             || !self.refs.dirty.is_empty()

@@ -31,11 +31,17 @@ pub struct DeviceErrors {
     pub repaired: AtomicU64,
     faulted: AtomicBool,
     why: Mutex<Option<String>>,
+    /// No longer in the pool (nothing is on it).
+    removed: AtomicBool,
 }
 
 impl DeviceErrors {
     pub fn faulted(&self) -> bool {
         self.faulted.load(Ordering::Acquire)
+    }
+
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
     }
 
     /// Why the device is faulted (None while it is not).
@@ -53,7 +59,10 @@ impl DeviceErrors {
 }
 
 pub struct Stores {
-    devices: Vec<Arc<dyn DataFile>>,
+    /// The devices, by index; room for `DEVICES_MAX`, of which `count`
+    /// are in use (a device added at run time takes the next slot).
+    devices: Vec<RwLock<Arc<dyn DataFile>>>,
+    count: std::sync::atomic::AtomicUsize,
     layout: RwLock<Layout>,
     errors: Vec<DeviceErrors>,
     /// Devices faulted and not yet reported as events: (device, why).
@@ -146,9 +155,17 @@ fn eio(msg: String) -> io::Error {
 
 impl Stores {
     pub fn new(devices: Vec<Arc<dyn DataFile>>, layout: Layout) -> Stores {
-        let errors = devices.iter().map(|_| DeviceErrors::default()).collect();
+        let count = devices.len();
+        assert!(count <= crate::devpool::DEVICES_MAX);
+        let mut slots: Vec<RwLock<Arc<dyn DataFile>>> =
+            devices.into_iter().map(RwLock::new).collect();
+        while slots.len() < crate::devpool::DEVICES_MAX {
+            slots.push(RwLock::new(Arc::new(Absent("no device".into()))));
+        }
+        let errors = slots.iter().map(|_| DeviceErrors::default()).collect();
         Stores {
-            devices,
+            devices: slots,
+            count: std::sync::atomic::AtomicUsize::new(count),
             layout: RwLock::new(layout),
             errors,
             news: Mutex::new(Vec::new()),
@@ -164,11 +181,44 @@ impl Stores {
     }
 
     pub fn device_count(&self) -> usize {
-        self.devices.len()
+        self.count.load(Ordering::Acquire)
     }
 
-    fn device(&self, p: Place) -> &dyn DataFile {
-        &*self.devices[p.device as usize]
+    /// The device at index `d`.
+    pub fn file(&self, d: u32) -> Arc<dyn DataFile> {
+        self.devices[d as usize].read().clone()
+    }
+
+    fn device(&self, p: Place) -> Arc<dyn DataFile> {
+        self.file(p.device)
+    }
+
+    /// Adds a device (already labelled) in the next slot, and its
+    /// segments to the layout; answers its index.
+    pub fn add_device(&self, file: Arc<dyn DataFile>, segments: u64) -> u32 {
+        let mut layout = self.layout.write();
+        let index = self.count.load(Ordering::Acquire);
+        assert!(index < crate::devpool::DEVICES_MAX, "checked by the caller");
+        *self.devices[index].write() = file;
+        let at = layout.add_device(segments);
+        debug_assert_eq!(at as usize, index);
+        self.count.store(index + 1, Ordering::Release);
+        index as u32
+    }
+
+    /// Replaces a device's file (a removed device becomes `Absent`).
+    pub fn set_file(&self, d: u32, file: Arc<dyn DataFile>) {
+        *self.devices[d as usize].write() = file;
+    }
+
+    /// A device leaves the pool: no store is on it (the caller moved them
+    /// all), none will be placed there, and it is neither read nor synced.
+    pub fn retire(&self, d: u32) {
+        self.layout.write().retire_device(d);
+        let e = &self.errors[d as usize];
+        e.removed.store(true, Ordering::Release);
+        e.faulted.store(true, Ordering::Release);
+        self.set_file(d, Arc::new(Absent("removed from the pool".into())));
     }
 
     /// Marks a device faulted: it is read only when no other copy is left,
@@ -565,11 +615,11 @@ impl DataFile for Stores {
     /// Syncs every device that is not faulted; a device whose sync fails
     /// is faulted. Fails when a store is left without enough copies.
     fn sync(&self) -> io::Result<()> {
-        for (i, d) in self.devices.iter().enumerate() {
+        for i in 0..self.device_count() {
             if self.errors[i].faulted() {
                 continue;
             }
-            if let Err(e) = d.sync() {
+            if let Err(e) = self.file(i as u32).sync() {
                 self.errors[i].write.fetch_add(1, Ordering::Relaxed);
                 self.fault(i as u32, format!("a sync failed: {e}"));
             }
@@ -593,11 +643,11 @@ impl DataFile for Stores {
     /// A device that fails its check (removed while open) is faulted; the
     /// call fails only when a store is left without enough copies.
     fn check(&self) -> io::Result<()> {
-        for (i, d) in self.devices.iter().enumerate() {
+        for i in 0..self.device_count() {
             if self.errors[i].faulted() {
                 continue;
             }
-            if let Err(e) = d.check() {
+            if let Err(e) = self.file(i as u32).check() {
                 self.fault(i as u32, format!("{e}"));
             }
         }

@@ -355,3 +355,141 @@ fn scrub_to_end_after_start(e: &Engine) -> engine::scrub::ScrubInfo {
     assert_eq!(started.state, "running");
     scrub_to_end(e)
 }
+
+/// Runs the device job to its end, in the foreground.
+fn moves_to_end(e: &Engine) -> engine::reloc::MoveInfo {
+    for _ in 0..1_000_000 {
+        if e.run_move_batch() == engine::reloc::MoveStep::Idle {
+            let info = e.move_status().unwrap();
+            if info.state != "running" {
+                return info;
+            }
+        }
+    }
+    panic!("the device job did not end");
+}
+
+#[test]
+fn a_lost_device_is_rebuilt_onto_a_replacement_and_a_restart_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 2, 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    e.create_lun("m", 8 * MIB).unwrap();
+    let a = pattern(9, 6 * MIB as usize);
+    e.write(e.resolve("m").unwrap(), 0, &a, true).unwrap();
+    e.close().unwrap();
+    drop(e);
+
+    std::fs::remove_file(&devs[1]).unwrap();
+    std::fs::create_dir(tmp.path().join("spare")).unwrap();
+    let spare = device_files(&tmp.path().join("spare"), 1, 16).remove(0);
+    let e = open(tmp.path(), &[]).unwrap();
+    assert_eq!(e.pool_status().unwrap().state, "degraded");
+    let started = e.replace_device(&devs[1], &spare, false).unwrap();
+    assert_eq!(started.state, "running");
+    assert_eq!(started.total_segments, 6);
+    assert!(
+        e.replace_device(&devs[1], &spare, false).is_err(),
+        "one job at a time"
+    );
+    // Part of the way, then the process goes (no clean close).
+    for _ in 0..8 {
+        e.run_move_batch();
+    }
+    let part = e.move_status().unwrap();
+    assert!(
+        part.moved_segments >= 1 && part.moved_segments < 6,
+        "{part:?}"
+    );
+    e.flush().unwrap();
+    drop(e);
+    let e = open(tmp.path(), &[]).unwrap();
+    let resumed = e.move_status().unwrap();
+    assert_eq!(resumed.state, "running", "{resumed:?}");
+    let done = moves_to_end(&e);
+    assert_eq!(done.state, "done", "{done:?}");
+    assert_eq!(done.skipped_blocks, 0);
+    let status = e.pool_status().unwrap();
+    assert_eq!((status.state.as_str(), status.devices), ("online", 2));
+    assert_eq!(read(&e, "m", 0, a.len()), a);
+    e.close().unwrap();
+    drop(e);
+    // The old device is forgotten; the pool opens from the two it has.
+    let e = open(tmp.path(), &[]).unwrap();
+    assert_eq!(e.pool_status().unwrap().state, "online");
+    assert_eq!(read(&e, "m", 0, a.len()), a);
+    let paths: Vec<String> = e
+        .pool_devices()
+        .unwrap()
+        .into_iter()
+        .map(|d| d.path)
+        .collect();
+    assert_eq!(paths.len(), 2);
+    assert!(paths.iter().any(|p| p.ends_with("spare/d0")), "{paths:?}");
+    e.check_invariants().unwrap();
+}
+
+#[test]
+fn devices_are_removed_online_and_added_with_levelling() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 3, 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    e.create_lun_in("m", 8 * MIB, Some("mirror".parse().unwrap()))
+        .unwrap();
+    let a = pattern(11, 8 * MIB as usize);
+    e.write(e.resolve("m").unwrap(), 0, &a, true).unwrap();
+    let err = e.remove_device(&tmp.path().join("nope")).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err}");
+    let started = e.remove_device(&devs[2]).unwrap();
+    assert_eq!(started.state, "running");
+    // Writes go on while it moves.
+    let b = pattern(12, MIB as usize);
+    for _ in 0..50 {
+        e.run_move_batch();
+    }
+    e.write(e.resolve("m").unwrap(), 2 * MIB, &b, false)
+        .unwrap();
+    let done = moves_to_end(&e);
+    assert_eq!(done.state, "done", "{done:?}");
+    let mut want = a.clone();
+    want[2 * MIB as usize..3 * MIB as usize].copy_from_slice(&b);
+    assert_eq!(read(&e, "m", 0, want.len()), want);
+    let list = e.pool_devices().unwrap();
+    assert_eq!(list.len(), 2);
+    // Its label is wiped: it can join a pool again without --force.
+    engine::devices::vet(&devs[2], MIB, false).unwrap();
+    e.check_invariants().unwrap();
+    // Two devices left: a mirror cannot lose another.
+    let err = e.remove_device(&devs[0]).unwrap_err().to_string();
+    assert!(err.contains("add one first"), "{err}");
+
+    // Added back: segments level onto it.
+    let before: Vec<u64> = e
+        .pool_devices()
+        .unwrap()
+        .iter()
+        .map(|d| d.used_segments)
+        .collect();
+    let added = e.add_device(&devs[2], false).unwrap();
+    assert_eq!(added.used_segments, 0);
+    let done = moves_to_end(&e);
+    assert_eq!(done.state, "done");
+    let after: Vec<u64> = e
+        .pool_devices()
+        .unwrap()
+        .iter()
+        .map(|d| d.used_segments)
+        .collect();
+    assert_eq!(after.iter().sum::<u64>(), before.iter().sum::<u64>());
+    let (lo, hi) = (after.iter().min().unwrap(), after.iter().max().unwrap());
+    assert!(hi - lo <= 1, "levelled: {after:?}");
+    assert_eq!(read(&e, "m", 0, want.len()), want);
+    let err = e.add_device(&devs[2], false).unwrap_err().to_string();
+    assert!(err.contains("already"), "{err}");
+    e.close().unwrap();
+    drop(e);
+    let e = open(tmp.path(), &[]).unwrap();
+    assert_eq!(read(&e, "m", 0, want.len()), want);
+    assert_eq!(e.pool_devices().unwrap().len(), 3);
+    e.check_invariants().unwrap();
+}
