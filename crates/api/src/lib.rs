@@ -128,6 +128,10 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         pool::status,
         pool::check,
         pool::devices,
+        pool::add_device,
+        pool::remove_device,
+        pool::replace_device,
+        pool::device_job,
         pool::scrub_status,
         pool::scrub_start,
         pool::scrub_stop,
@@ -371,7 +375,14 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
         .route("/jobs", get(pool::jobs))
         .route("/pool", get(pool::status).patch(pool::grow))
         .route("/pool/check", get(pool::check))
-        .route("/pool/devices", get(pool::devices))
+        .route(
+            "/pool/devices",
+            get(pool::devices)
+                .post(pool::add_device)
+                .delete(pool::remove_device),
+        )
+        .route("/pool/devices/replace", post(pool::replace_device))
+        .route("/pool/devices/job", get(pool::device_job))
         .route("/pool/scrub", get(pool::scrub_status))
         .route("/pool/scrub/start", post(pool::scrub_start))
         .route("/pool/scrub/stop", post(pool::scrub_stop))

@@ -3,11 +3,14 @@
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::extract::QueryArgs;
 use crate::wire::{
-    AccessMode, DeviceInfo, ErrorBody, GrowPool, JobInfo, PoolCheck, PoolStatus, ScrubInfo,
+    AccessMode, AddDevice, DeviceInfo, DevicePath, ErrorBody, GrowPool, JobInfo, MoveInfo,
+    PoolCheck, PoolStatus, ReplaceDevice, ScrubInfo,
 };
 use crate::{call, AppState};
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 
 /// Show the pool's capacity, use and counts.
@@ -35,6 +38,92 @@ pub async fn status(State(state): State<AppState>) -> Result<Json<PoolStatus>, A
 pub async fn devices(State(state): State<AppState>) -> Result<Json<Vec<DeviceInfo>>, ApiError> {
     let devices = call(&state, |e| e.pool_devices()).await?;
     Ok(Json(devices.into_iter().map(Into::into).collect()))
+}
+
+/// Add a device to a pool on devices: it is labelled, joins the pool, and
+/// segments level onto it in the background (`GET .../devices/job`).
+#[utoipa::path(
+    post, path = "/api/v1/pool/devices", operation_id = "add_device", tag = "pool",
+    request_body = AddDevice,
+    responses(
+        (status = 201, description = "The new device", body = DeviceInfo),
+        (status = 400, description = "Not a file or block device, too small, labelled by a pool (without force), a pool on one data file, or a device job running", body = ErrorBody),
+        (status = 409, description = "Already a device of this pool", body = ErrorBody),
+    )
+)]
+pub async fn add_device(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<AddDevice>,
+) -> Result<(StatusCode, Json<DeviceInfo>), ApiError> {
+    let info = call(&state, move |e| {
+        e.add_device(std::path::Path::new(&body.path), body.force)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(info.into())))
+}
+
+/// Remove a device: every segment on it moves to the others, online, then
+/// it is forgotten and its label wiped.
+#[utoipa::path(
+    delete, path = "/api/v1/pool/devices", operation_id = "remove_device", tag = "pool",
+    params(DevicePath),
+    responses(
+        (status = 200, description = "The removal, started", body = MoveInfo),
+        (status = 400, description = "The others cannot take its segments, or a device job is running", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+        (status = 507, description = "The other devices have too few free segments", body = ErrorBody),
+    )
+)]
+pub async fn remove_device(
+    State(state): State<AppState>,
+    QueryArgs(query): QueryArgs<DevicePath>,
+) -> Result<Json<MoveInfo>, ApiError> {
+    let info = call(&state, move |e| {
+        e.remove_device(std::path::Path::new(&query.path))
+    })
+    .await?;
+    Ok(Json(info.into()))
+}
+
+/// Replace a device: NEW joins the pool and everything on OLD is rebuilt
+/// onto it (from the other copies when OLD is gone), then OLD is forgotten.
+#[utoipa::path(
+    post, path = "/api/v1/pool/devices/replace", operation_id = "replace_device", tag = "pool",
+    request_body = ReplaceDevice,
+    responses(
+        (status = 200, description = "The rebuild, started", body = MoveInfo),
+        (status = 400, description = "NEW is not usable, or a device job is running", body = ErrorBody),
+        (status = 404, description = "No such device OLD", body = ErrorBody),
+        (status = 507, description = "NEW is smaller than what OLD holds", body = ErrorBody),
+    )
+)]
+pub async fn replace_device(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ReplaceDevice>,
+) -> Result<Json<MoveInfo>, ApiError> {
+    let info = call(&state, move |e| {
+        e.replace_device(
+            std::path::Path::new(&body.old),
+            std::path::Path::new(&body.new),
+            body.force,
+        )
+    })
+    .await?;
+    Ok(Json(info.into()))
+}
+
+/// Show the device job: a rebuild, removal or levelling, its progress and
+/// what it skipped.
+#[utoipa::path(
+    get, path = "/api/v1/pool/devices/job", operation_id = "device_job", tag = "pool",
+    responses(
+        (status = 200, description = "The device job", body = MoveInfo),
+        (status = 503, description = "The pool stopped or closed", body = ErrorBody),
+    )
+)]
+pub async fn device_job(State(state): State<AppState>) -> Result<Json<MoveInfo>, ApiError> {
+    let info = call(&state, |e| e.move_status()).await?;
+    Ok(Json(info.into()))
 }
 
 /// Show the scrub: state, progress, what it repaired and what it could not.

@@ -21,12 +21,16 @@ fn io_metrics(state: &AppState) -> bool {
     responses((status = 200, description = "The settings", body = Settings))
 )]
 pub async fn show(State(state): State<AppState>) -> Result<Json<Settings>, ApiError> {
-    let (rate, scrub) = call(&state, |e| Ok((e.split_rate(), e.scrub_rate()))).await?;
+    let (rate, scrub, rebuild) = call(&state, |e| {
+        Ok((e.split_rate(), e.scrub_rate(), e.rebuild_rate()))
+    })
+    .await?;
     Ok(Json(Settings::from_rates(
         rate,
         mirror_rate(&state),
         io_metrics(&state),
         scrub,
+        rebuild,
     )))
 }
 
@@ -81,6 +85,15 @@ pub async fn update(
         })?),
         None => None,
     };
+    let rebuild_bytes = match body.rebuild_rate_mbps {
+        Some(mbps) => Some(mbps.checked_mul(MB).ok_or_else(|| {
+            ApiError::invalid(format!(
+                "`rebuild_rate_mbps` {mbps} is too large; the largest is {}, and 0 means unlimited",
+                u64::MAX / MB
+            ))
+        })?),
+        None => None,
+    };
     if mirror_bytes.is_some() && state.mirrors.is_none() {
         return Err(ApiError::invalid("mirroring is not enabled on this server"));
     }
@@ -98,10 +111,13 @@ pub async fn update(
         if let Some(bytes) = scrub_bytes {
             e.set_scrub_rate(bytes);
         }
-        Ok((e.split_rate(), e.scrub_rate()))
+        if let Some(bytes) = rebuild_bytes {
+            e.set_rebuild_rate(bytes);
+        }
+        Ok((e.split_rate(), e.scrub_rate(), e.rebuild_rate()))
     })
     .await?;
-    let (rate, scrub) = rate;
+    let (rate, scrub, rebuild) = rate;
     if let (Some(on), Some(t)) = (body.io_metrics, &state.telemetry) {
         t.io.set_enabled(on);
         tracing::info!("I/O metrics {}", if on { "on" } else { "off" });
@@ -111,5 +127,6 @@ pub async fn update(
         mirror_rate(&state),
         io_metrics(&state),
         scrub,
+        rebuild,
     )))
 }

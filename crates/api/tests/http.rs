@@ -833,7 +833,7 @@ fn splits() {
     assert_eq!(fast.status, 200, "{}", fast.body);
     assert_eq!(
         fast.body,
-        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64})
+        json!({"split_rate_mbps": 0, "split_rate_bytes_per_sec": 0, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64, "rebuild_rate_mbps": 256, "rebuild_rate_bytes_per_sec": 256_000_000u64})
     );
     let resumed = server.send("POST", "/splits/start", json!({"lun": "c/one"}));
     assert_eq!(resumed.status, 200, "{}", resumed.body);
@@ -897,13 +897,13 @@ fn settings() {
     assert_eq!(shown.status, 200);
     assert_eq!(
         shown.body,
-        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64})
+        json!({"split_rate_mbps": 128, "split_rate_bytes_per_sec": 128_000_000u64, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64, "rebuild_rate_mbps": 256, "rebuild_rate_bytes_per_sec": 256_000_000u64})
     );
     let set = server.send("PATCH", "/settings", json!({"split_rate_mbps": 5}));
     assert_eq!(set.status, 200, "{}", set.body);
     assert_eq!(
         set.body,
-        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64})
+        json!({"split_rate_mbps": 5, "split_rate_bytes_per_sec": 5_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000u64, "rebuild_rate_mbps": 256, "rebuild_rate_bytes_per_sec": 256_000_000u64})
     );
     assert_eq!(server.engine.split_rate(), 5_000_000);
     let scrub = server.send("PATCH", "/settings", json!({"scrub_rate_mbps": 10}));
@@ -1388,7 +1388,9 @@ fn openapi_lists_every_route() {
         ("/api/v1/jobs", &["get"]),
         ("/api/v1/pool", &["get", "patch"]),
         ("/api/v1/pool/check", &["get"]),
-        ("/api/v1/pool/devices", &["get"]),
+        ("/api/v1/pool/devices", &["get", "post", "delete"]),
+        ("/api/v1/pool/devices/replace", &["post"]),
+        ("/api/v1/pool/devices/job", &["get"]),
         ("/api/v1/pool/scrub", &["get"]),
         ("/api/v1/pool/scrub/start", &["post"]),
         ("/api/v1/pool/scrub/stop", &["post"]),

@@ -75,6 +75,11 @@ struct ServeArgs {
     /// (`pool set --scrub-rate`).
     #[arg(long, default_value_t = engine::scrub::SCRUB_RATE_DEFAULT / 1_000_000)]
     scrub_rate: u64,
+    /// The pace of rebuilds, removals and levelling in MB/s (10^6 bytes);
+    /// 0 for none; a quarter of it while reads or writes arrive.
+    /// Adjustable at run time (`pool set --rebuild-rate`).
+    #[arg(long, default_value_t = engine::reloc::REBUILD_RATE_DEFAULT / 1_000_000)]
+    rebuild_rate: u64,
     /// Pool-wide mirror transfer rate limit in MB/s (10^6 bytes); 0 for
     /// none. Each mirror may have its own `--rate` too.
     #[arg(long, default_value_t = 0)]
@@ -195,6 +200,7 @@ fn serve(args: ServeArgs, data: &Path) -> Result<(), String> {
         commit_interval_ms: args.commit_interval_ms.max(1),
         split_rate_bytes: args.split_rate.saturating_mul(1_000_000),
         scrub_rate_bytes: args.scrub_rate.saturating_mul(1_000_000),
+        rebuild_rate_bytes: args.rebuild_rate.saturating_mul(1_000_000),
         open_access: args.open,
         ..EngineConfig::default()
     };

@@ -239,3 +239,101 @@ fn a_missing_device_leaves_the_pool_serving_degraded() {
         "{metrics}"
     );
 }
+
+/// Polls `pool device status` until `done` says so (bounded).
+fn wait_job(server: &Server, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let job = json(server, &["pool", "device", "status"]);
+        if done(&job) {
+            return job;
+        }
+        assert!(std::time::Instant::now() < deadline, "device job: {job}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_replacement_is_rebuilt_across_a_kill_9_and_a_device_leaves_under_a_writer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = device_files(tmp.path(), 2, 64);
+    let pool = tmp.path().join("pool");
+    let mut server = start(&pool, &devices);
+    server.cli_ok(&["lun", "create", "vm", "--size", "40M"]);
+    qemu_io(&server, "vm", &["write -P 0x3c 0 40M"]);
+    assert!(server.stop().success());
+
+    // Device 1 is gone; a spare takes its place, slowly (4 MB/s), and the
+    // server is killed part way.
+    std::fs::remove_file(&devices[1]).unwrap();
+    let spare = tmp.path().join("spare");
+    std::fs::File::create(&spare)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    let mut server = Server::start_with(&pool, &["--rebuild-rate", "4"]);
+    assert_eq!(json(&server, &["pool", "status"])["state"], "degraded");
+    let spare_arg = spare.display().to_string();
+    let old_arg = devices[1].display().to_string();
+    let started = json(
+        &server,
+        &["pool", "device", "replace", &old_arg, &spare_arg],
+    );
+    assert_eq!(started["state"], "running", "{started}");
+    assert_eq!(started["total_segments"], 10);
+    let part = wait_job(&server, |j| j["moved_segments"].as_u64().unwrap() >= 2);
+    assert_eq!(part["state"], "running", "killed before the end: {part}");
+    server.kill9();
+
+    let server = Server::start_with(&pool, &["--rebuild-rate", "0"]);
+    let text = server.cli_ok(&["pool", "device", "status", "--watch"]);
+    assert!(text.contains("done"), "{text}");
+    let done = json(&server, &["pool", "device", "status"]);
+    assert_eq!(
+        (done["state"].as_str(), done["skipped_blocks"].as_u64()),
+        (Some("done"), Some(0))
+    );
+    qemu_io(&server, "vm", &["read -P 0x3c 0 40M"]);
+    let status = json(&server, &["pool", "status"]);
+    assert_eq!(
+        (status["state"].as_str(), status["devices"].as_u64()),
+        (Some("online"), Some(2))
+    );
+    let events = server.cli_ok(&["events", "--since", "0"]);
+    assert!(events.contains("rebuild-done"), "{events}");
+    let check = json(&server, &["pool", "check"]);
+    assert_eq!(check["ok"], true, "{check}");
+
+    // A third device joins (levelling), then the first leaves while a
+    // client writes.
+    let third = tmp.path().join("third");
+    std::fs::File::create(&third)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    let third_arg = third.display().to_string();
+    let added = json(&server, &["pool", "device", "add", &third_arg]);
+    assert_eq!(added["state"], "online", "{added}");
+    wait_job(&server, |j| j["state"] == "done");
+    let uri = server.nbd("vm");
+    let writer = std::thread::spawn(move || {
+        for i in 0..8u8 {
+            let cmd = format!("write -P 0x{:02x} {}M 4M", 0x40 + i, i * 4);
+            tool_ok("qemu-io", &["-f", "raw", &uri, "-c", &cmd]);
+        }
+    });
+    let first = devices[0].display().to_string();
+    let removed = server.cli_ok(&["pool", "device", "remove", &first, "--wait"]);
+    writer.join().unwrap();
+    assert!(removed.contains("done"), "{removed}");
+    for i in 0..8u8 {
+        let cmd = format!("read -P 0x{:02x} {}M 4M", 0x40 + i, i * 4);
+        qemu_io(&server, "vm", &[cmd.as_str()]);
+    }
+    qemu_io(&server, "vm", &["read -P 0x3c 32M 8M"]);
+    let list = json(&server, &["pool", "device", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert!(list.to_string().contains("third"), "{list}");
+    let bad = server.cli(&["pool", "device", "remove", "/nonexistent"]);
+    assert!(!bad.status.success());
+}

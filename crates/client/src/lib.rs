@@ -293,6 +293,23 @@ impl Client {
         self.get("/pool/devices")
     }
 
+    pub fn add_device(&self, body: &AddDevice) -> Result<DeviceInfo> {
+        self.send("POST", "/pool/devices", body)
+    }
+
+    pub fn remove_device(&self, path: &str) -> Result<MoveInfo> {
+        let at = with_query("/pool/devices", &[("path", Some(path))]);
+        self.call("DELETE", &at, None).and_then(parse)
+    }
+
+    pub fn replace_device(&self, body: &ReplaceDevice) -> Result<MoveInfo> {
+        self.send("POST", "/pool/devices/replace", body)
+    }
+
+    pub fn device_job(&self) -> Result<MoveInfo> {
+        self.get("/pool/devices/job")
+    }
+
     pub fn scrub_status(&self) -> Result<ScrubInfo> {
         self.get("/pool/scrub")
     }

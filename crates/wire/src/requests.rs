@@ -214,6 +214,41 @@ pub struct IgroupMember {
     pub cert_cn: Option<String>,
 }
 
+/// `POST /api/v1/pool/devices`: a device joins the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddDevice {
+    /// An existing file or block device on the server.
+    #[schema(example = "/dev/sdd")]
+    pub path: String,
+    /// Relabel a device that carries another blockfork pool's label,
+    /// destroying what it holds.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `DELETE /api/v1/pool/devices?path=...`: which device leaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DevicePath {
+    #[schema(example = "/dev/sdb")]
+    pub path: String,
+}
+
+/// `POST /api/v1/pool/devices/replace`: NEW joins the pool and what OLD
+/// held is rebuilt onto it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceDevice {
+    #[schema(example = "/dev/sdb")]
+    pub old: String,
+    #[schema(example = "/dev/sde")]
+    pub new: String,
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// A LUN map: `lun` is visible to the members of `igroup`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -361,6 +396,15 @@ pub struct UpdateSettings {
     )]
     #[schema(example = 64)]
     pub scrub_rate_mbps: Option<u64>,
+    /// The pace of rebuilds, removals and levelling in MB/s; 0 for
+    /// unlimited; a quarter of it while reads or writes arrive.
+    #[serde(
+        default,
+        deserialize_with = "rate_field",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(example = 256)]
+    pub rebuild_rate_mbps: Option<u64>,
 }
 
 /// `GET /api/v1/luns`

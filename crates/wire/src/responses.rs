@@ -354,6 +354,59 @@ impl From<engine::scrub::ScrubInfo> for ScrubInfo {
     }
 }
 
+/// The device job (`GET /api/v1/pool/devices/job`): a rebuild onto a
+/// replacement, a removal, or levelling onto a new device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MoveInfo {
+    /// `none`, `running`, `done` or `failed`.
+    #[schema(example = "running")]
+    pub state: String,
+    /// `rebuild`, `removal` or `levelling`.
+    pub kind: Option<String>,
+    /// The device segments leave.
+    pub device: Option<String>,
+    /// Where they go (a rebuild's or levelling's device).
+    pub target: Option<String>,
+    /// 0.0 to 1.0
+    pub progress: f64,
+    pub total_segments: u64,
+    pub moved_segments: u64,
+    pub copied_bytes: u64,
+    /// Blocks no copy held right, skipped.
+    pub skipped_blocks: u64,
+    /// Where the skipped blocks are.
+    pub damage: Vec<Damage>,
+    pub rate_bytes_per_sec: u64,
+    pub rate_limit_bytes_per_sec: u64,
+    pub started: Option<u64>,
+    pub finished: Option<u64>,
+    /// Why it stopped, when it failed.
+    pub error: Option<String>,
+}
+
+#[cfg(feature = "engine")]
+impl From<engine::reloc::MoveInfo> for MoveInfo {
+    fn from(m: engine::reloc::MoveInfo) -> Self {
+        MoveInfo {
+            state: m.state,
+            kind: m.kind,
+            device: m.device,
+            target: m.target,
+            progress: m.progress,
+            total_segments: m.total_segments,
+            moved_segments: m.moved_segments,
+            copied_bytes: m.copied_bytes,
+            skipped_blocks: m.skipped_blocks,
+            damage: m.damage.into_iter().map(Into::into).collect(),
+            rate_bytes_per_sec: m.rate_bytes_per_sec,
+            rate_limit_bytes_per_sec: m.rate_limit_bytes_per_sec,
+            started: m.started,
+            finished: m.finished,
+            error: m.error,
+        }
+    }
+}
+
 /// One device of a pool on devices (`GET /api/v1/pool/devices`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DeviceInfo {
@@ -531,6 +584,12 @@ pub struct Settings {
     /// The same pace in bytes per second, exactly.
     #[serde(default)]
     pub scrub_rate_bytes_per_sec: u64,
+    /// The pace of rebuilds, removals and levelling in MB/s, rounded down;
+    /// 0 means unlimited.
+    #[serde(default)]
+    pub rebuild_rate_mbps: u64,
+    #[serde(default)]
+    pub rebuild_rate_bytes_per_sec: u64,
 }
 
 fn default_true() -> bool {
@@ -543,6 +602,7 @@ impl Settings {
         mirror_bytes_per_sec: u64,
         io_metrics: bool,
         scrub_bytes_per_sec: u64,
+        rebuild_bytes_per_sec: u64,
     ) -> Settings {
         Settings {
             split_rate_mbps: split_bytes_per_sec / MB,
@@ -552,6 +612,8 @@ impl Settings {
             io_metrics,
             scrub_rate_mbps: scrub_bytes_per_sec / MB,
             scrub_rate_bytes_per_sec: scrub_bytes_per_sec,
+            rebuild_rate_mbps: rebuild_bytes_per_sec / MB,
+            rebuild_rate_bytes_per_sec: rebuild_bytes_per_sec,
         }
     }
 }

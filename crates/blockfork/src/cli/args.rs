@@ -399,6 +399,11 @@ pub enum PoolCommand {
         /// quarter of it. `blockfork serve --scrub-rate` sets it at start.
         #[arg(long, value_name = "MBPS")]
         scrub_rate: Option<u64>,
+        /// The pace of rebuilds, removals and levelling in MB/s; 0 for
+        /// unlimited; a quarter of it while reads or writes arrive.
+        /// `blockfork serve --rebuild-rate` sets it at start.
+        #[arg(long, value_name = "MBPS")]
+        rebuild_rate: Option<u64>,
     },
 }
 
@@ -421,6 +426,42 @@ pub enum DeviceCommand {
     /// List the devices: state, size, use, and read, write and checksum
     /// error counts since the server started.
     List,
+    /// Add a device (an existing file or block device on the server): it
+    /// is labelled, joins the pool, and segments level onto it in the
+    /// background.
+    Add {
+        path: String,
+        /// Relabel a device that carries another pool's label (destroys
+        /// what it holds).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove a device: every segment on it moves to the others, online;
+    /// then it is forgotten and its label wiped.
+    Remove {
+        path: String,
+        /// Follow the removal with a progress bar until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Replace a device (failed, missing, or just old): NEW joins the pool
+    /// and everything OLD held is rebuilt onto it from the other copies.
+    Replace {
+        old: String,
+        new: String,
+        #[arg(long)]
+        force: bool,
+        /// Follow the rebuild with a progress bar until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show the device job (rebuild, removal or levelling): progress, rate
+    /// and what it skipped.
+    Status {
+        /// Follow it with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -385,12 +385,7 @@ pub(super) fn cg_snapshot(
 pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<(), String> {
     let reply = match command {
         PoolCommand::Status => client.pool()?,
-        PoolCommand::Device {
-            command: DeviceCommand::List,
-        } => {
-            let devices = client.pool_devices()?;
-            return out.show(devices, |d: Vec<DeviceInfo>| device_table(&d));
-        }
+        PoolCommand::Device { command } => return device(client, out, command),
         PoolCommand::Check => {
             let report = client.check_pool()?;
             let problems = report.problems.len();
@@ -411,17 +406,20 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
             io_metrics,
             access: Some(access),
             scrub_rate,
+            rebuild_rate,
         } => {
             if split_rate.is_some()
                 || mirror_rate.is_some()
                 || io_metrics.is_some()
                 || scrub_rate.is_some()
+                || rebuild_rate.is_some()
             {
                 client.update_settings(&UpdateSettings {
                     split_rate_mbps: split_rate,
                     mirror_rate_mbps: mirror_rate,
                     io_metrics,
                     scrub_rate_mbps: scrub_rate,
+                    rebuild_rate_mbps: rebuild_rate,
                 })?;
             }
             let access = match access {
@@ -439,20 +437,91 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
             io_metrics,
             access: None,
             scrub_rate,
+            rebuild_rate,
         } => {
-            let reply = match (split_rate, mirror_rate, io_metrics, scrub_rate) {
-                (None, None, None, None) => client.settings()?,
-                _ => client.update_settings(&UpdateSettings {
+            let nothing = split_rate.is_none()
+                && mirror_rate.is_none()
+                && io_metrics.is_none()
+                && scrub_rate.is_none()
+                && rebuild_rate.is_none();
+            let reply = if nothing {
+                client.settings()?
+            } else {
+                client.update_settings(&UpdateSettings {
                     split_rate_mbps: split_rate,
                     mirror_rate_mbps: mirror_rate,
                     io_metrics,
                     scrub_rate_mbps: scrub_rate,
-                })?,
+                    rebuild_rate_mbps: rebuild_rate,
+                })?
             };
             return out.show(reply, |s: Settings| settings_details(&s));
         }
     };
     out.show(reply, |p: PoolStatus| pool_details(&p))
+}
+
+fn device(client: &Client, out: Out, command: DeviceCommand) -> Result<(), String> {
+    let job = match command {
+        DeviceCommand::List => {
+            let devices = client.pool_devices()?;
+            return out.show(devices, |d: Vec<DeviceInfo>| device_table(&d));
+        }
+        DeviceCommand::Add { path, force } => {
+            let d = client.add_device(&AddDevice { path, force })?;
+            return out.show(d, |d: DeviceInfo| device_table(std::slice::from_ref(&d)));
+        }
+        DeviceCommand::Remove { path, wait } => {
+            let started = client.remove_device(&path)?;
+            if wait {
+                watch_device_job(client)?
+            } else {
+                started
+            }
+        }
+        DeviceCommand::Replace {
+            old,
+            new,
+            force,
+            wait,
+        } => {
+            let started = client.replace_device(&ReplaceDevice { old, new, force })?;
+            if wait {
+                watch_device_job(client)?
+            } else {
+                started
+            }
+        }
+        DeviceCommand::Status { watch: false } => client.device_job()?,
+        DeviceCommand::Status { watch: true } => watch_device_job(client)?,
+    };
+    let failed = job.error.clone();
+    out.show(job, |j: MoveInfo| move_details(&j))?;
+    match failed {
+        None => Ok(()),
+        Some(why) => Err(format!("the device job failed: {why}")),
+    }
+}
+
+/// Polls the device job, with a progress bar on a terminal, until it ends.
+fn watch_device_job(client: &Client) -> Result<MoveInfo, String> {
+    let bar = progress_bar("moving segments".into());
+    loop {
+        let info = client.device_job()?;
+        if info.state != "running" {
+            bar.finish_and_clear();
+            return Ok(info);
+        }
+        bar.set_position((info.progress.clamp(0.0, 1.0) * 1000.0) as u64);
+        bar.set_message(format!(
+            "{} of {} segments, {} copied at {}",
+            info.moved_segments,
+            info.total_segments,
+            format_size(info.copied_bytes),
+            format_rate(info.rate_bytes_per_sec)
+        ));
+        std::thread::sleep(Duration::from_millis(SPLIT_POLL_INTERVAL_MS));
+    }
 }
 
 fn scrub(client: &Client, out: Out, command: ScrubCommand) -> Result<(), String> {

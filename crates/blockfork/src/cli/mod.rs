@@ -7,10 +7,11 @@
 
 use clap::builder::NonEmptyStringValueParser;
 use client::wire::{
-    AccessMode, CloneRange, CloneRangeReport, CloneRanges, CreateClones, CreateGroupSnapshot,
-    CreateIgroup, CreateLun, Damage, DeviceInfo, GroupInfo, GrowPool, IgroupInfo, IgroupMember,
-    JobInfo, JobState, LunInfo, PoolCheck, PoolStatus, ResizeLun, ScrubInfo, Settings,
-    SnapshotInfo, SplitInfo, SplitPhase, UpdateSettings,
+    AccessMode, AddDevice, CloneRange, CloneRangeReport, CloneRanges, CreateClones,
+    CreateGroupSnapshot, CreateIgroup, CreateLun, Damage, DeviceInfo, GroupInfo, GrowPool,
+    IgroupInfo, IgroupMember, JobInfo, JobState, LunInfo, MoveInfo, PoolCheck, PoolStatus,
+    ReplaceDevice, ResizeLun, ScrubInfo, Settings, SnapshotInfo, SplitInfo, SplitPhase,
+    UpdateSettings,
 };
 use client::Client;
 use serde::Serialize;

@@ -244,6 +244,7 @@ pub(crate) fn settings_details(s: &Settings) -> String {
         ("split rate", rate(s.split_rate_bytes_per_sec)),
         ("mirror rate", rate(s.mirror_rate_bytes_per_sec)),
         ("scrub rate", rate(s.scrub_rate_bytes_per_sec)),
+        ("rebuild rate", rate(s.rebuild_rate_bytes_per_sec)),
         (
             "I/O metrics",
             if s.io_metrics { "on" } else { "off" }.into(),
@@ -390,6 +391,42 @@ pub(crate) fn scrub_details(s: &ScrubInfo) -> String {
         ("finished", s.finished.map_or("-".into(), format_time)),
     ]);
     text.push_str(&damage_lines(&s.damage));
+    text
+}
+
+pub(crate) fn move_details(m: &MoveInfo) -> String {
+    let mut text = details(&[
+        ("state", m.state.clone()),
+        ("job", m.kind.clone().unwrap_or_else(|| "-".into())),
+        ("from", m.device.clone().unwrap_or_else(|| "-".into())),
+        (
+            "to",
+            m.target
+                .clone()
+                .unwrap_or_else(|| "any other device".into()),
+        ),
+        ("progress", format_percent(m.progress)),
+        (
+            "segments",
+            format!("{} of {} moved", m.moved_segments, m.total_segments),
+        ),
+        ("copied", format_size(m.copied_bytes)),
+        ("skipped blocks", m.skipped_blocks.to_string()),
+        (
+            "rate",
+            if m.state == "running" {
+                format_rate(m.rate_bytes_per_sec)
+            } else {
+                "-".into()
+            },
+        ),
+        ("started", m.started.map_or("-".into(), format_time)),
+        ("finished", m.finished.map_or("-".into(), format_time)),
+    ]);
+    if let Some(e) = &m.error {
+        text.push_str(&format!("error: {e}\n"));
+    }
+    text.push_str(&damage_lines(&m.damage));
     text
 }
 
