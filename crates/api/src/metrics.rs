@@ -24,6 +24,8 @@ use telemetry::{HistogramSnapshot, Op, Refusal, Telemetry};
 struct Scrape {
     pool: Option<PoolStatus>,
     devices: Vec<engine::DeviceInfo>,
+    scrub: Option<engine::scrub::ScrubInfo>,
+    moving: Option<engine::reloc::MoveInfo>,
     luns: Vec<LunInfo>,
     /// LUNs left out of per-LUN gauges by the label limit.
     luns_unlabelled: usize,
@@ -53,6 +55,8 @@ fn read(engine: &Engine, mirrors: Option<&mirror::Mirrors>, t: Option<Arc<Teleme
     Scrape {
         pool: engine.pool_status().ok(),
         devices: engine.pool_devices().unwrap_or_default(),
+        scrub: engine.scrub_status().ok(),
+        moving: engine.move_status().ok(),
         luns,
         luns_unlabelled,
         jobs: engine.jobs(),
@@ -265,7 +269,42 @@ impl Scrape {
             "blockfork_device_repaired_blocks_total",
             "Blocks of each device rewritten from a good copy since the server started.",
             &repaired,
-        )
+        )?;
+        if let Some(s) = &self.scrub {
+            out.gauge1(
+                "blockfork_scrub_running",
+                "1 while a scrub runs.",
+                if s.state == "running" { 1.0 } else { 0.0 },
+            )?;
+            out.gauge1(
+                "blockfork_scrub_progress",
+                "The running or last scrub's progress, 0 to 1.",
+                s.progress,
+            )?;
+            out.gauge1(
+                "blockfork_scrub_repaired_copies",
+                "Block copies the running or last scrub repaired.",
+                s.repaired_copies as f64,
+            )?;
+            out.gauge1(
+                "blockfork_scrub_lost_blocks",
+                "Blocks the running or last scrub found with no good copy.",
+                s.lost_blocks as f64,
+            )?;
+        }
+        if let Some(m) = &self.moving {
+            out.gauge1(
+                "blockfork_device_job_running",
+                "1 while a rebuild, removal or levelling runs.",
+                if m.state == "running" { 1.0 } else { 0.0 },
+            )?;
+            out.gauge1(
+                "blockfork_device_job_progress",
+                "The running or last device job's progress, 0 to 1.",
+                m.progress,
+            )?;
+        }
+        Ok(())
     }
 
     fn encode_pool(&self, out: &mut Out) -> std::fmt::Result {

@@ -42,9 +42,11 @@ function ago(unixMs) {
   return Math.round(s / 86400) + ' d ago';
 }
 
-function bar(fraction, label) {
+// A bar: a fill level (coloured as it nears full), or with `progress` a
+// job's progress (never alarming).
+function bar(fraction, label, progress) {
   const pct = Math.max(0, Math.min(1, fraction || 0)) * 100;
-  const level = pct >= 90 ? 'crit' : pct >= 80 ? 'warn' : '';
+  const level = progress ? '' : pct >= 90 ? 'crit' : pct >= 80 ? 'warn' : '';
   return `<div class="bar ${level}" role="progressbar" aria-valuenow="${pct.toFixed(0)}"` +
     ` aria-valuemin="0" aria-valuemax="100"><div style="width:${pct.toFixed(1)}%"></div>` +
     `<span>${esc(label ?? pct.toFixed(0) + ' %')}</span></div>`;
@@ -96,6 +98,7 @@ const lunPath = (name) => name.split('/').map(enc).join('/');
 const data = {
   pool: null, luns: [], snapshots: [], splits: [], jobs: [], igroups: [], maps: [],
   mirrors: null, events: [], lastEvent: 0, io: {}, ioRates: {}, ioCounting: true,
+  devices: [], deviceJob: null, scrub: null,
 };
 let previousIo = null;
 
@@ -116,6 +119,11 @@ async function load(full) {
       api('GET', `/events?since=${data.lastEvent}&limit=1000`),
     ]);
   Object.assign(data, { pool, luns, snapshots, splits, jobs, igroups, maps, mirrors });
+  if (pool.devices > 0) {
+    const [devices, deviceJob, scrub] = await Promise.all([
+      api('GET', '/pool/devices'), api('GET', '/pool/devices/job'), api('GET', '/pool/scrub')]);
+    Object.assign(data, { devices, deviceJob, scrub });
+  }
   data.events = data.events.concat(events.events).slice(-200);
   data.lastEvent = events.last_id;
   data.ioCounting = io.counting;
@@ -196,7 +204,7 @@ const lunsView = {
       }
       actions.push(button('Delete', 'delete-lun', { lun: l.name }, 'danger'));
       const splitInfo = split
-        ? `<span class="split">${bar(split.progress, `split ${split.state} ${(split.progress * 100).toFixed(0)} %`)}</span>`
+        ? `<span class="split">${bar(split.progress, `split ${split.state} ${(split.progress * 100).toFixed(0)} %`, true)}</span>`
         : '';
       const badges = (l.replica ? '<span class="badge">mirror destination</span>' : '') +
         (l.maps.length ? `<span class="badge">mapped: ${esc(l.maps.join(', '))}</span>` : '');
@@ -230,19 +238,19 @@ const jobsView = {
   render() {
     const rows = [];
     for (const s of data.splits) {
-      rows.push(['clone split', esc(s.lun), esc(s.state), bar(s.progress),
+      rows.push(['clone split', esc(s.lun), esc(s.state), bar(s.progress, null, true),
         `${size(s.copied_bytes)} of ${size(s.total_bytes)}`, rate(s.rate_bytes_per_sec),
         esc(s.message || '')]);
     }
     for (const j of data.jobs) {
-      rows.push([esc(j.kind), esc(j.lun), esc(j.state), bar(j.progress),
+      rows.push([esc(j.kind), esc(j.lun), esc(j.state), bar(j.progress, null, true),
         `${size(j.freed_bytes)} freed`, '–', '']);
     }
     for (const m of data.mirrors || []) {
       if (!m.transfer) continue;
       const t = m.transfer;
       rows.push(['mirror transfer', esc(m.name), esc(m.state),
-        bar(t.bytes_expected ? t.bytes / t.bytes_expected : 0),
+        bar(t.bytes_expected ? t.bytes / t.bytes_expected : 0, null, true),
         `${size(t.bytes)} of ~${size(t.bytes_expected)}`, rate(t.rate_bytes),
         t.eta_secs != null ? `ETA ${t.eta_secs} s` : '']);
     }
@@ -297,8 +305,50 @@ const eventsView = {
   },
 };
 
+// A pool on devices: their state and errors, the scrub, and the device
+// job (rebuild, removal, levelling).
+const devicesView = {
+  id: 'devices',
+  title: 'Devices',
+  render() {
+    const p = data.pool;
+    if (!p.devices) {
+      return '<p class="muted">This pool is one data file. A pool on devices (<code>serve --device</code>) keeps LUNs mirrored, checksums every block, scrubs and rebuilds.</p>';
+    }
+    const rows = data.devices.map((d) => [
+      esc(d.path),
+      `<span class="sev ${d.state === 'online' ? 'info' : 'error'}">${esc(d.state)}</span>` +
+        (d.reason ? ` <span class="muted">${esc(d.reason)}</span>` : ''),
+      size(d.size_bytes), size(d.used_bytes), d.read_errors, d.write_errors, d.checksum_errors,
+      d.repaired_blocks]);
+    const s = data.scrub;
+    const scrubText = s.state === 'never' ? 'never scrubbed'
+      : `scrub ${s.state} ${(s.progress * 100).toFixed(0)} % · ${s.repaired_copies} repaired · ${s.lost_blocks} lost`;
+    const scrubButton = s.state === 'running'
+      ? button('Stop scrub', 'scrub-stop', {})
+      : button(s.state === 'stopped' ? 'Resume scrub' : 'Start scrub', 'scrub-start', {});
+    const j = data.deviceJob;
+    const jobText = j.state === 'none' ? 'no rebuild, removal or levelling has run'
+      : `${j.kind} ${j.state}: ${j.moved_segments} of ${j.total_segments} segment(s) moved` +
+        (j.state === 'running' ? ` at ${rate(j.rate_bytes_per_sec)}` : '') +
+        (j.skipped_blocks ? ` · ${j.skipped_blocks} block(s) skipped` : '') +
+        (j.error ? ` · ${j.error}` : '');
+    const damage = (p.damage || []).map((d) => [esc(d.lun + (d.snapshot ? '@' + d.snapshot : '')),
+      `${d.offset_bytes}+${d.length_bytes}`]);
+    return `<div class="cards">
+      <div class="card stat"><h3>State</h3><b class="${p.state === 'online' ? '' : 'warn'}">${esc(p.state)}</b>
+        <span class="muted">${p.devices} device(s), ${p.faulted_devices} faulted · new LUNs ${esc(p.redundancy)}</span></div>
+      <div class="card"><h3>Scrub</h3>${bar(s.state === 'never' ? 0 : s.progress, scrubText, true)}
+        <p>${scrubButton}</p></div>
+      <div class="card"><h3>Device job</h3>${bar(j.state === 'none' ? 0 : j.progress, jobText, true)}</div>
+    </div>
+    ${table(['Device', 'State', 'Size', 'Used', 'Read errors', 'Write errors', 'Checksum errors', 'Repaired'], rows, 'No devices.')}
+    ${damage.length ? '<h3>Lost (no good copy)</h3>' + table(['LUN', 'Bytes'], damage, '') : ''}`;
+  },
+};
+
 // Every view of the page, in order. A new capability adds its view here.
-const VIEWS = [poolView, lunsView, jobsView, mirrorsView, accessView, eventsView];
+const VIEWS = [poolView, lunsView, jobsView, devicesView, mirrorsView, accessView, eventsView];
 
 // ------------------------------------------------------------ actions
 
@@ -357,6 +407,8 @@ const ACTIONS = {
     if (name) await api('POST', '/clones', { source, name, split: false });
   },
   async 'split-start'({ lun }) { await api('POST', '/splits/start', { lun }); },
+  async 'scrub-start'() { await api('POST', '/pool/scrub/start'); },
+  async 'scrub-stop'() { await api('POST', '/pool/scrub/stop'); },
   async 'split-stop'({ lun }) { await api('POST', '/splits/stop', { lun }); },
   async 'delete-lun'({ lun }) {
     const snaps = data.snapshots.filter((s) => s.lun === lun);

@@ -362,19 +362,19 @@ fn clones_and_splits() {
     let set = server.ok(&["pool", "set", "--split-rate", "1"]);
     assert_eq!(
         set,
-        "split rate   1 MB/s\nmirror rate  unlimited\nI/O metrics  off\n"
+        "split rate    1 MB/s\nmirror rate   unlimited\nscrub rate    64 MB/s\nrebuild rate  256 MB/s\nI/O metrics   off\n"
     );
     assert_eq!(
         server.json(&["pool", "set"]),
-        json!({"split_rate_mbps": 1, "split_rate_bytes_per_sec": 1_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false})
+        json!({"split_rate_mbps": 1, "split_rate_bytes_per_sec": 1_000_000, "mirror_rate_mbps": 0, "mirror_rate_bytes_per_sec": 0, "io_metrics": false, "scrub_rate_mbps": 64, "scrub_rate_bytes_per_sec": 64_000_000, "rebuild_rate_mbps": 256, "rebuild_rate_bytes_per_sec": 256_000_000})
     );
     assert_eq!(server.engine.split_rate(), 1_000_000);
 
     let one = server.ok(&["lun", "clone", "create", "base@s1", "c1"]);
     assert!(one.starts_with("name "), "{one}");
-    assert_eq!(row(&one, "name"), "name       c1");
-    assert_eq!(row(&one, "parent"), "parent     clone of base@s1");
-    assert_eq!(row(&one, "clones"), "clones     -");
+    assert_eq!(row(&one, "name"), "name        c1");
+    assert_eq!(row(&one, "parent"), "parent      clone of base@s1");
+    assert_eq!(row(&one, "clones"), "clones      -");
     let many = server.json(&[
         "lun", "clone", "create", "base@s1", "ci/run", "--count", "3",
     ]);
@@ -394,9 +394,9 @@ fn clones_and_splits() {
     let base = server.ok(&["lun", "show", "base"]);
     assert_eq!(
         row(&base, "clones"),
-        "clones     c1, ci/run-1, ci/run-2, ci/run-3, t-1, t-2"
+        "clones      c1, ci/run-1, ci/run-2, ci/run-3, t-1, t-2"
     );
-    assert_eq!(row(&base, "parent"), "parent     -");
+    assert_eq!(row(&base, "parent"), "parent      -");
     let snapshots = server.ok(&["snapshot", "list"]);
     let lines: Vec<&str> = snapshots.lines().collect();
     assert!(lines[0].contains(" CLONES "), "{snapshots}");
@@ -529,13 +529,13 @@ fn clones_and_splits() {
     assert_eq!(server.ok(&["snapshot", "list"]), "no snapshots\n");
     assert_eq!(
         row(&server.ok(&["lun", "show", "ci/run-1"]), "parent"),
-        "parent     clone of base@s1 (deleted)"
+        "parent      clone of base@s1 (deleted)"
     );
 
     // Unlimited, the splits finish; --watch exits 0 with the final state.
     assert_eq!(
         server.ok(&["pool", "set", "--split-rate", "0"]),
-        "split rate   unlimited\nmirror rate  unlimited\nI/O metrics  off\n"
+        "split rate    unlimited\nmirror rate   unlimited\nscrub rate    64 MB/s\nrebuild rate  256 MB/s\nI/O metrics   off\n"
     );
     server.ok(&["lun", "clone", "start", "c1"]);
     let watched = server.cli_timed(&["lun", "clone", "status", "c1", "--watch"], 60);
@@ -562,7 +562,7 @@ fn clones_and_splits() {
     assert_eq!(done["parent"], Value::Null);
     assert_eq!(
         row(&server.ok(&["lun", "show", "c1"]), "parent"),
-        "parent     -"
+        "parent      -"
     );
     assert_eq!(
         server.ok(&["lun", "clone", "show"]),
@@ -570,7 +570,7 @@ fn clones_and_splits() {
     );
     assert_eq!(
         row(&server.ok(&["lun", "show", "base"]), "clones"),
-        "clones     ci/run-1, ci/run-2, ci/run-3, t-1, t-2"
+        "clones      ci/run-1, ci/run-2, ci/run-3, t-1, t-2"
     );
     // A LUN that was never a clone is independent: nothing to wait for.
     let watched = server.cli_timed(&["lun", "clone", "status", "base", "--watch"], 30);

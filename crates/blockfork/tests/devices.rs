@@ -160,6 +160,19 @@ fn a_rotten_device_is_read_around_and_repaired() {
     assert!(settings.contains("scrub rate"), "{settings}");
     let events = server.cli_ok(&["events", "--since", "0"]);
     assert!(events.contains("scrub-done"), "{events}");
+    let (code, metrics) = get(
+        &format!("{}/metrics", server.url()),
+        Some(&server.token()),
+        None,
+    );
+    assert_eq!(code, 200);
+    promtool_ok(&metrics);
+    assert_eq!(sample(&metrics, "blockfork_scrub_progress"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "blockfork_scrub_repaired_copies"),
+        Some(repaired as f64)
+    );
+    assert_eq!(sample(&metrics, "blockfork_device_job_running"), Some(0.0));
 }
 
 #[test]
@@ -336,4 +349,39 @@ fn a_replacement_is_rebuilt_across_a_kill_9_and_a_device_leaves_under_a_writer()
     assert!(list.to_string().contains("third"), "{list}");
     let bad = server.cli(&["pool", "device", "remove", "/nonexistent"]);
     assert!(!bad.status.success());
+}
+
+#[test]
+fn the_dashboard_shows_the_devices_and_runs_a_scrub() {
+    let ui = playwright_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = device_files(tmp.path(), 3, 48);
+    let pool = tmp.path().join("pool");
+    let mut server = start(&pool, &devices);
+    server.cli_ok(&["lun", "create", "vm", "--size", "16M"]);
+    qemu_io(&server, "vm", &["write -P 0x77 0 16M"]);
+    assert!(server.stop().success());
+    std::fs::remove_file(&devices[2]).unwrap();
+    let server = Server::start_with(&pool, &["--scrub-rate", "0"]);
+    let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("dashboard-devices.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = run(
+        std::process::Command::new("node")
+            .arg(ui.join("devices.mjs"))
+            .arg(server.url())
+            .arg(server.token())
+            .arg(devices[2].display().to_string())
+            .arg(&shot),
+        240,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok: screenshot saved"), "{stdout}");
+    assert_eq!(json(&server, &["pool", "scrub", "status"])["state"], "done");
 }

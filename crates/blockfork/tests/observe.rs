@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -320,24 +320,6 @@ fn events_tell_what_happened_survive_a_restart_and_follow() {
 
 /// tests/ui at the repository's root, with playwright-core installed (npm
 /// ci from the lock file when it is missing).
-fn playwright_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui");
-    if !dir.join("node_modules/playwright-core").exists() {
-        let out = run(
-            Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir),
-            300,
-        );
-        assert!(
-            out.status.success(),
-            "npm ci in tests/ui: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dir
-}
-
 #[test]
 fn the_dashboard_works_in_headless_chromium() {
     assert!(

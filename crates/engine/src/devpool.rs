@@ -632,11 +632,12 @@ impl Engine {
     pub(crate) fn report_faults(&self) {
         let Some(stores) = &self.stores else { return };
         for (device, why) in stores.take_news() {
-            self.note(
+            self.events.emit(
+                crate::events::Severity::Error,
                 "device-faulted",
                 &format!("device {device}"),
                 format!(
-                    "Device {device} is faulted: {why}. The pool serves from the other copies, degraded."
+                    "Device {device} is faulted: {why}. The pool serves from the other copies, degraded; replace it with `blockfork pool device replace`."
                 ),
             );
         }

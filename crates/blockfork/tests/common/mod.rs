@@ -394,3 +394,24 @@ pub fn promtool_ok(metrics: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `tests/ui`, with playwright-core installed (from its lock file) if it is
+/// not yet.
+#[allow(dead_code)]
+pub fn playwright_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/ui");
+    if !dir.join("node_modules/playwright-core").exists() {
+        let out = run(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+            300,
+        );
+        assert!(
+            out.status.success(),
+            "npm ci in tests/ui: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    dir
+}
