@@ -74,6 +74,7 @@ echo "== benchmark harnesses, quick mode (keeps them from rotting)"
 cargo run --release -q -p bench -- engine --quick --dir target/bench-ci >/dev/null
 cargo run --release -q -p bench -- engine --quick --only listing --dir target/bench-ci >/dev/null
 cargo run --release -q -p bench -- engine --quick --only checksum --dir target/bench-ci >/dev/null
+cargo run --release -q -p bench -- engine --quick --only devices --dir target/bench-ci >/dev/null
 bench/run.sh --quick >/dev/null
 bench/mirror.sh --quick --no-build >/dev/null
 bench/metrics.sh --quick --no-build >/dev/null

@@ -16,11 +16,14 @@
 //! the NBD export makes for the metrics, and the count alone.
 //! `--only diff`: a mirror incremental's difference against a walk of every
 //! extent.
+//! `--only devices`: a pool on devices against one data file and the raw
+//! files: reads, overwrites, scrub and rebuild (issue 14).
 //! `--only checksum`: checksum and parity candidates for the multi-device
 //! pool, alone and on the read path (decision 027).
 
 mod checksum;
 mod counting;
+mod devices;
 mod diff;
 mod reads;
 
@@ -46,7 +49,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting | --only checksum]";
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting | --only checksum | --only devices]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -69,10 +72,11 @@ fn main() {
                 i += 1;
                 match args.get(i).map(String::as_str) {
                     Some(
-                        what @ ("split" | "listing" | "reads" | "diff" | "counting" | "checksum"),
+                        what @ ("split" | "listing" | "reads" | "diff" | "counting" | "checksum"
+                        | "devices"),
                     ) => opts.only = Some(what.into()),
                     other => {
-                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\", \"counting\" or \"checksum\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\", \"counting\", \"checksum\" or \"devices\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -105,6 +109,7 @@ fn main() {
         Some("engine") | None if opts.only.as_deref() == Some("diff") => diff::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("counting") => counting::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("checksum") => checksum::bench(&opts),
+        Some("engine") | None if opts.only.as_deref() == Some("devices") => devices::bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),

@@ -69,6 +69,11 @@ impl Space {
         (pba < start + len).then_some((start, len, class))
     }
 
+    /// Where the region holding block `pba` ends.
+    pub fn region_end(&self, pba: u64) -> Option<u64> {
+        self.region_of(pba).map(|(start, len, _)| start + len)
+    }
+
     /// Takes `count` blocks of `class`; `None` (and nothing taken) when the
     /// class has fewer free.
     pub fn allocate(&mut self, class: Redundancy, count: u64) -> Option<Vec<Run>> {

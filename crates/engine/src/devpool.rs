@@ -386,7 +386,10 @@ impl Engine {
     /// The index of the device at `path` (by its canonical path, or as
     /// recorded for one that is gone).
     fn device_at(&self, path: &Path) -> Result<u32> {
+        // A device that is gone cannot be canonicalized: compare it made
+        // absolute, as it was recorded.
         let canonical = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| path.display().to_string());
         let s = self.state.read();

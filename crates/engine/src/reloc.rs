@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Blocks one batch copies: 1 MiB.
-pub const MOVE_BATCH_BLOCKS: u64 = 256;
+/// Blocks one batch copies: 4 MiB (1 MiB measured 0.66× a raw copy).
+pub const MOVE_BATCH_BLOCKS: u64 = 1024;
 /// The default pace of rebuilds and evacuations: 256 MB/s (decision 029).
 pub const REBUILD_RATE_DEFAULT: u64 = 256_000_000;
 

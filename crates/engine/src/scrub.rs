@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// Blocks one batch scrubs: 1 MiB.
-pub const SCRUB_BATCH_BLOCKS: u64 = 256;
+/// Blocks one batch scrubs: 4 MiB (1 MiB batches measured 0.32× raw reads).
+pub const SCRUB_BATCH_BLOCKS: u64 = 1024;
 /// The default pace of a scrub: 64 MB/s (decision 029).
 pub const SCRUB_RATE_DEFAULT: u64 = 64_000_000;
 /// Damaged ranges remembered (the first ones found).
@@ -373,18 +373,46 @@ impl Engine {
                 );
                 return Ok(ScrubStep::Idle);
             };
-            let (start, len) = (run.start.get(), run.len.get());
-            if s.in_flight_overlaps(start, len) {
-                // Being written now: its checksums are not set yet. The
-                // next scrub sees it.
-                s.scrub.as_mut().expect("checked").cursor = start + len;
-                return Ok(ScrubStep::Scanned(0));
+            // One read for the batch's window: the used runs in it (of
+            // one region), the free blocks between them read and skipped,
+            // so that space fragmented by redirected writes is still read
+            // in large requests. Blocks being written now are skipped too
+            // (their checksums are not set yet; the next scrub sees them).
+            let start = run.start.get();
+            let region_end = s.alloc.region_end(start).unwrap_or(start + run.len.get());
+            let window_end = (start + SCRUB_BATCH_BLOCKS).min(region_end);
+            let mut runs = vec![run];
+            let mut pos = run.end().get();
+            while pos < window_end {
+                match s.alloc.next_used(pos, window_end - pos) {
+                    Some(r) if r.start.get() < window_end => {
+                        pos = r.end().get();
+                        runs.push(r);
+                    }
+                    _ => break,
+                }
             }
-            let mut expect = Vec::with_capacity(len as usize);
+            let end = runs
+                .last()
+                .expect("one at least")
+                .end()
+                .get()
+                .min(window_end);
+            let mut expect: Vec<Option<u32>> = vec![None; (end - start) as usize];
             if let Some(table) = &s.sums {
-                table.extend_into(run.start, len, &mut expect);
+                for r in &runs {
+                    let (a, b) = (r.start.get(), r.end().get().min(end));
+                    if s.in_flight_overlaps(a, b - a) {
+                        continue;
+                    }
+                    let mut sums = Vec::with_capacity((b - a) as usize);
+                    table.extend_into(r.start, b - a, &mut sums);
+                    for (i, sum) in sums.into_iter().enumerate() {
+                        expect[(a - start) as usize + i] = Some(sum);
+                    }
+                }
             }
-            (run, expect)
+            (crate::space::Run::new(start, end - start), expect)
         };
         let report = stores.scrub(run.start.bytes(), &expect);
         let mut s = self.state.lock();
@@ -410,13 +438,14 @@ impl Engine {
         let Some(job) = s.scrub.as_mut() else {
             return Ok(ScrubStep::Idle);
         };
+        let checked = expect.iter().filter(|e| e.is_some()).count() as u64;
         job.cursor = run.end().get();
-        job.scanned_blocks += run.len.get();
+        job.scanned_blocks += checked;
         job.bad_copies += report.bad;
         job.repaired_copies += report.repaired;
         job.lost_blocks += report.lost.len() as u64;
         remember(&mut job.damage, found);
-        let bytes = run.len.get() * BLOCK_SIZE;
+        let bytes = checked * BLOCK_SIZE;
         let secs = started.elapsed().as_secs_f64().max(1e-6);
         let now_rate = bytes as f64 / secs;
         job.rate = if job.rate == 0.0 {
