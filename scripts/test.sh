@@ -79,4 +79,5 @@ bench/run.sh --quick >/dev/null
 bench/mirror.sh --quick --no-build >/dev/null
 bench/metrics.sh --quick --no-build >/dev/null
 bench/poll.sh --quick --no-build >/dev/null
+bench/devices-nbd.sh --quick >/dev/null
 echo "== all tests passed"

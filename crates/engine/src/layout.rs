@@ -345,6 +345,11 @@ impl Layout {
     }
 
     /// Which store, and which block of it, `pba` names.
+    /// The store holding `pba`, and the block's index in it.
+    pub fn store_at(&self, pba: Pba) -> Result<(&Store, u64)> {
+        self.find(pba)
+    }
+
     fn find(&self, pba: Pba) -> Result<(&Store, u64)> {
         let (n, block) = (pba.get() / self.window(), pba.get() % self.window());
         let store = self

@@ -13,7 +13,7 @@
 //! 1 GiB per TiB of used data; a cache that pages them in is later work).
 
 use crate::types::{Error, Pba, Result, BLOCK_SIZE};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// Checksums per page (and per metadata key): 1 KiB of values.
 pub const PAGE_BLOCKS: u64 = 256;
@@ -31,7 +31,9 @@ pub fn of_blocks(data: &[u8]) -> Vec<u32> {
 
 #[derive(Debug, Default)]
 pub struct Sums {
-    pages: HashMap<u64, Box<[u32]>>,
+    /// By page number: physical blocks are dense enough (store windows in
+    /// a row) that a vector beats a hash map on the read path.
+    pages: Vec<Option<Box<[u32]>>>,
     /// Pages changed since the last commit began.
     pub dirty: BTreeSet<u64>,
 }
@@ -44,11 +46,7 @@ impl Sums {
         while !rest.is_empty() {
             let (page, slot) = (pba / PAGE_BLOCKS, (pba % PAGE_BLOCKS) as usize);
             let n = rest.len().min(PAGE_BLOCKS as usize - slot);
-            self.pages
-                .entry(page)
-                .or_insert_with(|| vec![0; PAGE_BLOCKS as usize].into_boxed_slice())
-                [slot..slot + n]
-                .copy_from_slice(&rest[..n]);
+            self.page_mut(page)[slot..slot + n].copy_from_slice(&rest[..n]);
             self.dirty.insert(page);
             rest = &rest[n..];
             pba += n as u64;
@@ -64,13 +62,22 @@ impl Sums {
         self.set(dst, &sums);
     }
 
+    fn page_mut(&mut self, page: u64) -> &mut [u32] {
+        let i = page as usize;
+        if self.pages.len() <= i {
+            self.pages.resize(i + 1, None);
+        }
+        self.pages[i].get_or_insert_with(|| vec![0; PAGE_BLOCKS as usize].into_boxed_slice())
+    }
+
     /// The checksum of block `pba` (0 for a block never written: no block
     /// of data a reader can reach is unwritten).
     pub fn get(&self, pba: Pba) -> u32 {
         let pba = pba.get();
-        self.pages
-            .get(&(pba / PAGE_BLOCKS))
-            .map_or(0, |p| p[(pba % PAGE_BLOCKS) as usize])
+        match self.pages.get((pba / PAGE_BLOCKS) as usize) {
+            Some(Some(p)) => p[(pba % PAGE_BLOCKS) as usize],
+            _ => 0,
+        }
     }
 
     /// Appends the checksums of `len` blocks from `start` to `out`.
@@ -80,7 +87,7 @@ impl Sums {
 
     /// A page's value as stored: `PAGE_BLOCKS` little-endian u32s.
     pub fn encode_page(&self, page: u64) -> Option<Vec<u8>> {
-        let p = self.pages.get(&page)?;
+        let p = self.pages.get(page as usize)?.as_ref()?;
         Some(p.iter().flat_map(|s| s.to_le_bytes()).collect())
     }
 
@@ -96,7 +103,13 @@ impl Sums {
             .chunks(4)
             .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
             .collect();
-        self.pages.insert(page, sums);
+        let i = page as usize;
+        if i > (1 << 40) / PAGE_BLOCKS as usize {
+            return Err(Error::Store(format!(
+                "checksum page {page} under key {key:02x?} lies past any physical block"
+            )));
+        }
+        self.page_mut(page).copy_from_slice(&sums);
         Ok(())
     }
 }
