@@ -13,6 +13,7 @@ mod clone;
 mod codec;
 mod datapath;
 pub mod devices;
+mod devops;
 mod devpool;
 mod diff;
 mod engine;
@@ -44,6 +45,7 @@ mod state;
 pub mod stores;
 mod sums;
 mod types;
+mod workers;
 
 pub use access::{
     validate_igroup_name, ClientIdentity, IgroupInfo, Member, CERT_CN_BYTES_MAX, IGROUPS_MAX,
