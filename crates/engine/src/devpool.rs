@@ -210,9 +210,9 @@ fn open_devices_of(dl: DeviceLayout, given: &[PathBuf], pool: u128) -> Result<St
     for (i, why) in absent {
         stores.fault(i, why);
     }
-    stores
-        .servable()
-        .map_err(|why| Error::InvalidArgument(format!("the pool cannot open: {why}")))?;
+    // Whether every store keeps enough copies is decided once the maps are
+    // loaded (`Engine::give_up_empty_stores`): a store that lost them but
+    // holds no data costs nothing.
     Ok(stores)
 }
 
@@ -399,6 +399,33 @@ impl Engine {
                 .filter(|&d| st.errors(d).faulted() && !st.errors(d).removed())
                 .count() as u64
         })
+    }
+
+    /// At open: a store that lost more devices than its class tolerates
+    /// but holds no used block is given up (skipped by the checks, its
+    /// space never allocated again this run); one that holds data makes the
+    /// pool refuse to open, naming it, with nothing changed.
+    pub(crate) fn give_up_empty_stores(&self) -> Result<()> {
+        let Some(stores) = &self.stores else {
+            return Ok(());
+        };
+        let mut s = self.state.lock();
+        for (n, why) in stores.unservable() {
+            let (start, blocks) = stores.layout().read().window_of(n);
+            let used = s
+                .alloc
+                .next_used(start, blocks.max(1))
+                .is_some_and(|r| r.start.get() < start + blocks);
+            if used {
+                return Err(Error::InvalidArgument(format!(
+                    "the pool cannot open: {why}"
+                )));
+            }
+            s.alloc.freeze(start);
+            stores.give_up(n);
+            tracing::warn!("store {n} holds no data and {why}: given up");
+        }
+        Ok(())
     }
 
     /// Records an event for each device faulted since the last call.

@@ -355,6 +355,7 @@ impl Engine {
         engine
             .check_invariants()
             .map_err(|e| Error::Store(format!("pool failed its consistency check at open: {e}")))?;
+        engine.give_up_empty_stores()?;
         // The fill level at open is known, not news: alerts are for
         // crossings from here on (the log keeps the earlier ones).
         engine

@@ -67,6 +67,8 @@ pub struct Stores {
     errors: Vec<DeviceErrors>,
     /// Devices faulted and not yet reported as events: (device, why).
     news: Mutex<Vec<(u32, String)>>,
+    /// Stores that lost their copies while holding no data (at open).
+    given_up: Mutex<std::collections::BTreeSet<usize>>,
 }
 
 /// A piece of a call that lies in one block.
@@ -169,6 +171,7 @@ impl Stores {
             layout: RwLock::new(layout),
             errors,
             news: Mutex::new(Vec::new()),
+            given_up: Mutex::new(Default::default()),
         }
     }
 
@@ -247,8 +250,22 @@ impl Stores {
     /// Fails when some store has lost more segments than its class
     /// tolerates: its data is gone until a device comes back.
     pub fn servable(&self) -> Result<(), String> {
+        match self.unservable().into_iter().next() {
+            Some((_, why)) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores (not given up) that lost more segments than their class
+    /// tolerates, each with a sentence.
+    pub fn unservable(&self) -> Vec<(usize, String)> {
         let layout = self.layout.read();
+        let given_up = self.given_up.lock();
+        let mut out = Vec::new();
         for (n, store) in layout.stores() {
+            if given_up.contains(&n) {
+                continue;
+            }
             let healthy = store
                 .segments
                 .iter()
@@ -261,14 +278,22 @@ impl Stores {
                     .filter(|r| self.errors[r.device as usize].faulted())
                     .map(|r| r.device.to_string())
                     .collect();
-                return Err(format!(
-                    "store {n} ({}) has lost device(s) {}: more than it tolerates",
-                    store.class,
-                    lost.join(", ")
+                out.push((
+                    n,
+                    format!(
+                        "store {n} ({}) has lost device(s) {}: more than it tolerates",
+                        store.class,
+                        lost.join(", ")
+                    ),
                 ));
             }
         }
-        Ok(())
+        out
+    }
+
+    /// A store that lost its copies but held no data: no longer checked.
+    pub fn give_up(&self, n: usize) {
+        self.given_up.lock().insert(n);
     }
 
     fn read_error(&self, device: u32, e: &io::Error) {

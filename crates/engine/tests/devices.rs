@@ -493,3 +493,53 @@ fn devices_are_removed_online_and_added_with_levelling() {
     assert_eq!(e.pool_devices().unwrap().len(), 3);
     e.check_invariants().unwrap();
 }
+
+#[test]
+fn a_lost_device_whose_only_unprotected_store_is_empty_does_not_stop_the_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 3, 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    e.create_lun_in("m", 4 * MIB, Some("mirror".parse().unwrap()))
+        .unwrap();
+    let a = pattern(21, 2 * MIB as usize);
+    e.write(e.resolve("m").unwrap(), 0, &a, true).unwrap();
+    let before: Vec<u64> = e
+        .pool_devices()
+        .unwrap()
+        .iter()
+        .map(|d| d.used_segments)
+        .collect();
+    e.create_lun_in("scratch", MIB, Some("none".parse().unwrap()))
+        .unwrap();
+    e.write(e.resolve("scratch").unwrap(), 0, &[9u8; 4096], true)
+        .unwrap();
+    let after: Vec<u64> = e
+        .pool_devices()
+        .unwrap()
+        .iter()
+        .map(|d| d.used_segments)
+        .collect();
+    let host = (0..3)
+        .find(|&i| after[i] > before[i])
+        .expect("the none store's device");
+    // Its data goes; the store stays, empty.
+    e.delete_lun("scratch", false).unwrap();
+    e.run_jobs();
+    e.close().unwrap();
+    drop(e);
+
+    std::fs::remove_file(&devs[host]).unwrap();
+    let e = open(tmp.path(), &[]).unwrap();
+    assert_eq!(e.pool_status().unwrap().state, "degraded");
+    assert_eq!(read(&e, "m", 0, a.len()), a);
+    // The emptied store is not used again: new `none` data goes elsewhere.
+    e.create_lun_in("fresh", MIB, Some("none".parse().unwrap()))
+        .unwrap();
+    e.write(e.resolve("fresh").unwrap(), 0, &[7u8; 8192], true)
+        .unwrap();
+    e.close().unwrap();
+    drop(e);
+    let e = open(tmp.path(), &[]).unwrap();
+    assert_eq!(read(&e, "fresh", 0, 8192), vec![7u8; 8192]);
+    e.check_invariants().unwrap();
+}
