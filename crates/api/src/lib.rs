@@ -132,6 +132,7 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         pool::devices,
         pool::add_device,
         pool::remove_device,
+        pool::clear_device,
         pool::replace_device,
         pool::device_job,
         pool::scrub_status,
@@ -309,6 +310,7 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
                 .delete(pool::remove_device),
         )
         .route("/pool/devices/replace", post(pool::replace_device))
+        .route("/pool/devices/clear", post(pool::clear_device))
         .route("/pool/devices/job", get(pool::device_job))
         .route("/pool/scrub", get(pool::scrub_status))
         .route("/pool/scrub/start", post(pool::scrub_start))

@@ -112,6 +112,30 @@ pub async fn replace_device(
     Ok(Json(info.into()))
 }
 
+/// Take a faulted device back into service: a device that failed stays
+/// out, across restarts, until it is cleared or replaced. Clearing starts
+/// a scrub from the first block that rewrites whatever the device holds
+/// stale (a resilver).
+#[utoipa::path(
+    post, path = "/api/v1/pool/devices/clear", operation_id = "clear_device", tag = "pool",
+    request_body = DevicePath,
+    responses(
+        (status = 200, description = "The device, back online; the resilver runs (`GET /api/v1/pool/scrub`)", body = DeviceInfo),
+        (status = 400, description = "Not faulted, not open (replace it, or restart the pool with it present), or a pool on one data file", body = ErrorBody),
+        (status = 404, description = "No such device", body = ErrorBody),
+    )
+)]
+pub async fn clear_device(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<DevicePath>,
+) -> Result<Json<DeviceInfo>, ApiError> {
+    let info = call(&state, move |e| {
+        e.clear_device(std::path::Path::new(&body.path))
+    })
+    .await?;
+    Ok(Json(info.into()))
+}
+
 /// Show the device job: a rebuild, removal or levelling, its progress and
 /// what it skipped.
 #[utoipa::path(

@@ -211,8 +211,9 @@ fn a_missing_device_leaves_the_pool_serving_degraded() {
     assert!(err.contains("raid5") && err.contains("mirror3"), "{err}");
     assert!(server.stop().success());
 
-    std::fs::remove_file(&devices[1]).unwrap();
-    let server = Server::start_with(&pool, &[]);
+    let away = tmp.path().join("away");
+    std::fs::rename(&devices[1], &away).unwrap();
+    let mut server = Server::start_with(&pool, &[]);
     let status = json(&server, &["pool", "status"]);
     assert_eq!(status["state"], "degraded", "{status}");
     assert_eq!(status["faulted_devices"], 1);
@@ -251,6 +252,105 @@ fn a_missing_device_leaves_the_pool_serving_degraded() {
         Some(0.0),
         "{metrics}"
     );
+    assert!(server.stop().success());
+
+    // Back: it stays out (its copies of the write above are stale) until
+    // `pool device clear`, whose resilver rewrites them.
+    std::fs::rename(&away, &devices[1]).unwrap();
+    let server = Server::start_with(&pool, &[]);
+    let list = json(&server, &["pool", "device", "list"]);
+    assert_eq!(list[1]["state"], "faulted", "{list}");
+    assert!(
+        list[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pool device clear"),
+        "{list}"
+    );
+    let bad = server.cli(&["pool", "device", "clear", &devices[0].display().to_string()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not faulted"));
+    let text = server.cli_ok(&["pool", "device", "clear", &dev1, "--wait"]);
+    assert!(text.contains("done"), "{text}");
+    let status = json(&server, &["pool", "status"]);
+    assert_eq!(status["state"], "online", "{status}");
+    let scrub = json(&server, &["pool", "scrub", "status"]);
+    assert_eq!(scrub["lost_blocks"], 0, "{scrub}");
+    qemu_io(&server, "vm", READS);
+    qemu_io(
+        &server,
+        "db",
+        &[
+            "read -P 0x5e 0 4M",
+            "read -P 0x6f 4M 1M",
+            "read -P 0x5e 5M 11M",
+        ],
+    );
+}
+
+#[test]
+fn a_parity_lun_over_nbd_survives_two_lost_devices_and_rot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devices = device_files(tmp.path(), 6, 48);
+    let pool = tmp.path().join("pool");
+    let mut server = start(&pool, &devices);
+    server.cli_ok(&[
+        "lun",
+        "create",
+        "bulk",
+        "--size",
+        "32M",
+        "--redundancy",
+        "parity:4+2",
+    ]);
+    assert_eq!(
+        json(&server, &["lun", "show", "bulk"])["redundancy"],
+        "parity:4+2"
+    );
+    qemu_io(&server, "bulk", WRITES);
+    qemu_io(&server, "bulk", READS);
+    assert!(server.stop().success());
+
+    // A device rots in part: reads are right and repair it, and a scrub
+    // finds the rest (the parity shards among them).
+    scribble(&devices[5], 8192, 8 * MIB);
+    let mut server = Server::start_with(&pool, &[]);
+    qemu_io(&server, "bulk", READS);
+    server.cli_ok(&["pool", "scrub", "start"]);
+    let scrub = wait_scrub(&server);
+    assert_eq!(scrub["lost_blocks"], 0, "{scrub}");
+    let list = json(&server, &["pool", "device", "list"]);
+    assert!(list[5]["checksum_errors"].as_u64().unwrap() > 0, "{list}");
+    assert!(server.stop().success());
+
+    // Two devices gone: M = 2 shards of every stripe are missing.
+    std::fs::remove_file(&devices[0]).unwrap();
+    std::fs::remove_file(&devices[3]).unwrap();
+    let server = Server::start_with(&pool, &[]);
+    let status = json(&server, &["pool", "status"]);
+    assert_eq!(
+        (status["state"].as_str(), status["faulted_devices"].as_u64()),
+        (Some("degraded"), Some(2)),
+        "{status}"
+    );
+    qemu_io(&server, "bulk", READS);
+    qemu_io(
+        &server,
+        "bulk",
+        &["write -P 0xe5 20M 3M", "read -P 0xe5 20M 3M"],
+    );
+}
+
+/// Polls `pool scrub status` until the scrub ends (bounded).
+fn wait_scrub(server: &Server) -> Value {
+    for _ in 0..600 {
+        let s = json(server, &["pool", "scrub", "status"]);
+        if s["state"] != "running" {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the scrub did not end in a minute");
 }
 
 /// Polls `pool device status` until `done` says so (bounded).

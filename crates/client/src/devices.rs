@@ -22,6 +22,11 @@ impl Client {
         self.send("POST", "/pool/devices/replace", body)
     }
 
+    pub fn clear_device(&self, path: &str) -> Result<DeviceInfo> {
+        let body = DevicePath { path: path.into() };
+        self.send("POST", "/pool/devices/clear", &body)
+    }
+
     pub fn device_job(&self) -> Result<MoveInfo> {
         self.get("/pool/devices/job")
     }

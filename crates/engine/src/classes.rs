@@ -6,6 +6,12 @@
 //! store is smaller than its window. Each class has its own `Allocator`
 //! over its regions; a freed run goes back to the class of the region it
 //! lies in. The single-file pool is one region of class `none` from block 0.
+//!
+//! Parity classes hand out whole stripes (decision 030): an allocation
+//! takes `ceil(n / K)` stripes, and what the last one has left over is
+//! padding, written as zeros with the stripe and held until every block
+//! of the stripe is freed. A stripe is written once and never again while
+//! any block of it is live: no read-modify-write, no write hole.
 
 use crate::redundancy::Redundancy;
 use crate::space::{Allocator, Run};
@@ -19,6 +25,19 @@ pub struct Space {
     /// Regions whose free blocks are held back from allocation (a store
     /// being moved): region start → its free runs.
     frozen: BTreeMap<u64, Vec<Run>>,
+    /// Parity regions: region start → (K, live blocks of each stripe).
+    stripes: BTreeMap<u64, (u64, Vec<u8>)>,
+    /// Blocks of live stripes that are not live (padding and blocks freed
+    /// while the rest of their stripe lives).
+    held: u64,
+}
+
+/// Data blocks per stripe of a class (1 for copies).
+fn stripe_of(class: Redundancy) -> u64 {
+    match class {
+        Redundancy::Parity { data, .. } => u64::from(data),
+        _ => 1,
+    }
 }
 
 impl Space {
@@ -55,10 +74,50 @@ impl Space {
                 ));
             }
         }
+        for (&start, &(len, class)) in &space.regions {
+            let k = stripe_of(class);
+            if k > 1 {
+                space
+                    .stripes
+                    .insert(start, (k, vec![0; (len / k) as usize]));
+            }
+        }
+        // Count the live blocks of parity stripes; a stripe with any is
+        // used whole.
+        let mut taken: Vec<Run> = Vec::with_capacity(used.len());
+        for u in used {
+            let (mut pos, end) = (u.start.get(), u.end().get());
+            while pos < end {
+                let (start, len, _) = space.region_of(pos).expect("checked above");
+                let upto = (start + len).min(end);
+                match space.stripes.get_mut(&start) {
+                    Some((k, live)) => {
+                        let k = *k;
+                        for stripe in (pos - start) / k..(upto - start).div_ceil(k) {
+                            let (a, b) = (start + stripe * k, start + (stripe + 1) * k);
+                            live[stripe as usize] += (b.min(upto) - a.max(pos)) as u8;
+                        }
+                        let a = start + (pos - start) / k * k;
+                        let b = start + (upto - start).div_ceil(k) * k;
+                        taken.push(Run::new(a, b - a));
+                    }
+                    None => taken.push(Run::new(pos, upto - pos)),
+                }
+                pos = upto;
+            }
+        }
+        let taken = merge_runs(taken);
+        for (k, live) in space.stripes.values() {
+            space.held += live
+                .iter()
+                .filter(|&&n| n > 0)
+                .map(|&n| k - u64::from(n))
+                .sum::<u64>();
+        }
         for (class, runs) in by_class {
             space
                 .classes
-                .insert(class, Allocator::from_regions(&runs, used)?);
+                .insert(class, Allocator::from_regions(&runs, &taken)?);
         }
         Ok(space)
     }
@@ -75,29 +134,107 @@ impl Space {
     }
 
     /// Takes `count` blocks of `class`; `None` (and nothing taken) when the
-    /// class has fewer free.
+    /// class has fewer free. A parity class takes whole stripes: every
+    /// run starts a stripe, and the last stripe's unused blocks are held
+    /// as padding.
     pub fn allocate(&mut self, class: Redundancy, count: u64) -> Option<Vec<Run>> {
-        self.classes.get_mut(&class)?.allocate(count)
+        let k = stripe_of(class);
+        let mut runs = self
+            .classes
+            .get_mut(&class)?
+            .allocate(count.div_ceil(k) * k)?;
+        if k == 1 {
+            return Some(runs);
+        }
+        for r in &runs {
+            let (mut pos, end) = (r.start.get(), r.end().get());
+            while pos < end {
+                let (start, len, _) = self.region_of(pos).expect("allocated in a region");
+                let upto = (start + len).min(end);
+                let (_, live) = self.stripes.get_mut(&start).expect("a parity region");
+                debug_assert!((pos - start).is_multiple_of(k) && (upto - pos).is_multiple_of(k));
+                for stripe in (pos - start) / k..(upto - start) / k {
+                    debug_assert_eq!(live[stripe as usize], 0, "a stripe allocated twice");
+                    live[stripe as usize] = k as u8;
+                }
+                pos = upto;
+            }
+        }
+        let pad = count.div_ceil(k) * k - count;
+        if pad > 0 {
+            let last = runs.last_mut().expect("count > 0");
+            last.len = crate::types::BlockCount::new(last.len.get() - pad);
+            let end = last.end().get();
+            let (start, _, _) = self.region_of(end - 1).expect("allocated in a region");
+            let (_, live) = self.stripes.get_mut(&start).expect("a parity region");
+            live[((end - 1 - start) / k) as usize] -= pad as u8;
+            self.held += pad;
+        }
+        Some(runs)
     }
 
-    /// Returns a run to its class (a run may span adjacent regions).
+    /// Blocks held in live parity stripes without being live themselves.
+    pub fn held_blocks(&self) -> u64 {
+        self.held
+    }
+
+    /// Where the stripe holding `pba` starts, and its data blocks (a block
+    /// of a class of copies is its own stripe).
+    pub fn stripe_at(&self, pba: u64) -> Option<(u64, u64)> {
+        let (start, _, class) = self.region_of(pba)?;
+        let k = stripe_of(class);
+        Some((start + (pba - start) / k * k, k))
+    }
+
+    /// Returns a run of live blocks to its class (a run may span adjacent
+    /// regions). In a parity region a stripe is freed when its last live
+    /// block is.
     pub fn release(&mut self, run: Run) {
         let (mut pos, end) = (run.start.get(), run.end().get());
         while pos < end {
-            let (start, len, class) = self
+            let (start, len, _) = self
                 .region_of(pos)
                 .unwrap_or_else(|| panic!("released block {pos} lies in no region"));
             let upto = (start + len).min(end);
-            let piece = Run::new(pos, upto - pos);
-            match self.frozen.get_mut(&start) {
-                Some(held) => held.push(piece),
-                None => self
-                    .classes
-                    .get_mut(&class)
-                    .expect("a region's class has an allocator")
-                    .release(piece),
+            let Some((k, live)) = self.stripes.get_mut(&start) else {
+                self.free_raw(Run::new(pos, upto - pos));
+                pos = upto;
+                continue;
+            };
+            let k = *k;
+            let mut freed = Vec::new();
+            for stripe in (pos - start) / k..(upto - start).div_ceil(k) {
+                let (a, b) = (start + stripe * k, start + (stripe + 1) * k);
+                let n = (b.min(upto) - a.max(pos)) as u8;
+                let left = &mut live[stripe as usize];
+                assert!(*left >= n, "double free in the stripe at block {a}");
+                *left -= n;
+                self.held += u64::from(n);
+                if *left == 0 {
+                    self.held -= k;
+                    freed.push(Run::new(a, k));
+                }
+            }
+            for r in merge_runs(freed) {
+                self.free_raw(r);
             }
             pos = upto;
+        }
+    }
+
+    /// Returns free blocks (within one region) to their allocator, or to
+    /// their frozen region's held runs.
+    fn free_raw(&mut self, piece: Run) {
+        let (start, _, class) = self
+            .region_of(piece.start.get())
+            .expect("freed blocks lie in a region");
+        match self.frozen.get_mut(&start) {
+            Some(held) => held.push(piece),
+            None => self
+                .classes
+                .get_mut(&class)
+                .expect("a region's class has an allocator")
+                .release(piece),
         }
     }
 
@@ -124,7 +261,7 @@ impl Space {
             return;
         };
         for run in held {
-            self.release(run);
+            self.free_raw(run);
         }
     }
 
@@ -143,6 +280,11 @@ impl Space {
             "a new region overlaps another"
         );
         self.regions.insert(run.start.get(), (run.len.get(), class));
+        let k = stripe_of(class);
+        if k > 1 {
+            self.stripes
+                .insert(start, (k, vec![0; (run.len.get() / k) as usize]));
+        }
         self.classes.entry(class).or_default().add_region(run);
     }
 
@@ -210,6 +352,22 @@ impl Space {
         runs.sort_by_key(|r| r.start);
         runs
     }
+}
+
+/// Sorts runs and merges those that overlap or touch.
+fn merge_runs(mut runs: Vec<Run>) -> Vec<Run> {
+    runs.sort_by_key(|r| r.start);
+    let mut out: Vec<Run> = Vec::with_capacity(runs.len());
+    for r in runs {
+        match out.last_mut() {
+            Some(l) if l.end() >= r.start => {
+                let end = l.end().get().max(r.end().get());
+                *l = Run::new(l.start.get(), end - l.start.get());
+            }
+            _ => out.push(r),
+        }
+    }
+    out
 }
 
 /// The first run not in `free` (disjoint runs) at or after `pos`, before
@@ -327,5 +485,54 @@ mod tests {
         let mut s = Space::single(10, &[]).unwrap();
         s.grow(20);
         assert_eq!(s.free_blocks(), 20);
+    }
+
+    #[test]
+    fn parity_takes_whole_stripes_and_frees_them_whole() {
+        let p = Redundancy::Parity { data: 4, parity: 2 };
+        let mut s = Space::over(&[(Run::new(1000, 40), p)], &[]).unwrap();
+        // 6 blocks: two stripes, the second padded by 2.
+        let a = s.allocate(p, 6).unwrap();
+        assert_eq!(a, vec![Run::new(1000, 6)]);
+        assert_eq!((s.free_blocks_of(p), s.held_blocks()), (32, 2));
+        let b = s.allocate(p, 1).unwrap();
+        assert_eq!(b, vec![Run::new(1008, 1)], "a new stripe, not the padding");
+        assert_eq!(s.held_blocks(), 5);
+        assert_eq!(s.stripe_at(1010), Some((1008, 4)));
+        // Freeing part of a stripe frees nothing; its last block frees it.
+        s.release(Run::new(1004, 1));
+        assert_eq!((s.free_blocks_of(p), s.held_blocks()), (28, 6));
+        s.release(Run::new(1005, 1));
+        assert_eq!((s.free_blocks_of(p), s.held_blocks()), (32, 3));
+        s.release(Run::new(1000, 4));
+        s.release(Run::new(1008, 1));
+        assert_eq!((s.free_blocks_of(p), s.held_blocks()), (40, 0));
+        // Whole stripes come back aligned.
+        let c = s.allocate(p, 40).unwrap();
+        assert_eq!(c.iter().map(|r| r.len.get()).sum::<u64>(), 40);
+        assert!(c.iter().all(|r| (r.start.get() - 1000) % 4 == 0));
+    }
+
+    #[test]
+    fn parity_stripes_with_live_blocks_are_used_whole_at_open() {
+        let p = Redundancy::Parity { data: 3, parity: 1 };
+        let n = Redundancy::None;
+        let mut s = Space::over(
+            &[(Run::new(0, 12), n), (Run::new(12, 12), p)],
+            &[Run::new(8, 6), Run::new(19, 1)],
+        )
+        .unwrap();
+        // Stripes [12,15) (2 live) and [18,21) (1 live) are taken.
+        assert_eq!(s.free_blocks_of(p), 6);
+        assert_eq!(s.held_blocks(), 1 + 2);
+        assert_eq!(s.next_used(14, 64), Some(Run::new(14, 1)));
+        s.release(Run::new(19, 1));
+        assert_eq!((s.free_blocks_of(p), s.held_blocks()), (9, 1));
+        // A frozen region keeps a freed stripe until thawed.
+        s.freeze(12);
+        s.release(Run::new(12, 2));
+        assert_eq!(s.free_blocks_of(p), 0);
+        s.thaw(12);
+        assert_eq!((s.free_blocks_of(p), s.held_blocks()), (12, 0));
     }
 }

@@ -234,6 +234,11 @@ pub struct DeviceRecord {
     /// stays taken, nothing is on it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
+    /// Why it was faulted, while it is: a device that failed stays out of
+    /// reads and writes across restarts (its copies may be stale) until
+    /// `pool device clear` resilvers it or it is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faulted: Option<String>,
 }
 
 /// A store: its class and its segments as (device index, segment).

@@ -257,7 +257,7 @@ impl Engine {
     /// A write's plan, under the state lock: blocks nobody else sees are
     /// overwritten in place; the rest go to new space, allocated here and
     /// reserved until the write is applied.
-    fn plan_write(&self, id: LunId, pieces: &Pieces<'_>) -> Result<(Vec<Step>, Vec<Run>)> {
+    fn plan_write(&self, id: LunId, pieces: &Pieces<'_>) -> Result<(Vec<Step>, Vec<Run>, bool)> {
         let mut plan: Vec<Step> = Vec::new();
         let mut fresh_runs = Vec::new();
         let mut s = self.state.lock();
@@ -267,6 +267,7 @@ impl Engine {
         // checksum holds from its write until it is freed (decision 027).
         let in_place_ok = s.sums.is_none();
         let mut need = 0;
+        let striped = matches!(l.class, crate::redundancy::Redundancy::Parity { .. });
         let mut redirect: Vec<(u64, u64, usize)> = Vec::new();
         for (i, &(lba, data)) in pieces.iter().enumerate() {
             let count = data.len() as u64 / BLOCK_SIZE;
@@ -321,7 +322,7 @@ impl Engine {
             }
             fresh_runs = runs;
         }
-        Ok((plan, fresh_runs))
+        Ok((plan, fresh_runs, striped))
     }
 
     /// Writes whole blocks at several places (in LBA order, not
@@ -333,20 +334,39 @@ impl Engine {
     /// by writing zeros, a guest zeroing a disk).
     pub(crate) fn write_pieces(&self, id: LunId, all: &[(u64, &[u8])]) -> Result<()> {
         let (pieces, zero_runs) = data_and_zero_runs(all);
-        let (plan, fresh_runs) = self.plan_write(id, &pieces)?;
+        let (plan, fresh_runs, striped) = self.plan_write(id, &pieces)?;
         let checksummed = self.stores.is_some();
         let mut sums = Vec::new();
         let mut result = Ok(());
-        for step in &plan {
+        // A parity LUN's steps that follow each other on the stores are
+        // written as one, so that each stripe is written whole.
+        let mut group: Vec<u8> = Vec::new();
+        let mut group_at = Pba::new(0);
+        for (n, step) in plan.iter().enumerate() {
             let (lba, data) = pieces[step.piece];
             let from = (step.lba - Lba::new(lba)).bytes() as usize;
             let bytes = &data[from..from + step.len.bytes() as usize];
-            if let Err(e) = self.data.write_at(bytes, step.pba.bytes()) {
-                result = Err(self.data_write_error(e));
-                break;
-            }
             if checksummed {
                 sums.push(crate::sums::of_blocks(bytes));
+            }
+            let written = if striped {
+                if group.is_empty() {
+                    group_at = step.pba;
+                }
+                group.extend_from_slice(bytes);
+                let next = group_at.plus(group.len() as u64 / BLOCK_SIZE);
+                if plan.get(n + 1).is_some_and(|s| s.pba == next) {
+                    continue;
+                }
+                let w = self.data.write_at(&group, group_at.bytes());
+                group.clear();
+                w
+            } else {
+                self.data.write_at(bytes, step.pba.bytes())
+            };
+            if let Err(e) = written {
+                result = Err(self.data_write_error(e));
+                break;
             }
         }
         // Even a failed write may have changed blocks written in place.
@@ -365,6 +385,9 @@ impl Engine {
                 for (step, sums) in plan.iter().zip(&sums) {
                     table.set(step.pba, sums);
                 }
+            }
+            if striped {
+                Engine::pad_sums(&mut s, &fresh_runs);
             }
             for step in plan.into_iter().filter(|p| p.fresh) {
                 s.set_head(

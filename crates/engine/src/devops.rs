@@ -95,6 +95,7 @@ impl Engine {
             segments: d.label.segments(),
             added: id.added_secs,
             removed: false,
+            faulted: None,
         };
         {
             let mut s = self.state.lock();
@@ -240,5 +241,58 @@ impl Engine {
             .into_iter()
             .find(|d| d.index == index)
             .ok_or_else(|| Error::not_found("device", format!("#{index}")))
+    }
+
+    /// Takes a faulted device back (`pool device clear PATH`): its file
+    /// must have been open since the pool opened. A scrub starts from the
+    /// first block at once and rewrites every copy the device has stale or
+    /// wrong (a resilver); until it ends, the device's old copies are
+    /// caught by their checksums on every read.
+    pub fn clear_device(&self, path: &Path) -> Result<DeviceInfo> {
+        let stores = self.need_stores()?;
+        self.state.read().check_open()?;
+        let d = self.device_at(path)?;
+        if !stores.errors(d).faulted() {
+            return Err(Error::InvalidArgument(format!(
+                "device {} is not faulted: nothing to clear",
+                path.display()
+            )));
+        }
+        if let Err(e) = stores.file(d).check() {
+            return Err(Error::InvalidArgument(format!(
+                "device {} cannot be cleared: {e}; replace it (pool device replace) or restart the pool with it present",
+                path.display()
+            )));
+        }
+        stores.clear(d);
+        {
+            let mut s = self.state.lock();
+            if let Some(r) = s.devices.get_mut(d as usize) {
+                r.faulted = None;
+                let record = r.clone();
+                s.dirty.layout.push((
+                    codec::key_u64(codec::TAG_DEVICE, d as u64),
+                    Some(codec::to_json(&record)),
+                ));
+            }
+            // The resilver is a scrub from the first block, not the rest
+            // of an earlier one.
+            s.scrub = None;
+            s.dirty.scrub = true;
+        }
+        self.flush()?;
+        self.note(
+            "device-cleared",
+            &format!("device {d}"),
+            format!(
+                "Device {d} ({}) was cleared and is back in service; a scrub resilvers it.",
+                path.display()
+            ),
+        );
+        self.scrub_start()?;
+        self.pool_devices()?
+            .into_iter()
+            .find(|i| i.index == d)
+            .ok_or_else(|| Error::not_found("device", path.display().to_string()))
     }
 }

@@ -131,6 +131,7 @@ fn create_pool(
             segments: d.label.segments(),
             added,
             removed: false,
+            faulted: None,
         };
         puts.push((
             codec::key_u64(codec::TAG_DEVICE, i as u64),
@@ -179,9 +180,6 @@ fn open_devices_of(dl: DeviceLayout, given: &[PathBuf], pool: u128) -> Result<St
         files[index] = Some(Arc::new(d.file));
     }
     let mut absent = Vec::new();
-    let removed: Vec<u32> = (0..n as u32)
-        .filter(|&i| dl.devices[i as usize].removed)
-        .collect();
     let files: Vec<Arc<dyn DataFile>> = files
         .into_iter()
         .enumerate()
@@ -204,16 +202,30 @@ fn open_devices_of(dl: DeviceLayout, given: &[PathBuf], pool: u128) -> Result<St
         })
         .collect();
     let stores = Stores::new(files, dl.layout);
-    for d in removed {
-        stores.retire(d);
-    }
     for (i, why) in absent {
         stores.fault(i, why);
     }
+    recorded_states(&stores, &dl.devices);
     // Whether every store keeps enough copies is decided once the maps are
     // loaded (`Engine::give_up_empty_stores`): a store that lost them but
     // holds no data costs nothing.
     Ok(stores)
+}
+
+/// Puts the recorded states back: removed devices are retired, and a
+/// device that failed before stays out until it is resilvered (what was
+/// written while it was out is not on it).
+fn recorded_states(stores: &Stores, records: &[DeviceRecord]) {
+    for (i, r) in records.iter().enumerate() {
+        if r.removed {
+            stores.retire(i as u32);
+        } else if let Some(why) = &r.faulted {
+            stores.fault(
+                i as u32,
+                format!("{why} (before the last restart; `pool device clear` resilvers it)"),
+            );
+        }
+    }
 }
 
 impl Engine {
@@ -291,6 +303,7 @@ impl Engine {
                     segments,
                     added: 0,
                     removed: false,
+                    faulted: None,
                 };
                 puts.push((
                     codec::key_u64(codec::TAG_DEVICE, i as u64),
@@ -312,7 +325,11 @@ impl Engine {
             store.commit(&puts)?;
         }
         let files: Vec<Arc<dyn DataFile>> = files.into_iter().map(|(f, _)| f).collect();
-        let open: OpenDevices = Box::new(move |dl| Ok(Stores::new(files, dl.layout)));
+        let open: OpenDevices = Box::new(move |dl| {
+            let stores = Stores::new(files, dl.layout);
+            recorded_states(&stores, &dl.devices);
+            Ok(stores)
+        });
         Engine::open_inner(
             Data::Devices(open),
             store,
@@ -428,6 +445,29 @@ impl Engine {
         Ok(())
     }
 
+    /// Device records for devices faulted since they were last recorded,
+    /// to commit with (after the data sync of) the next batch: a write that
+    /// skipped a faulted device is only durable with the fault recorded.
+    pub(crate) fn fault_records(&self) -> Vec<crate::io::MetaPut> {
+        let Some(stores) = &self.stores else {
+            return Vec::new();
+        };
+        let mut s = self.state.lock();
+        let mut puts = Vec::new();
+        for (d, r) in s.devices.iter_mut().enumerate() {
+            let e = stores.errors(d as u32);
+            if r.removed || !e.faulted() || r.faulted.is_some() {
+                continue;
+            }
+            r.faulted = Some(e.why().unwrap_or_else(|| "faulted".into()));
+            puts.push((
+                codec::key_u64(codec::TAG_DEVICE, d as u64),
+                Some(codec::to_json(&*r)),
+            ));
+        }
+        puts
+    }
+
     /// Records an event for each device faulted since the last call.
     pub(crate) fn report_faults(&self) {
         let Some(stores) = &self.stores else { return };
@@ -468,11 +508,6 @@ impl Engine {
                 ))),
             };
         };
-        if let Redundancy::Parity { .. } = class {
-            return Err(Error::InvalidArgument(format!(
-                "redundancy {class} is not available yet: parity stripes come in a later step of issue 14; use mirror or mirror3"
-            )));
-        }
         let _ = stores;
         let have = self.device_count();
         if class.devices() > have {
@@ -482,6 +517,63 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// Copies blocks into newly allocated runs: `(src, dst, len)` pieces,
+    /// in the order they were laid over the runs. Into a parity class the
+    /// pieces that follow each other on the destination are gathered and
+    /// written as one, so that every stripe is written whole.
+    pub(crate) fn copy_pieces(
+        &self,
+        pieces: &[(Pba, Pba, u64)],
+        striped: bool,
+    ) -> std::io::Result<()> {
+        let Some(stores) = self.stores.as_deref().filter(|_| striped) else {
+            for &(src, dst, len) in pieces {
+                self.copy_blocks(src, dst, len)?;
+            }
+            return Ok(());
+        };
+        let bs = BLOCK_SIZE as usize;
+        let mut i = 0;
+        while i < pieces.len() {
+            let start = pieces[i].1;
+            let mut end = start;
+            let mut group = Vec::new();
+            while i < pieces.len() && pieces[i].1 == end {
+                let (src, _, len) = pieces[i];
+                let at = group.len();
+                group.resize(at + len as usize * bs, 0);
+                let mut expect = Vec::with_capacity(len as usize);
+                if let Some(table) = &self.state.read().sums {
+                    table.extend_into(src, len, &mut expect);
+                }
+                stores.read_checked(&mut group[at..], src.bytes(), &expect)?;
+                end = end.plus(len);
+                i += 1;
+            }
+            stores.write_at(&group, start.bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Records the checksums of the padding that ends the last stripe of
+    /// each parity run just written (zeros, written with the stripe), so
+    /// that a scrub or a move checks every block of a live stripe.
+    pub(crate) fn pad_sums(s: &mut State, runs: &[Run]) {
+        let Some(table) = s.sums.as_mut() else {
+            return;
+        };
+        for r in runs {
+            let end = r.end().get();
+            let Some((stripe, k)) = s.alloc.stripe_at(end - 1) else {
+                continue;
+            };
+            if end < stripe + k {
+                let zero = crate::sums::of_block(&[0u8; BLOCK_SIZE as usize]);
+                table.set(Pba::new(end), &vec![zero; (stripe + k - end) as usize]);
+            }
+        }
     }
 
     /// Copies `len` blocks from `src` to `dst` (newly allocated, unmapped;
@@ -523,9 +615,33 @@ impl Engine {
             }
             let stores = self.stores.as_ref()?;
             let mut layout = stores.layout().write();
-            let n = layout
-                .add_store_avoiding(class, |d| stores.errors(d).faulted())
-                .ok()?;
+            // On healthy devices if they have room; else born degraded, on
+            // a faulted device too, as long as it keeps the data shards
+            // (it is as protected as the stores already there, and a
+            // rebuild moves its lost segment like theirs).
+            let n = match layout.add_store_avoiding(class, |d| stores.errors(d).faulted()) {
+                Ok(n) => n,
+                Err(_) => {
+                    let n = layout
+                        .add_store_ranked(class, |d| {
+                            let e = stores.errors(d);
+                            (!e.removed()).then_some(u8::from(e.faulted()))
+                        })
+                        .ok()?;
+                    let healthy = layout
+                        .store(n)
+                        .expect("just added")
+                        .segments
+                        .iter()
+                        .filter(|r| !stores.errors(r.device).faulted())
+                        .count();
+                    if healthy < class.data_shards() {
+                        layout.remove_store(n);
+                        return None;
+                    }
+                    n
+                }
+            };
             let store = layout.store(n).expect("just added");
             let record = StoreRecord {
                 class: store.class.to_string(),

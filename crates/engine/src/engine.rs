@@ -487,6 +487,8 @@ impl Engine {
         // Before the store is told anything: a store whose directory was
         // removed accepts commits into files nobody will ever read.
         self.check_devices()?;
+        let mut puts = puts;
+        puts.extend(self.fault_records());
         let keys = puts.len();
         if !puts.is_empty() {
             // Each key at most once per batch (a deleted LUN's keys can be

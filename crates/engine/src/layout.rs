@@ -271,9 +271,20 @@ impl Layout {
         class: Redundancy,
         avoid: impl Fn(u32) -> bool,
     ) -> Result<usize> {
+        self.add_store_ranked(class, |d| (!avoid(d)).then_some(0))
+    }
+
+    /// `add_store` over the devices `rank` gives a rank (None: never),
+    /// lower ranks first, then most free segments.
+    pub fn add_store_ranked(
+        &mut self,
+        class: Redundancy,
+        rank: impl Fn(u32) -> Option<u8>,
+    ) -> Result<usize> {
         let want = class.devices();
-        let mut candidates: Vec<u32> = (0..self.free.len() as u32)
-            .filter(|&d| !self.free[d as usize].is_empty() && !avoid(d))
+        let mut candidates: Vec<(u8, u32)> = (0..self.free.len() as u32)
+            .filter(|&d| !self.free[d as usize].is_empty())
+            .filter_map(|d| rank(d).map(|r| (r, d)))
             .collect();
         if candidates.len() < want {
             return Err(Error::NoSpace(format!(
@@ -283,7 +294,8 @@ impl Layout {
         }
         // Most free first; the lower index breaks ties, so the choice is
         // deterministic.
-        candidates.sort_by_key(|&d| (std::cmp::Reverse(self.free[d as usize].len()), d));
+        candidates.sort_by_key(|&(r, d)| (r, std::cmp::Reverse(self.free[d as usize].len()), d));
+        let candidates: Vec<u32> = candidates.into_iter().map(|(_, d)| d).collect();
         let segments = candidates[..want]
             .iter()
             .map(|&device| {

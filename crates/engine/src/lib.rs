@@ -17,6 +17,7 @@ mod devops;
 mod devpool;
 mod diff;
 mod engine;
+mod erasure;
 pub mod events;
 #[cfg(feature = "sim")]
 pub mod faulty;

@@ -511,9 +511,11 @@ pub(crate) fn check_state(s: &State) -> Result<(), String> {
         .sum();
     let free = s.alloc.free_blocks();
     let capacity = s.alloc.capacity_blocks();
-    if referenced + pending + s.reserved_blocks + free != capacity {
+    // Parity stripes with live blocks hold their other blocks too.
+    let held = s.alloc.held_blocks();
+    if referenced + pending + s.reserved_blocks + free + held != capacity {
         return Err(format!(
-            "space does not add up: referenced {referenced} + pending free {pending} + in flight {} + free {free} != capacity {capacity}",
+            "space does not add up: referenced {referenced} + pending free {pending} + in flight {} + free {free} + held in parity stripes {held} != capacity {capacity}",
             s.reserved_blocks
         ));
     }

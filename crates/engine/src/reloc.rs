@@ -304,19 +304,27 @@ impl Engine {
         };
         // Copy a batch of the used blocks of the store's window.
         let gate = crate::sched::acquire("gate.read", || self.gate.try_read(), || self.gate.read());
-        let (run, expect) = {
+        let (run, expect, k) = {
             let s = self.state.read();
             match s.alloc.next_used(m.cursor, MOVE_BATCH_BLOCKS) {
                 Some(run) if run.start.get() < m.window_end => {
                     let len = run.len.get().min(m.window_end - run.start.get());
-                    let run = Run::at(run.start, len);
+                    // A parity store's column is copied by whole stripes
+                    // (used runs there are whole stripes already).
+                    let (first, k) = s
+                        .alloc
+                        .stripe_at(run.start.get())
+                        .unwrap_or((run.start.get(), 1));
+                    let end = first + (run.start.get() + len - first).div_ceil(k) * k;
+                    let run = Run::new(first, end.min(m.window_end) - first);
+                    let len = run.len.get();
                     let mut expect = Vec::with_capacity(len as usize);
                     if let Some(t) = &s.sums {
                         t.extend_into(run.start, len, &mut expect);
                     }
-                    (Some(run), expect)
+                    (Some(run), expect, k)
                 }
-                _ => (None, Vec::new()),
+                _ => (None, Vec::new(), 1),
             }
         };
         let Some(run) = run else {
@@ -327,7 +335,16 @@ impl Engine {
         let bs = BLOCK_SIZE as usize;
         let mut buf = vec![0u8; run.len.get() as usize * bs];
         let mut lost = Vec::new();
-        if stores
+        let mut row = run.start.get() - m.window_start;
+        if k > 1 {
+            let rows = run.len.get() / k;
+            let (column, gone) = stores
+                .parity_column(run.start.get(), rows, m.column, &expect)
+                .map_err(Error::Io)?;
+            buf = column;
+            lost = gone;
+            row /= k;
+        } else if stores
             .read_checked(&mut buf, run.start.bytes(), &expect)
             .is_err()
         {
@@ -340,10 +357,7 @@ impl Engine {
                 }
             }
         }
-        let place = stores
-            .layout()
-            .read()
-            .place_of(m.to, run.start.get() - m.window_start);
+        let place = stores.layout().read().place_of(m.to, row);
         if let Err(e) = stores.file(m.to.device).write_at(&buf, place.offset) {
             return Err(Error::Io(std::io::Error::new(
                 e.kind(),

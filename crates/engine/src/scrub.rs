@@ -378,9 +378,14 @@ impl Engine {
             // so that space fragmented by redirected writes is still read
             // in large requests. Blocks being written now are skipped too
             // (their checksums are not set yet; the next scrub sees them).
-            let start = run.start.get();
+            // Parity stores are scrubbed by whole stripes (their used runs
+            // are whole stripes; a resumed cursor may not be).
+            let (start, k) = s
+                .alloc
+                .stripe_at(run.start.get())
+                .unwrap_or((run.start.get(), 1));
             let region_end = s.alloc.region_end(start).unwrap_or(start + run.len.get());
-            let window_end = (start + SCRUB_BATCH_BLOCKS).min(region_end);
+            let window_end = (start + SCRUB_BATCH_BLOCKS / k * k).min(region_end);
             let mut runs = vec![run];
             let mut pos = run.end().get();
             while pos < window_end {

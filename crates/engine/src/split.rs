@@ -289,20 +289,15 @@ impl Engine {
         // Lay the new runs over the fills in order.
         let placed = lay_out(&runs, fills.iter().map(|f| f.len));
         // Copy: under the gate, so the sources stay where they are.
-        let mut copy_result = Ok(());
-        for &Placed {
-            range: i,
-            offset: off,
-            len,
-            pba: dst,
-        } in &placed
-        {
-            let src = fills[i].src.plus(off);
-            if let Err(e) = self.copy_blocks(src, dst, len) {
-                copy_result = Err(e);
-                break;
-            }
-        }
+        let striped = matches!(
+            self.state.read().lun(id).map(|l| l.class),
+            Ok(crate::redundancy::Redundancy::Parity { .. })
+        );
+        let pieces: Vec<(Pba, Pba, u64)> = placed
+            .iter()
+            .map(|p| (fills[p.range].src.plus(p.offset), p.pba, p.len))
+            .collect();
+        let copy_result = self.copy_pieces(&pieces, striped);
         self.data_dirty.store(true, Ordering::Release);
         let (bytes, done) = self.apply_split_batch(id, end, &fills, &placed, runs, copy_result)?;
         drop(_gate);
@@ -377,6 +372,7 @@ impl Engine {
         }
         let now = s.epoch;
         let was_empty = s.luns[&id].maps_nothing();
+        Engine::pad_sums(&mut s, &runs);
         for &Placed {
             range: i,
             offset: off,

@@ -1,14 +1,12 @@
-//! The data file of a multi-device pool (issue 14, decision 027): a
-//! `DataFile` over the devices that reads and writes a virtual physical
+//! The data file of a multi-device pool (issue 14, decisions 027 to 030):
+//! a `DataFile` over the devices that reads and writes a virtual physical
 //! block wherever the layout puts it.
 //!
-//! What this step does: a mirror's read that fails on one copy is answered
-//! from the next, and the failing device's read errors are counted; a
-//! write goes to every copy and fails if any copy fails (the pool then
-//! fails, as with one data file today). What later steps add: checksums
-//! (so a read can tell a rotten copy from a good one, and a write may go
-//! on degraded, with the stale copy known), parity stripes (a write to a
-//! parity store is refused here), and rebuild.
+//! A store of copies (`none`, `mirror`, `mirror3`) is written to every
+//! copy on a device that is not faulted; a read is checked against the
+//! block's checksum and a copy that fails is answered from the next and
+//! rewritten. Parity stores are `stores_parity.rs`, the scrub's read of
+//! every copy `stores_scrub.rs`.
 
 use crate::io::DataFile;
 use crate::layout::{Layout, Place};
@@ -49,6 +47,12 @@ impl DeviceErrors {
         self.why.lock().clone()
     }
 
+    /// Back in service (`pool device clear`): the error counts stay.
+    fn clear(&self) {
+        *self.why.lock() = None;
+        self.faulted.store(false, Ordering::Release);
+    }
+
     fn fault(&self, why: String) -> bool {
         let mut w = self.why.lock();
         if w.is_none() {
@@ -71,31 +75,6 @@ pub struct Stores {
     given_up: Mutex<std::collections::BTreeSet<usize>>,
 }
 
-/// A piece of a call that lies in one block.
-struct Piece {
-    /// Offset into the block.
-    at: u64,
-    /// Bytes of the call it covers, from `done`.
-    len: usize,
-    done: usize,
-}
-
-/// Splits `[offset, offset+len)` into pieces that stay inside one block.
-fn pieces(offset: u64, len: usize) -> impl Iterator<Item = (Pba, Piece)> {
-    let mut done = 0usize;
-    std::iter::from_fn(move || {
-        if done == len {
-            return None;
-        }
-        let pos = offset + done as u64;
-        let at = pos % BLOCK_SIZE;
-        let n = ((BLOCK_SIZE - at) as usize).min(len - done);
-        let p = (Pba::new(pos / BLOCK_SIZE), Piece { at, len: n, done });
-        done += n;
-        Some(p)
-    })
-}
-
 /// A piece of a call inside one store of copies (`none`, `mirror`,
 /// `mirror3`): contiguous bytes on every copy.
 struct Span {
@@ -107,13 +86,6 @@ struct Span {
 
 fn unplaced(e: crate::types::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
-}
-
-fn parity_unsupported() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "a parity store is written by whole stripes, which this version does not do yet",
-    )
 }
 
 /// Splits `[offset, offset+len)` into spans that stay inside one store;
@@ -235,6 +207,12 @@ impl Stores {
         news
     }
 
+    /// Takes a faulted device back (its file is open): reads and writes
+    /// use it again. The caller resilvers it.
+    pub fn clear(&self, device: u32) {
+        self.errors[device as usize].clear();
+    }
+
     /// Devices faulted since the last call: (device, why).
     pub fn take_news(&self) -> Vec<(u32, String)> {
         std::mem::take(&mut *self.news.lock())
@@ -324,16 +302,8 @@ impl Stores {
         }
         let layout = self.layout.read();
         let Some(spans) = spans(&layout, offset, buf.len())? else {
-            // Parity stores: the data column only, for now.
             drop(layout);
-            self.read_at(buf, offset)?;
-            return match first_mismatch(buf, expect) {
-                None => Ok(()),
-                Some(b) => Err(eio(format!(
-                    "block {} fails its checksum",
-                    offset / BLOCK_SIZE + b as u64
-                ))),
-            };
+            return self.read_parity(buf, offset, Some(expect));
         };
         drop(layout);
         for span in spans {
@@ -494,26 +464,17 @@ impl DataFile for Stores {
             }
             return Ok(());
         }
-        for (pba, piece) in pieces(offset, buf.len()) {
-            let out = &mut buf[piece.done..piece.done + piece.len];
-            let copies = layout.copies(pba).map_err(unplaced)?;
-            let mut last = None;
-            for c in copies {
-                match self.device(c).read_at(out, c.offset + piece.at) {
-                    Ok(()) => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) => {
-                        self.read_error(c.device, &e);
-                        last = Some(e);
-                    }
-                }
-            }
-            if let Some(e) = last {
-                return Err(e);
-            }
+        drop(layout);
+        // Parity stores, by whole blocks.
+        let first = offset / BLOCK_SIZE * BLOCK_SIZE;
+        let end = (offset + buf.len() as u64).div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+        if first == offset && end == offset + buf.len() as u64 {
+            return self.read_parity(buf, offset, None);
         }
+        let mut whole = vec![0u8; (end - first) as usize];
+        self.read_parity(&mut whole, first, None)?;
+        let at = (offset - first) as usize;
+        buf.copy_from_slice(&whole[at..at + buf.len()]);
         Ok(())
     }
 
@@ -524,7 +485,8 @@ impl DataFile for Stores {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let layout = self.layout.read();
         let Some(spans) = spans(&layout, offset, buf.len())? else {
-            return Err(parity_unsupported());
+            drop(layout);
+            return self.write_parity(buf, offset);
         };
         drop(layout);
         for span in spans {
@@ -626,6 +588,9 @@ impl DataFile for Absent {
         Err(io::Error::new(io::ErrorKind::NotFound, self.0.clone()))
     }
 }
+
+#[path = "stores_parity.rs"]
+mod parity;
 
 #[path = "stores_scrub.rs"]
 mod scrub_copies;

@@ -36,17 +36,7 @@ impl Stores {
         drop(layout);
         let mut report = Scrubbed::default();
         let Some(spans) = spans else {
-            // Parity stores: their data column, checked (no repair yet).
-            let mut buf = vec![0u8; len];
-            self.read_at(&mut buf, offset)?;
-            for (b, block) in buf.chunks(bs).enumerate() {
-                let Some(want) = expect[b] else { continue };
-                report.checked += 1;
-                if sums::of_block(block) != want {
-                    report.lost.push(b);
-                }
-            }
-            return Ok(report);
+            return self.scrub_parity(offset, expect);
         };
         for span in spans {
             let first = span.done / bs;

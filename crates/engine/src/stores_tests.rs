@@ -74,7 +74,7 @@ fn a_single_copy_has_nothing_to_fall_back_on() {
 }
 
 #[test]
-fn blocks_outside_every_store_and_parity_writes_are_refused() {
+fn blocks_outside_every_store_are_refused() {
     let (s, _, mirror, _) = pool();
     let mut b = vec![0u8; 4096];
     let past = mirror.bytes() + 256 * 4096;
@@ -83,19 +83,71 @@ fn blocks_outside_every_store_and_parity_writes_are_refused() {
         io::ErrorKind::InvalidInput
     );
     assert!(s.ensure_len(u64::MAX).is_err());
+}
+
+#[test]
+fn parity_stripes_are_written_whole_and_read_back_through_rot_and_losses() {
     let mut layout = Layout::new(SEG, &[1; 6]);
     let p = layout.add_store("parity:4+2".parse().unwrap()).unwrap();
     let (start, _) = layout.extent_of(p).unwrap();
-    let devices = (0..6)
+    let sims: Vec<Arc<SimData>> = (0..6)
         .map(|i| {
             let d = Arc::new(SimData::new(FaultPlan::new(i)));
             d.ensure_len(LABEL_BYTES + SEG).unwrap();
-            d as Arc<dyn DataFile>
+            d
         })
         .collect();
+    let devices = sims
+        .iter()
+        .map(|d| d.clone() as Arc<dyn DataFile>)
+        .collect();
     let s = Stores::new(devices, layout);
-    let e = s.write_at(&b, start.bytes()).unwrap_err();
-    assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+    // Ten blocks from a stripe's start: three stripes, the last padded.
+    let data = pattern(10 * 4096, 3);
+    s.write_at(&data, start.bytes()).unwrap();
+    let e = s
+        .write_at(&data[..4096], start.plus(13).bytes())
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    let expect = sums::of_blocks(&data);
+    let mut back = vec![0u8; data.len()];
+    s.read_checked(&mut back, start.bytes(), &expect).unwrap();
+    assert_eq!(back, data);
+    // Unaligned plain reads too.
+    let mut part = vec![0u8; 5000];
+    s.read_at(&mut part, start.bytes() + 3000).unwrap();
+    assert_eq!(part, data[3000..8000]);
+    // Block 5 (column 1, row 1) rots: the read repairs it in place.
+    let place = s.layout().read().copies(start.plus(5)).unwrap()[0];
+    sims[place.device as usize]
+        .write_at(&[0xee; 4096], place.offset)
+        .unwrap();
+    s.read_checked(&mut back, start.bytes(), &expect).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(s.errors(place.device).checksum.load(Ordering::Relaxed), 1);
+    assert_eq!(s.errors(place.device).repaired.load(Ordering::Relaxed), 1);
+    let mut again = vec![0u8; 4096];
+    sims[place.device as usize]
+        .read_at(&mut again, place.offset)
+        .unwrap();
+    assert_eq!(again, data[5 * 4096..6 * 4096]);
+    // Two devices lost (M = 2): every block still reads right.
+    s.fault(0, "test".into());
+    s.fault(3, "test".into());
+    back.fill(0);
+    s.read_checked(&mut back, start.bytes(), &expect).unwrap();
+    assert_eq!(back, data);
+    // Degraded writes go on to the four left.
+    let more = pattern(4 * 4096, 9);
+    s.write_at(&more, start.plus(12).bytes()).unwrap();
+    let mut got = vec![0u8; more.len()];
+    s.read_checked(&mut got, start.plus(12).bytes(), &sums::of_blocks(&more))
+        .unwrap();
+    assert_eq!(got, more);
+    // A third loss is more than 4+2 tolerates.
+    s.fault(1, "test".into());
+    assert!(s.servable().is_err());
+    assert!(s.read_checked(&mut back, start.bytes(), &expect).is_err());
 }
 
 #[test]

@@ -9,9 +9,12 @@
 //! The same sequences run on a pool of three simulated devices (issue 14):
 //! LUNs of every redundancy class, device faults failing one copy; and on
 //! a pool whose first device lies (flips bits it reads and writes, tears
-//! and drops writes, all reported as success) under mirrored LUNs only,
-//! where every read must still return the right bytes.
-//! `MODEL_DEVICE_SEEDS` (default 12) seeds each.
+//! and drops writes, all reported as success) under mirrored and parity LUNs,
+//! where every read must still return the right bytes. Parity LUNs
+//! (`parity:2+1`) run in both. A device that failed stays out across a
+//! restart; after each restart the test clears it and lets the resilver
+//! finish, as an operator would. `MODEL_DEVICE_SEEDS` (default 12) seeds
+//! each.
 
 use engine::faulty::{FaultyDevice, Misbehave, On, Rule};
 use engine::io::DataFile;
@@ -184,6 +187,8 @@ struct World {
     groups: BTreeMap<String, Vec<String>>,
     crashes: u64,
     faults: u64,
+    /// Devices taken back and resilvered after a restart.
+    resilvers: u64,
     nospace: u64,
     /// A management call failed in a crash: its outcome is decided on reopen.
     pending_uncertain: Option<Uncertain>,
@@ -243,6 +248,7 @@ impl World {
             groups: BTreeMap::new(),
             crashes: 0,
             faults: 0,
+            resilvers: 0,
             nospace: 0,
             pending_uncertain: None,
             armed: false,
@@ -553,8 +559,10 @@ impl World {
         let blocks = self.rng.gen_range(1..40);
         let class = match self.backing.mode {
             Mode::File => None,
-            Mode::Devices => Some(["none", "mirror", "mirror3"][self.rng.gen_range(0..3)]),
-            Mode::Lying => Some(["mirror", "mirror3"][self.rng.gen_range(0..2)]),
+            Mode::Devices => {
+                Some(["none", "mirror", "mirror3", "parity:2+1"][self.rng.gen_range(0..4)])
+            }
+            Mode::Lying => Some(["mirror", "mirror3", "parity:2+1"][self.rng.gen_range(0..3)]),
         };
         let class = class.map(|c| c.parse().unwrap());
         let r = self
@@ -773,7 +781,13 @@ impl World {
                     "seed {}: deleted a group member alone",
                     self.seed
                 );
-                if let (true, Some(info)) = (settled, info) {
+                // A parity LUN frees whole stripes: what a snapshot held
+                // alone is counted in blocks, what the pool frees is not.
+                let striped = self.engine.list_luns("").is_ok_and(|v| {
+                    v.iter()
+                        .any(|l| l.name == name && l.redundancy.starts_with("parity"))
+                });
+                if let (true, false, Some(info)) = (settled, striped, info) {
                     self.engine.run_jobs();
                     self.engine.flush().unwrap();
                     let freed = before - self.engine.pool_status().unwrap().used_bytes;
@@ -977,6 +991,7 @@ impl World {
             .backing
             .open(&self.store, self.seed, self.rng.gen())
             .unwrap_or_else(|e| panic!("seed {}: reopen: {e}", self.seed));
+        self.resilver();
         self.unknown.clear();
         self.engine.run_jobs();
         Ok(())
@@ -1002,6 +1017,47 @@ impl World {
         Ok(())
     }
 
+    /// After a restart, the operator takes back every device that failed
+    /// (it stayed out across the restart: its copies may be stale) and
+    /// lets the resilver finish, with no fault injected meanwhile.
+    fn resilver(&mut self) {
+        if self.backing.mode == Mode::File {
+            return;
+        }
+        let faulted: Vec<String> = self
+            .engine
+            .pool_devices()
+            .unwrap()
+            .into_iter()
+            .filter(|d| d.state == "faulted")
+            .map(|d| d.path)
+            .collect();
+        if faulted.is_empty() {
+            return;
+        }
+        self.plan.clear();
+        for p in faulted {
+            self.engine
+                .clear_device(std::path::Path::new(&p))
+                .unwrap_or_else(|e| panic!("seed {}: clear {p}: {e}", self.seed));
+        }
+        for _ in 0..100_000 {
+            if self.engine.run_scrub_batch() == engine::scrub::ScrubStep::Idle
+                && self.engine.scrub_status().unwrap().state != "running"
+            {
+                break;
+            }
+        }
+        let done = self.engine.scrub_status().unwrap();
+        assert_eq!(
+            (done.state.as_str(), done.lost_blocks),
+            ("done", 0),
+            "seed {}: the resilver: {done:?}",
+            self.seed
+        );
+        self.resilvers += 1;
+    }
+
     /// The process died: reopen from what reached the simulated disk, then
     /// check that only what the crash contract allows was lost.
     fn crash(&mut self) {
@@ -1014,6 +1070,7 @@ impl World {
             .backing
             .open(&self.store, self.seed, self.rng.gen())
             .unwrap_or_else(|e| panic!("seed {}: reopen after crash: {e}", self.seed));
+        self.resilver();
         self.engine
             .check_invariants()
             .unwrap_or_else(|e| panic!("seed {}: after crash: {e}", self.seed));
@@ -1311,6 +1368,7 @@ fn run_model(mode: Mode, seeds: u64) {
     let (mut clones, mut split_bytes, mut splits_done) = (0, 0, 0);
     let mut range_clones = 0;
     let mut lies = 0;
+    let mut resilvers = 0;
     for seed in first..first + seeds {
         let mut w = World::new(seed, mode);
         for _ in 0..steps {
@@ -1322,6 +1380,7 @@ fn run_model(mode: Mode, seeds: u64) {
         splits_done += w.splits_done;
         range_clones += w.range_clones;
         lies += w.backing.lies_told();
+        resilvers += w.resilvers;
         crashes += w.crashes;
         faults += w.faults;
         nospace += w.nospace;
@@ -1331,6 +1390,10 @@ fn run_model(mode: Mode, seeds: u64) {
          {clones} clones, {split_bytes} bytes copied by splits, {splits_done} split-done observations, {range_clones} range clones"
     );
     assert!(range_clones > 0, "the run never cloned a range");
+    if mode == Mode::Devices {
+        eprintln!("model ({mode:?}): {resilvers} devices cleared and resilvered after a restart");
+        assert!(resilvers > 0, "no device ever failed and came back");
+    }
     if mode == Mode::Lying {
         eprintln!("model ({mode:?}): the lying device told {lies} lies");
         assert!(lies > 100, "the device hardly lied: {lies}");

@@ -227,7 +227,8 @@ pub struct AddDevice {
     pub force: bool,
 }
 
-/// `DELETE /api/v1/pool/devices?path=...`: which device leaves.
+/// `DELETE /api/v1/pool/devices?path=...`: which device leaves; the body
+/// of `POST /api/v1/pool/devices/clear`: which device comes back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

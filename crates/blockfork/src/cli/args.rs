@@ -455,6 +455,15 @@ pub enum DeviceCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Take a faulted device back into service (it stays out across
+    /// restarts until cleared or replaced): a scrub from the first block
+    /// resilvers what it holds stale.
+    Clear {
+        path: String,
+        /// Follow the resilver with a progress bar until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show the device job (rebuild, removal or levelling): progress, rate
     /// and what it skipped.
     Status {

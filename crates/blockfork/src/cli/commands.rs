@@ -492,6 +492,13 @@ fn device(client: &Client, out: Out, command: DeviceCommand) -> Result<(), Strin
                 started
             }
         }
+        DeviceCommand::Clear { path, wait } => {
+            let d = client.clear_device(&path)?;
+            if wait {
+                return scrub(client, out, ScrubCommand::Status { watch: true });
+            }
+            return out.show(d, |d: DeviceInfo| device_table(std::slice::from_ref(&d)));
+        }
         DeviceCommand::Status { watch: false } => client.device_job()?,
         DeviceCommand::Status { watch: true } => watch_device_job(client)?,
     };
