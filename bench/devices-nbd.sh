@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# A mirror LUN on two device files against a LUN of a pool on one data file,
-# over NBD with fio's nbd engine (one connection), same run, rounds
-# alternating: what checksums and copies cost a client (issue 14's goal for
-# reads: within 5 %).
+# LUNs of each class (`none`, `mirror`, `parity:4+2`) on one pool of six
+# device files, against a LUN of a pool on one data file, over NBD with
+# fio's nbd engine (one connection), same run, rounds alternating: what
+# checksums (none ÷ one data file; issue 14's goal for reads: within 5 %),
+# copies and stripes cost a client. Then sequential 1 MiB writes to the
+# parity LUN against fio writing the six device files directly at once
+# (their aggregate raw bandwidth).
 #
 #   bench/devices-nbd.sh [--quick]
 #
@@ -13,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = --quick ] && quick=1
-size=1G runtime=4 reps=3
-((quick)) && size=128M runtime=1 reps=1
+size=1G runtime=4 reps=3 raw_job=256M
+((quick)) && size=128M runtime=1 reps=1 raw_job=32M
 bin=target/release/blockfork
 [ -x "$bin" ] || cargo build --release -q -p blockfork
 work=target/bench-devices-nbd
@@ -35,36 +38,68 @@ start() { # name nbd-port api-port args...
     echo "$name did not start: $(tail -3 "$work/$name.log")" >&2
     exit 1
 }
-truncate -s 4G "$work/d0" "$work/d1"
+devs=()
+for i in 0 1 2 3 4 5; do truncate -s 4G "$work/d$i"; devs+=(--device "$work/d$i"); done
 f_nbd=$(free_port) f_api=$(free_port) d_nbd=$(free_port) d_api=$(free_port)
 start file "$f_nbd" "$f_api" --data "$work/file" --capacity 4G
-start devices "$d_nbd" "$d_api" --data "$work/dev" --device "$work/d0" --device "$work/d1"
+start devices "$d_nbd" "$d_api" --data "$work/dev" "${devs[@]}"
 "$bin" --server "http://127.0.0.1:$f_api" --token "$(cat "$work/file/api-token")" lun create lun --size "$size" >/dev/null
-"$bin" --server "http://127.0.0.1:$d_api" --token "$(cat "$work/dev/api-token")" lun create lun --size "$size" --redundancy mirror >/dev/null
-for port in "$f_nbd" "$d_nbd"; do
-    fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$port/lun" --rw=write --bs=1M \
-        --iodepth=8 --size="$size" >/dev/null
+for class in none mirror parity:4+2; do
+    "$bin" --server "http://127.0.0.1:$d_api" --token "$(cat "$work/dev/api-token")" \
+        lun create "${class%%:*}" --size "$size" --redundancy "$class" >/dev/null
 done
-iops() { # port rw depth
-    fio --name=b --ioengine=nbd --uri="nbd://127.0.0.1:$1/lun" --rw="$2" --bs=4k --iodepth="$3" \
+targets=("$f_nbd/lun" "$d_nbd/none" "$d_nbd/mirror" "$d_nbd/parity")
+fill() { # target
+    fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$1" --rw=write --bs=1M \
+        --iodepth=8 --size="$size" --output-format=json --output="$work/fill.json" >/dev/null
+    jq '.jobs[0].write.bw_bytes / 1e6' "$work/fill.json"
+}
+for t in "${targets[@]}"; do fill "$t" >/dev/null; done
+run() { # target rw depth: IOPS
+    fio --name=b --ioengine=nbd --uri="nbd://127.0.0.1:$1" --rw="$2" --bs=4k --iodepth="$3" \
         --size="$size" --time_based --runtime="$runtime" --output-format=json \
         --output="$work/fio.json" >/dev/null 2>"$work/fio.err" ||
         { echo "fio failed: $(head -c 300 "$work/fio.err")" >&2; exit 1; }
     jq '.jobs[0] | (.read.iops + .write.iops)' "$work/fio.json"
 }
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-echo "| workload (fio nbd, 4 KiB, one connection) | mirror LUN on 2 devices, IOPS | one data file, IOPS | ratio | goal |"
-echo "| --- | --- | --- | --- | --- |"
+ratio() { echo "$1 / $2" | bc -l; }
+echo "| workload (fio nbd, 4 KiB, one connection) | one data file, IOPS | none on 6 devices | mirror | parity:4+2 | none ÷ one data file (goal for reads ≥ 0.95×) | mirror ÷ none | parity ÷ none |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
 for wl in "randread 1" "randread 32" "randwrite 1" "randwrite 32"; do
     set -- $wl
-    d=() f=()
+    declare -A got=()
+    for t in "${targets[@]}"; do got[$t]=""; done
     for _ in $(seq "$reps"); do
-        f+=("$(iops "$f_nbd" "$1" "$2")")
-        d+=("$(iops "$d_nbd" "$1" "$2")")
+        for t in "${targets[@]}"; do got[$t]+="$(run "$t" "$1" "$2") "; done
     done
-    fm=$(printf '%s\n' "${f[@]}" | median)
-    dm=$(printf '%s\n' "${d[@]}" | median)
-    goal="(information)"
-    [ "$1" = randread ] && goal="≥ 0.95×"
-    printf '| %s QD%s | %.0f | %.0f | %.2f× | %s |\n' "$1" "$2" "$dm" "$fm" "$(echo "$dm / $fm" | bc -l)" "$goal"
+    m=()
+    for t in "${targets[@]}"; do m+=("$(printf '%s\n' ${got[$t]} | median)"); done
+    printf '| %s QD%s | %.0f | %.0f | %.0f | %.0f | %.2f× | %.2f× | %.2f× |\n' "$1" "$2" \
+        "${m[0]}" "${m[1]}" "${m[2]}" "${m[3]}" \
+        "$(ratio "${m[1]}" "${m[0]}")" "$(ratio "${m[2]}" "${m[1]}")" "$(ratio "${m[3]}" "${m[1]}")"
+    unset got
 done
+# Sequential 1 MiB writes: the parity LUN (overwrites go to fresh stripes)
+# against the six device files written at once with as many raw bytes
+# (1.5 × the LUN), buffered as the server's are, each run ending with a
+# sync.
+raw=() par=() non=()
+for _ in $(seq "$reps"); do
+    non+=("$(fill "$d_nbd/none")")
+    fio --name=raw --rw=write --bs=1M --ioengine=psync --size="$raw_job" \
+        --filename="$work/d0:$work/d1:$work/d2:$work/d3:$work/d4:$work/d5" --offset=3G --numjobs=6 \
+        --end_fsync=1 --group_reporting --output-format=json --output="$work/raw.json" >/dev/null
+    raw+=("$(jq '.jobs[0].write.bw_bytes / 1e6' "$work/raw.json")")
+    par+=("$(fill "$d_nbd/parity")")
+done
+rm=$(printf '%s\n' "${raw[@]}" | median)
+pm=$(printf '%s\n' "${par[@]}" | median)
+nm=$(printf '%s\n' "${non[@]}" | median)
+echo
+echo "| sequential 1 MiB writes | MB/s of data | raw bytes written per data byte |"
+echo "| --- | --- | --- |"
+printf '| six device files written directly at once (fio, 6 jobs) | %.0f | 1 |\n' "$rm"
+printf '| none LUN on the same devices over NBD (QD8) | %.0f | 1 |\n' "$nm"
+printf '| parity:4+2 LUN over NBD (QD8) | %.0f (%.2f× the raw aggregate; %.2f× counting parity) | 1.5 |\n' \
+    "$pm" "$(ratio "$pm" "$rm")" "$(ratio "$pm * 1.5" "$rm")"

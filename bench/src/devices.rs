@@ -28,12 +28,12 @@ use std::time::Instant;
 const ROUNDS: usize = 5;
 const SEGMENT: u64 = 64 * MIB;
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-fn device_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
+pub(super) fn device_file(dir: &Path, name: &str, bytes: u64) -> PathBuf {
     let p = dir.join(name);
     std::fs::File::create(&p)
         .and_then(|f| f.set_len(bytes))
@@ -62,7 +62,7 @@ fn config() -> EngineConfig {
     }
 }
 
-fn open_devices(meta: &Path, devices: &[PathBuf]) -> Arc<Engine> {
+pub(super) fn open_devices(meta: &Path, devices: &[PathBuf]) -> Arc<Engine> {
     Engine::open_devices(
         meta,
         devices,
@@ -76,7 +76,7 @@ fn open_devices(meta: &Path, devices: &[PathBuf]) -> Arc<Engine> {
 }
 
 /// Fills `[0, bytes)` of a LUN with random data, 1 MiB at a time.
-fn fill(e: &Engine, lun: &str, bytes: u64, rng: &mut StdRng) {
+pub(super) fn fill(e: &Engine, lun: &str, bytes: u64, rng: &mut StdRng) {
     let t = e.resolve(lun).expect("resolve");
     let mut chunk = vec![0u8; MIB as usize];
     let mut at = 0;
@@ -287,6 +287,7 @@ pub(super) fn rows(o: &Opts, rows: &mut Vec<Row>) {
 pub(super) fn bench(o: &Opts) {
     let mut out = Vec::new();
     rows(o, &mut out);
+    super::parity::rows(o, &mut out);
     let _ = std::fs::remove_dir_all(&o.dir);
     super::print_table(&out);
 }

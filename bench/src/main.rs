@@ -25,6 +25,7 @@ mod checksum;
 mod counting;
 mod devices;
 mod diff;
+mod parity;
 mod reads;
 
 use engine::{Engine, EngineConfig, BLOCK_SIZE};

@@ -49,7 +49,15 @@ pub async fn create(
         ),
     };
     let info = call(&state, move |e| {
-        e.create_lun_in(&body.name, body.size, class)
+        e.create_lun_reserving(
+            &body.name,
+            body.size,
+            class,
+            engine::Reservation {
+                thick: body.reserve,
+                snapshot_percent: body.snapshot_reserve_percent,
+            },
+        )
     })
     .await?;
     Ok((StatusCode::CREATED, Json(info.into())))

@@ -77,9 +77,14 @@ fn luns_snapshots_clones_and_access() {
             name: "vol0/db".into(),
             size: 64 << 20,
             redundancy: None,
+            reserve: true,
+            snapshot_reserve_percent: 10,
         })
         .unwrap();
     assert_eq!((lun.name.as_str(), lun.size_bytes), ("vol0/db", 64 << 20));
+    assert!(lun.reserve && lun.snapshot_reserve_percent == 10, "{lun:?}");
+    assert!(lun.reserved_bytes > 64 << 20, "{lun:?}");
+    assert_eq!(c.pool().unwrap().reserved_bytes, lun.reserved_bytes);
     assert_eq!(c.lun("vol0/db").unwrap().id, lun.id);
     assert_eq!(c.list_luns(Some("vol0/")).unwrap().len(), 1);
     assert!(c.list_luns(Some("other/")).unwrap().is_empty());
@@ -234,6 +239,8 @@ fn errors_carry_the_servers_sentence() {
             name: "bad name".into(),
             size: 4096,
             redundancy: None,
+            reserve: false,
+            snapshot_reserve_percent: 0,
         })
         .unwrap_err();
     assert_eq!(err.status, Some(400), "{err}");

@@ -273,6 +273,8 @@ pub(crate) fn new_lun(
         replica: None,
         changes: Default::default(),
         class: crate::redundancy::Redundancy::None,
+        thick: false,
+        snapshot_reserve_percent: 0,
     }
 }
 
@@ -304,6 +306,9 @@ pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
             .and_then(|v| l.snapshots.get(&v))
             .map(|sn| sn.name.clone()),
         redundancy: l.class.to_string(),
+        reserve: l.thick,
+        snapshot_reserve_percent: l.snapshot_reserve_percent,
+        reserved_bytes: crate::reserve::outstanding(l) * BLOCK_SIZE,
     }
 }
 

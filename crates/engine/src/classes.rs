@@ -340,6 +340,11 @@ impl Space {
         self.classes.get(&class).map_or(0, Allocator::free_blocks)
     }
 
+    /// Free blocks of each class.
+    pub fn free_by_class(&self) -> impl Iterator<Item = (Redundancy, u64)> + '_ {
+        self.classes.iter().map(|(&c, a)| (c, a.free_blocks()))
+    }
+
     /// Blocks in every region.
     pub fn capacity_blocks(&self) -> u64 {
         self.classes.values().map(Allocator::capacity_blocks).sum()

@@ -281,6 +281,15 @@ pub struct LunRecord {
     /// has).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundancy: Option<String>,
+    /// Thick: the whole size reserved (decision 031).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserve: bool,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_reserve_percent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

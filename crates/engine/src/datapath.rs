@@ -303,6 +303,7 @@ impl Engine {
         }
         if need > 0 {
             let class = l.class;
+            self.check_reservations(&s, id, class, need)?;
             let runs = self.allocate(&mut s, class, need).ok_or_else(|| {
                 Error::NoSpace(format!(
                     "{need} block(s) of class {class} needed, {} free",
@@ -334,7 +335,16 @@ impl Engine {
     /// by writing zeros, a guest zeroing a disk).
     pub(crate) fn write_pieces(&self, id: LunId, all: &[(u64, &[u8])]) -> Result<()> {
         let (pieces, zero_runs) = data_and_zero_runs(all);
-        let (plan, fresh_runs, striped) = self.plan_write(id, &pieces)?;
+        let planned = match self.plan_write(id, &pieces) {
+            // A LUN with a reservation is owed the room: what the last
+            // commit's overwrites freed comes back with the next commit.
+            Err(Error::NoSpace(_)) if self.state.read().reserving.contains(&id) => {
+                self.flush()?;
+                self.plan_write(id, &pieces)
+            }
+            other => other,
+        };
+        let (plan, fresh_runs, striped) = planned?;
         let checksummed = self.stores.is_some();
         let mut sums = Vec::new();
         let mut result = Ok(());

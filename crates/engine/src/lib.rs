@@ -35,6 +35,7 @@ mod range;
 pub mod redundancy;
 pub mod reloc;
 mod replica;
+pub mod reserve;
 pub mod sched;
 pub mod scrub;
 #[cfg(feature = "sim")]
@@ -62,6 +63,7 @@ pub use diff::FULL_WALK;
 pub use diff::{DiffChunk, DiffExtent, DiffKind, DIFF_EXTENTS_MAX};
 pub use engine::{CommitStats, Engine, EngineConfig, Target, FILL_ALERTS};
 pub use events::{quietly, Event, EventLog, Severity};
+pub use lun::Reservation;
 pub use range::{RangeCloneReport, RangeEntry, RANGES_PER_CALL_MAX};
 pub use replica::ReplicaSnapshot;
 pub use split::{SplitStep, SPLIT_BATCH_BLOCKS};

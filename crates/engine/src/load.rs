@@ -170,6 +170,8 @@ impl Loaded {
         l.created_epoch = r.created_epoch;
         l.maps = r.maps.into_iter().collect();
         l.replica = r.replica.map(|r| crate::state::Replica { view: r.view });
+        l.thick = r.reserve;
+        l.snapshot_reserve_percent = r.snapshot_reserve_percent;
         if let Some(class) = r.redundancy {
             l.class = class
                 .parse()
@@ -383,6 +385,11 @@ pub(crate) fn load_pool(
         epoch: pool.epoch,
         next_lun_id: pool.next_lun_id,
         created: pool.created,
+        reserving: luns
+            .iter()
+            .filter(|(_, l)| l.thick || l.snapshot_reserve_percent > 0)
+            .map(|(&id, _)| id)
+            .collect(),
         luns,
         names,
         groups,

@@ -4,11 +4,32 @@ use crate::codec;
 use crate::engine::*;
 use crate::types::*;
 
+/// A new LUN's space reservation (decision 031).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// Thick: the whole size guaranteed.
+    pub thick: bool,
+    /// A share of the size, in per cent, kept for what snapshots hold.
+    pub snapshot_percent: u32,
+}
+
 impl Engine {
     // ------------------------------------------------------------------ LUNs
 
     pub fn create_lun(&self, name: &str, size_bytes: u64) -> Result<LunInfo> {
-        self.create_lun_with(name, size_bytes, false, None)
+        self.create_lun_with(name, size_bytes, false, None, Reservation::default())
+    }
+
+    /// Creates a LUN in `class` (None: the pool's default) with a space
+    /// reservation (decision 031).
+    pub fn create_lun_reserving(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        class: Option<crate::redundancy::Redundancy>,
+        reservation: Reservation,
+    ) -> Result<LunInfo> {
+        self.create_lun_with(name, size_bytes, false, class, reservation)
     }
 
     /// Creates a LUN whose blocks are kept in `class` (None: the pool's
@@ -19,7 +40,7 @@ impl Engine {
         size_bytes: u64,
         class: Option<crate::redundancy::Redundancy>,
     ) -> Result<LunInfo> {
-        self.create_lun_with(name, size_bytes, false, class)
+        self.create_lun_with(name, size_bytes, false, class, Reservation::default())
     }
 
     /// Creates a LUN; with `replica`, as a mirror destination.
@@ -29,12 +50,17 @@ impl Engine {
         size_bytes: u64,
         replica: bool,
         class: Option<crate::redundancy::Redundancy>,
+        reservation: Reservation,
     ) -> Result<LunInfo> {
         validate_lun_name(name)?;
         validate_lun_size(size_bytes)?;
         if let Some(class) = class {
             self.check_class(class)?;
         }
+        let Reservation {
+            thick,
+            snapshot_percent,
+        } = reservation;
         let id = {
             let mut s = self.state.lock();
             s.check_open()?;
@@ -45,7 +71,6 @@ impl Engine {
                 });
             }
             let id = LunId(s.next_lun_id);
-            s.next_lun_id += 1;
             s.dirty.pool = true;
             let mut l = new_lun(
                 id,
@@ -58,6 +83,15 @@ impl Engine {
                 l.replica = Some(crate::state::Replica { view: None });
             }
             l.class = class.unwrap_or_else(|| self.default_class(&s));
+            crate::reserve::validate(l.class, thick, snapshot_percent)?;
+            l.thick = thick;
+            l.snapshot_reserve_percent = snapshot_percent;
+            let wants = crate::reserve::outstanding(&l);
+            if wants > 0 {
+                self.check_can_reserve(&s, name, l.class, wants)?;
+                s.reserving.insert(id);
+            }
+            s.next_lun_id += 1;
             s.luns.insert(id, l);
             s.names.insert(name.to_string(), id);
             s.dirty.luns.insert(id);
@@ -140,6 +174,13 @@ impl Engine {
                     "shrinking LUN \"{name}\" from {} to {size_bytes} bytes discards its tail; pass the shrink flag to confirm",
                     old_blocks * BLOCK_SIZE
                 )));
+            }
+            if new_blocks > old_blocks && s.reserving.contains(&id) {
+                let l = &s.luns[&id];
+                let more = new_blocks - old_blocks;
+                let grows = if l.thick { more } else { 0 }
+                    + more * u64::from(l.snapshot_reserve_percent) / 100;
+                self.check_can_reserve(&s, name, l.class, grows)?;
             }
             crate::replica::resize_head(&mut s, id, new_blocks, true);
         }

@@ -188,6 +188,7 @@ impl Engine {
             faulted_devices: faulted,
             redundancy: self.default_class(&s).to_string(),
             damage: s.damage.clone(),
+            reserved_bytes: crate::reserve::reserved_raw(&s, None) * BLOCK_SIZE,
         })
     }
 

@@ -141,7 +141,13 @@ impl Engine {
         parent: Option<&str>,
     ) -> Result<LunInfo> {
         match parent {
-            None => self.create_lun_with(name, size_bytes, true, None),
+            None => self.create_lun_with(
+                name,
+                size_bytes,
+                true,
+                None,
+                crate::lun::Reservation::default(),
+            ),
             Some(p) => {
                 let mut v = self.create_clones_with(p, &[name.to_string()], false, true)?;
                 Ok(v.remove(0))

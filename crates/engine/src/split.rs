@@ -330,7 +330,13 @@ impl Engine {
             Vec::new()
         } else {
             let class = s.lun(id)?.class;
-            match self.allocate(&mut s, class, need) {
+            let allowed = self.check_reservations(&s, id, class, need).is_ok();
+            let got = if allowed {
+                self.allocate(&mut s, class, need)
+            } else {
+                None
+            };
+            match got {
                 Some(runs) => runs,
                 None => {
                     let free = s.alloc.free_blocks_of(class);

@@ -84,6 +84,10 @@ pub struct Lun {
     pub changes: crate::changes::ChangeIndex,
     /// Where the LUN's new blocks go: stores of this redundancy class.
     pub class: crate::redundancy::Redundancy,
+    /// Thick: its whole size is reserved (`lun create --reserve`).
+    pub thick: bool,
+    /// A share of its size reserved for what its snapshots keep.
+    pub snapshot_reserve_percent: u32,
 }
 
 /// What makes a LUN a mirror destination.
@@ -153,6 +157,8 @@ impl Lun {
             replica: self.replica.map(|r| codec::ReplicaRecord { view: r.view }),
             redundancy: (self.class != crate::redundancy::Redundancy::None)
                 .then(|| self.class.to_string()),
+            reserve: self.thick,
+            snapshot_reserve_percent: self.snapshot_reserve_percent,
         }
     }
 }
@@ -332,6 +338,9 @@ pub struct State {
     pub created: u64,
     pub luns: LunMap<Lun>,
     pub names: BTreeMap<String, LunId>,
+    /// LUNs that reserve space (thick, or with a snapshot reserve); ids of
+    /// LUNs deleted since are skipped.
+    pub reserving: BTreeSet<LunId>,
     pub groups: BTreeMap<String, Group>,
     pub igroups: crate::access::Igroups,
     /// Unmapped LUNs are visible to every client.

@@ -355,6 +355,15 @@ pub struct LunInfo {
     /// `mirror3`, `parity:K+M`).
     #[serde(default = "default_redundancy")]
     pub redundancy: String,
+    /// Thick: its whole size is reserved.
+    #[serde(default)]
+    pub reserve: bool,
+    /// A share of its size, in per cent, reserved for its snapshots.
+    #[serde(default)]
+    pub snapshot_reserve_percent: u32,
+    /// Bytes of data it may still claim from its reservation.
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 fn default_redundancy() -> String {
@@ -467,6 +476,10 @@ pub struct PoolStatus {
     /// server started.
     #[serde(default)]
     pub damage: Vec<crate::scrub::Damage>,
+    /// Raw bytes held back for reserving LUNs (not yet used by them): no
+    /// other LUN may take them.
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 fn online() -> String {

@@ -32,6 +32,19 @@ pub struct CreateLun {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(example = "mirror")]
     pub redundancy: Option<String>,
+    /// Thick: reserve the whole size, so that this LUN never gets ENOSPC
+    /// while others may (not for parity classes).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reserve: bool,
+    /// Reserve this share of the size (0 to 100 per cent) for what the
+    /// LUN's snapshots keep.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schema(maximum = 100)]
+    pub snapshot_reserve_percent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `PATCH /api/v1/luns/{name}`

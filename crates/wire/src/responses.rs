@@ -57,6 +57,17 @@ pub struct LunInfo {
     #[serde(default = "none_class")]
     #[schema(example = "mirror")]
     pub redundancy: String,
+    /// Thick: its whole size is reserved (`lun create --reserve`).
+    #[serde(default)]
+    pub reserve: bool,
+    /// A share of its size, in per cent, reserved for what its snapshots
+    /// keep.
+    #[serde(default)]
+    pub snapshot_reserve_percent: u32,
+    /// Bytes of data it may still claim from its reservation: no other
+    /// LUN may take them.
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 fn none_class() -> String {
@@ -79,6 +90,9 @@ impl From<engine::LunInfo> for LunInfo {
             replica: l.replica,
             replica_view: l.replica_view,
             redundancy: l.redundancy,
+            reserve: l.reserve,
+            snapshot_reserve_percent: l.snapshot_reserve_percent,
+            reserved_bytes: l.reserved_bytes,
         }
     }
 }
@@ -278,6 +292,10 @@ pub struct PoolStatus {
     /// server started.
     #[serde(default)]
     pub damage: Vec<Damage>,
+    /// Raw bytes held back for LUNs with reservations and not yet used by
+    /// them: other LUNs get ENOSPC before they are touched.
+    #[serde(default)]
+    pub reserved_bytes: u64,
 }
 
 fn online() -> String {
@@ -475,6 +493,7 @@ impl From<engine::PoolStatus> for PoolStatus {
             faulted_devices: p.faulted_devices,
             redundancy: p.redundancy,
             damage: p.damage.into_iter().map(Into::into).collect(),
+            reserved_bytes: p.reserved_bytes,
         }
     }
 }

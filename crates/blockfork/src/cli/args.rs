@@ -144,11 +144,20 @@ pub enum LunCommand {
         #[arg(long, value_parser = parse_size)]
         size: u64,
         /// How its blocks are kept on a pool on devices: none (one copy),
-        /// mirror (two, on different devices), mirror3 (three). Default:
+        /// mirror (two, on different devices), mirror3 (three), parity:K+M
+        /// (stripes of K data and M parity blocks on K+M devices). Default:
         /// the pool's (`pool status` shows it: none on one device, mirror
         /// on two, mirror3 on three or more).
         #[arg(long, value_name = "CLASS")]
         redundancy: Option<String>,
+        /// Thick: reserve the whole size now, so that this LUN never gets
+        /// ENOSPC (other LUNs get it first).
+        #[arg(long)]
+        reserve: bool,
+        /// Reserve this share of the size for what the LUN's snapshots
+        /// keep, in per cent (0 to 100).
+        #[arg(long, value_name = "PERCENT", default_value_t = 0)]
+        snapshot_reserve: u32,
     },
     /// List LUNs, by name.
     List {

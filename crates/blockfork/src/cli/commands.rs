@@ -10,11 +10,15 @@ pub(super) fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), 
             name,
             size,
             redundancy,
+            reserve,
+            snapshot_reserve,
         } => {
             let reply = client.create_lun(&CreateLun {
                 name,
                 size,
                 redundancy,
+                reserve,
+                snapshot_reserve_percent: snapshot_reserve,
             })?;
             out.show(reply, |l: LunInfo| lun_details(&l))
         }

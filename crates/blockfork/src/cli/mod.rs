@@ -260,6 +260,9 @@ mod tests {
                 replica: false,
                 replica_view: None,
                 redundancy: "none".into(),
+                reserve: false,
+                snapshot_reserve_percent: 0,
+                reserved_bytes: 0,
             },
             LunInfo {
                 id: 2,
@@ -274,6 +277,9 @@ mod tests {
                 replica: false,
                 replica_view: None,
                 redundancy: "none".into(),
+                reserve: false,
+                snapshot_reserve_percent: 0,
+                reserved_bytes: 0,
             },
         ];
         assert_eq!(

@@ -78,6 +78,23 @@ pub(crate) fn lun_details(l: &LunInfo) -> String {
         ("redundancy", l.redundancy.clone()),
         ("created", format_time(l.created)),
     ]);
+    if l.reserve || l.snapshot_reserve_percent > 0 {
+        let mut what = Vec::new();
+        if l.reserve {
+            what.push("thick".to_string());
+        }
+        if l.snapshot_reserve_percent > 0 {
+            what.push(format!("{} % for snapshots", l.snapshot_reserve_percent));
+        }
+        text.push_str(&details(&[(
+            "reserve",
+            format!(
+                "{}; {} still reserved",
+                what.join(", "),
+                size_with_bytes(l.reserved_bytes)
+            ),
+        )]));
+    }
     if l.replica {
         text.push_str(&details(&[(
             "mirror",
@@ -312,6 +329,17 @@ pub(crate) fn pool_details(p: &PoolStatus) -> String {
             format!("{} ({percent:.1}%)", size_with_bytes(p.used_bytes)),
         ),
         ("free", size_with_bytes(p.free_bytes)),
+        (
+            "reserved",
+            if p.reserved_bytes == 0 {
+                "-".into()
+            } else {
+                format!(
+                    "{} (for LUNs with reservations)",
+                    size_with_bytes(p.reserved_bytes)
+                )
+            },
+        ),
         ("LUNs", p.luns.to_string()),
         ("snapshots", p.snapshots.to_string()),
         ("group snapshots", p.group_snapshots.to_string()),
