@@ -16,9 +16,23 @@ quick=0
 [ "${1:-}" = --quick ] && quick=1
 dev=16G used=4G lat_runtime=20
 ((quick)) && dev=1G used=256M lat_runtime=3
+if [ "$(id -u)" -ne 0 ]; then
+    echo "bench/devices-btrfs.sh: needs root (loop devices, mount)" >&2
+    exit 1
+fi
+need=()
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
+command -v fio >/dev/null || need+=(fio)
+command -v jq >/dev/null || need+=(jq)
+if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 bin=target/release/blockfork
 [ -x "$bin" ] || cargo build --release -q -p blockfork
 work=$PWD/target/bench-devices-btrfs
+# What an interrupted earlier run may have left: mounts and loop devices.
+{ grep -F " $work/" /proc/mounts || true; } | awk '{print $2}' | while read -r m; do umount "$m" || true; done
+{ losetup -a 2>/dev/null | grep -F "$work/" || true; } | cut -d: -f1 | while read -r l; do losetup -d "$l" || true; done
 rm -rf "$work" && mkdir -p "$work/mnt"
 pids=() loops=()
 cleanup() {
@@ -28,10 +42,6 @@ cleanup() {
     for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
 }
 trap cleanup EXIT
-if [ "$(id -u)" -ne 0 ] || ! command -v mkfs.btrfs >/dev/null; then
-    echo "devices-btrfs.sh needs root and btrfs-progs" >&2
-    exit 1
-fi
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 secs() { python3 -c 'import time; print(time.monotonic())'; }
 elapsed() { python3 -c "print(f'{$(secs) - $1:.3f}')"; }

@@ -87,10 +87,17 @@ done
 raw=() par=() non=()
 for _ in $(seq "$reps"); do
     non+=("$(fill "$d_nbd/none")")
-    fio --name=raw --rw=write --bs=1M --ioengine=psync --size="$raw_job" \
-        --filename="$work/d0:$work/d1:$work/d2:$work/d3:$work/d4:$work/d5" --offset=3G --numjobs=6 \
-        --end_fsync=1 --group_reporting --output-format=json --output="$work/raw.json" >/dev/null
-    raw+=("$(jq '.jobs[0].write.bw_bytes / 1e6' "$work/raw.json")")
+    # Timed from outside, the syncs included: 1.5 × the data, in six files.
+    t0=$(date +%s.%N)
+    dds=()
+    for i in 0 1 2 3 4 5; do
+        dd if=/dev/zero of="$work/raw$i" bs=1M count="${raw_job%M}" conv=fdatasync status=none &
+        dds+=($!)
+    done
+    wait "${dds[@]}"
+    t1=$(date +%s.%N)
+    raw+=("$(echo "${raw_job%M} * 6 / 1.5 * 1.048576 / ($t1 - $t0)" | bc -l)")
+    rm -f "$work"/raw?
     par+=("$(fill "$d_nbd/parity")")
 done
 rm=$(printf '%s\n' "${raw[@]}" | median)
@@ -99,7 +106,7 @@ nm=$(printf '%s\n' "${non[@]}" | median)
 echo
 echo "| sequential 1 MiB writes | MB/s of data | raw bytes written per data byte |"
 echo "| --- | --- | --- |"
-printf '| six device files written directly at once (fio, 6 jobs) | %.0f | 1 |\n' "$rm"
+printf '| six files written at once with 1.5 × the data (dd, fdatasync; MB/s of the data they stand for) | %.0f | 1.5 |\n' "$rm"
 printf '| none LUN on the same devices over NBD (QD8) | %.0f | 1 |\n' "$nm"
-printf '| parity:4+2 LUN over NBD (QD8) | %.0f (%.2f× the raw aggregate; %.2f× counting parity) | 1.5 |\n' \
-    "$pm" "$(ratio "$pm" "$rm")" "$(ratio "$pm * 1.5" "$rm")"
+printf '| parity:4+2 LUN over NBD (QD8) | %.0f (%.2f× the raw files) | 1.5 |\n' \
+    "$pm" "$(ratio "$pm" "$rm")"

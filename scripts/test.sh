@@ -80,4 +80,9 @@ bench/mirror.sh --quick --no-build >/dev/null
 bench/metrics.sh --quick --no-build >/dev/null
 bench/poll.sh --quick --no-build >/dev/null
 bench/devices-nbd.sh --quick >/dev/null
+if [ "$(id -u)" -eq 0 ]; then
+    bench/devices-btrfs.sh --quick >/dev/null
+else
+    echo "not root: bench/devices-btrfs.sh (loop devices) not run"
+fi
 echo "== all tests passed"

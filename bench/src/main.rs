@@ -27,6 +27,7 @@ mod devices;
 mod diff;
 mod parity;
 mod reads;
+mod segments;
 
 use engine::{Engine, EngineConfig, BLOCK_SIZE};
 use rand::rngs::StdRng;
@@ -50,7 +51,7 @@ struct Opts {
 }
 
 const USAGE: &str =
-    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting | --only checksum | --only devices]";
+    "usage: blockfork-bench engine [--quick] [--dir DIR] [--only split [--runs N] | --only listing | --only reads | --only diff | --only counting | --only checksum | --only devices | --only segments]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -74,10 +75,10 @@ fn main() {
                 match args.get(i).map(String::as_str) {
                     Some(
                         what @ ("split" | "listing" | "reads" | "diff" | "counting" | "checksum"
-                        | "devices"),
+                        | "devices" | "segments"),
                     ) => opts.only = Some(what.into()),
                     other => {
-                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\", \"counting\", \"checksum\" or \"devices\", not {other:?}; {USAGE}");
+                        eprintln!("--only takes \"split\", \"listing\", \"reads\", \"diff\", \"counting\", \"checksum\", \"devices\" or \"segments\", not {other:?}; {USAGE}");
                         std::process::exit(2);
                     }
                 }
@@ -111,6 +112,7 @@ fn main() {
         Some("engine") | None if opts.only.as_deref() == Some("counting") => counting::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("checksum") => checksum::bench(&opts),
         Some("engine") | None if opts.only.as_deref() == Some("devices") => devices::bench(&opts),
+        Some("engine") | None if opts.only.as_deref() == Some("segments") => segments::bench(&opts),
         Some("engine") | None if opts.only.is_some() => split_only_bench(&opts),
         Some("engine") | None => engine_bench(&opts),
         _ => unreachable!(),

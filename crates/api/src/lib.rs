@@ -115,6 +115,7 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 64;
         clones::list,
         clones::show,
         clones::start,
+        luns::relayout,
         clones::stop,
         clones::clone_range,
         access::list,
@@ -283,6 +284,7 @@ pub fn router_with(engine: Arc<Engine>, config: ApiConfig) -> Router {
             get(group_snapshots::show).delete(group_snapshots::delete),
         )
         .route("/clones", post(clones::create))
+        .route("/relayouts", post(luns::relayout))
         .route("/splits", get(clones::list))
         .route("/splits/start", post(clones::start).get(clones::show_start))
         .route("/splits/stop", post(clones::stop).get(clones::show_stop))

@@ -3,7 +3,9 @@
 
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathName, QueryArgs};
-use crate::wire::{CreateLun, DeleteLunQuery, ErrorBody, ListLunsQuery, LunInfo, ResizeLun};
+use crate::wire::{
+    CreateLun, DeleteLunQuery, ErrorBody, ListLunsQuery, LunInfo, Relayout, ResizeLun,
+};
 use crate::{call, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -61,6 +63,31 @@ pub async fn create(
     })
     .await?;
     Ok((StatusCode::CREATED, Json(info.into())))
+}
+
+/// Move a LUN into another redundancy class, online: new writes use the
+/// new class at once; a background job (at the split rate) rewrites what
+/// the LUN holds; `relayout_done_bytes` shows how far it is. Snapshots
+/// keep their blocks where they are.
+#[utoipa::path(
+    post, path = "/api/v1/relayouts", operation_id = "relayout_lun", tag = "luns",
+    request_body = Relayout,
+    responses(
+        (status = 200, description = "The LUN, moving", body = LunInfo),
+        (status = 400, description = "Unknown class, too few devices, a mirror destination, a reservation a parity class cannot keep, or a pool on one data file", body = ErrorBody),
+        (status = 404, description = "No such LUN", body = ErrorBody),
+    )
+)]
+pub async fn relayout(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Relayout>,
+) -> Result<Json<LunInfo>, ApiError> {
+    let class = body
+        .redundancy
+        .parse::<engine::redundancy::Redundancy>()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let info = call(&state, move |e| e.set_lun_redundancy(&body.lun, class)).await?;
+    Ok(Json(info.into()))
 }
 
 /// Show one LUN.

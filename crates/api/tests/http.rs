@@ -1391,6 +1391,7 @@ fn openapi_lists_every_route() {
         ("/api/v1/pool/devices", &["get", "post", "delete"]),
         ("/api/v1/pool/devices/replace", &["post"]),
         ("/api/v1/pool/devices/clear", &["post"]),
+        ("/api/v1/relayouts", &["post"]),
         ("/api/v1/pool/devices/job", &["get"]),
         ("/api/v1/pool/scrub", &["get"]),
         ("/api/v1/pool/scrub/start", &["post"]),

@@ -309,6 +309,29 @@ fn a_parity_lun_over_nbd_survives_two_lost_devices_and_rot() {
     );
     qemu_io(&server, "bulk", WRITES);
     qemu_io(&server, "bulk", READS);
+    // A mirrored LUN moved to parity online, a client writing meanwhile.
+    server.cli_ok(&[
+        "lun",
+        "create",
+        "mv",
+        "--size",
+        "8M",
+        "--redundancy",
+        "mirror",
+    ]);
+    qemu_io(&server, "mv", &["write -P 0x7a 0 8M"]);
+    let bad = server.cli(&["lun", "set", "mv", "--redundancy", "parity:9+2"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("needs 11 devices"));
+    server.cli_ok(&["lun", "set", "mv", "--redundancy", "parity:4+2"]);
+    qemu_io(&server, "mv", &["write -P 0x7b 1M 1M"]);
+    let text = server.cli_ok(&["lun", "set", "mv", "--redundancy", "parity:4+2", "--wait"]);
+    assert!(
+        text.contains("parity:4+2") && !text.contains("moving"),
+        "{text}"
+    );
+    let events = server.cli_ok(&["events", "--since", "0"]);
+    assert!(events.contains("relayout-done"), "{events}");
     assert!(server.stop().success());
 
     // A device rots in part: reads are right and repair it, and a scrub
@@ -338,6 +361,15 @@ fn a_parity_lun_over_nbd_survives_two_lost_devices_and_rot() {
         &server,
         "bulk",
         &["write -P 0xe5 20M 3M", "read -P 0xe5 20M 3M"],
+    );
+    qemu_io(
+        &server,
+        "mv",
+        &[
+            "read -P 0x7a 0 1M",
+            "read -P 0x7b 1M 1M",
+            "read -P 0x7a 2M 6M",
+        ],
     );
 }
 

@@ -275,6 +275,7 @@ pub(crate) fn new_lun(
         class: crate::redundancy::Redundancy::None,
         thick: false,
         snapshot_reserve_percent: 0,
+        relayout: None,
     }
 }
 
@@ -309,6 +310,7 @@ pub(crate) fn lun_info(s: &State, l: &Lun) -> LunInfo {
         reserve: l.thick,
         snapshot_reserve_percent: l.snapshot_reserve_percent,
         reserved_bytes: crate::reserve::outstanding(l) * BLOCK_SIZE,
+        relayout_done_bytes: l.relayout.map(|c| c.min(l.size_blocks) * BLOCK_SIZE),
     }
 }
 

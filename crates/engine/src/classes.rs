@@ -340,6 +340,11 @@ impl Space {
         self.classes.get(&class).map_or(0, Allocator::free_blocks)
     }
 
+    /// The class of the region holding `pba`.
+    pub fn class_at(&self, pba: u64) -> Option<Redundancy> {
+        self.region_of(pba).map(|(_, _, c)| c)
+    }
+
     /// Free blocks of each class.
     pub fn free_by_class(&self) -> impl Iterator<Item = (Redundancy, u64)> + '_ {
         self.classes.iter().map(|(&c, a)| (c, a.free_blocks()))

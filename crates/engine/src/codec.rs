@@ -286,6 +286,9 @@ pub struct LunRecord {
     pub reserve: bool,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub snapshot_reserve_percent: u32,
+    /// Moving into its redundancy class: the next block (decision 032).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayout: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {

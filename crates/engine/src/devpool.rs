@@ -20,7 +20,7 @@ use std::sync::Arc;
 /// Opens a pool's devices once its layout is loaded.
 pub(crate) type OpenDevices = Box<dyn FnOnce(DeviceLayout) -> Result<Stores> + Send>;
 
-/// The segment size of a new pool: 64 MiB (decision 028).
+/// The segment size of a new pool: 64 MiB (decisions 028, 032).
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 pub const SEGMENT_BYTES_MIN: u64 = 1 << 20;
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;

@@ -33,6 +33,7 @@ mod pages;
 mod pool;
 mod range;
 pub mod redundancy;
+pub mod relayout;
 pub mod reloc;
 mod replica;
 pub mod reserve;

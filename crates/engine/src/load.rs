@@ -172,6 +172,7 @@ impl Loaded {
         l.replica = r.replica.map(|r| crate::state::Replica { view: r.view });
         l.thick = r.reserve;
         l.snapshot_reserve_percent = r.snapshot_reserve_percent;
+        l.relayout = r.relayout;
         if let Some(class) = r.redundancy {
             l.class = class
                 .parse()

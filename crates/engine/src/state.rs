@@ -88,6 +88,9 @@ pub struct Lun {
     pub thick: bool,
     /// A share of its size reserved for what its snapshots keep.
     pub snapshot_reserve_percent: u32,
+    /// Moving into `class` (`lun set --redundancy`): the next block to
+    /// look at.
+    pub relayout: Option<u64>,
 }
 
 /// What makes a LUN a mirror destination.
@@ -159,6 +162,7 @@ impl Lun {
                 .then(|| self.class.to_string()),
             reserve: self.thick,
             snapshot_reserve_percent: self.snapshot_reserve_percent,
+            relayout: self.relayout,
         }
     }
 }

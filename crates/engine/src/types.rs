@@ -364,6 +364,10 @@ pub struct LunInfo {
     /// Bytes of data it may still claim from its reservation.
     #[serde(default)]
     pub reserved_bytes: u64,
+    /// While it moves into a new redundancy class: bytes of it looked at
+    /// so far (of `size_bytes`).
+    #[serde(default)]
+    pub relayout_done_bytes: Option<u64>,
 }
 
 fn default_redundancy() -> String {

@@ -61,7 +61,15 @@ impl Engine {
         let mut last_fg = 0;
         let splitter = self.spawn_worker("blockfork-split", move |engine| {
             let started = std::time::Instant::now();
-            let step = engine.run_split_batch();
+            // Clone splits first; then LUNs moving to a new class, at the
+            // same pace.
+            let step = match engine.run_split_batch() {
+                crate::split::SplitStep::Idle => match engine.run_relayout_batch() {
+                    crate::relayout::RelayoutStep::Moved(b) => crate::split::SplitStep::Copied(b),
+                    crate::relayout::RelayoutStep::Idle => crate::split::SplitStep::Idle,
+                },
+                other => other,
+            };
             let fg = engine.foreground_ops.load(Ordering::Relaxed);
             let busy = fg != last_fg;
             last_fg = fg;

@@ -284,3 +284,68 @@ fn a_parity_class_needs_its_devices() {
     assert!(err.contains("needs 6 devices; the pool has 4"), "{err}");
     assert!(e.list_luns("").unwrap().is_empty());
 }
+
+fn relayout_to_end(e: &Engine) {
+    for _ in 0..100_000 {
+        if e.run_relayout_batch() == engine::relayout::RelayoutStep::Idle {
+            return;
+        }
+    }
+    panic!("the relayout did not end");
+}
+
+#[test]
+fn a_lun_moves_to_another_class_online_and_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let devs = device_files(tmp.path(), 6, 16);
+    let e = open(tmp.path(), &devs).unwrap();
+    e.create_lun_in("v", 4 * MIB, Some("mirror".parse().unwrap()))
+        .unwrap();
+    let mut want = vec![0u8; 4 * MIB as usize];
+    write(&e, "v", 0, &pattern(7, 4 * MIB as usize), &mut want);
+    e.create_snapshot("v", "before").unwrap();
+    let snap = want.clone();
+    let err = e
+        .set_lun_redundancy("v", "parity:8+2".parse().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs 10 devices"), "{err}");
+    let info = e
+        .set_lun_redundancy("v", "parity:4+2".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        (info.redundancy.as_str(), info.relayout_done_bytes),
+        ("parity:4+2", Some(0))
+    );
+    // Part of the way; a client write lands meanwhile; then a restart.
+    for _ in 0..2 {
+        e.run_relayout_batch();
+    }
+    write(&e, "v", 3 * MIB + 5, &pattern(8, 70_000), &mut want);
+    e.flush().unwrap();
+    drop(e);
+    let e = open(tmp.path(), &devs).unwrap();
+    let part = e.lun_info("v").unwrap().relayout_done_bytes.unwrap();
+    assert_eq!(part, 2 * MIB);
+    relayout_to_end(&e);
+    assert_eq!(e.lun_info("v").unwrap().relayout_done_bytes, None);
+    assert_eq!(read(&e, "v", 0, want.len()), want);
+    assert_eq!(read(&e, "v@before", 0, snap.len()), snap);
+    e.check_invariants().unwrap();
+    // The snapshot keeps its mirror blocks; once it goes, only parity
+    // stripes hold the LUN: two devices may go.
+    e.delete_snapshot("v", "before").unwrap();
+    e.run_jobs();
+    e.close().unwrap();
+    drop(e);
+    std::fs::remove_file(&devs[2]).unwrap();
+    std::fs::remove_file(&devs[5]).unwrap();
+    let e = open(tmp.path(), &[]).unwrap();
+    assert_eq!(read(&e, "v", 0, want.len()), want);
+    // And back to mirror3, degraded.
+    e.set_lun_redundancy("v", "mirror3".parse().unwrap())
+        .unwrap();
+    relayout_to_end(&e);
+    assert_eq!(read(&e, "v", 0, want.len()), want);
+    e.check_invariants().unwrap();
+}

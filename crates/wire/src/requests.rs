@@ -47,6 +47,17 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+/// `POST /api/v1/relayouts`: move a LUN into another redundancy class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Relayout {
+    #[schema(example = "vol0/db")]
+    pub lun: String,
+    /// `none`, `mirror`, `mirror3` or `parity:K+M`.
+    #[schema(example = "parity:4+2")]
+    pub redundancy: String,
+}
+
 /// `PATCH /api/v1/luns/{name}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -68,6 +68,10 @@ pub struct LunInfo {
     /// LUN may take them.
     #[serde(default)]
     pub reserved_bytes: u64,
+    /// While it moves into a new redundancy class (`POST
+    /// /api/v1/relayouts`): bytes of it looked at so far, of `size_bytes`.
+    #[serde(default)]
+    pub relayout_done_bytes: Option<u64>,
 }
 
 fn none_class() -> String {
@@ -93,6 +97,7 @@ impl From<engine::LunInfo> for LunInfo {
             reserve: l.reserve,
             snapshot_reserve_percent: l.snapshot_reserve_percent,
             reserved_bytes: l.reserved_bytes,
+            relayout_done_bytes: l.relayout_done_bytes,
         }
     }
 }

@@ -170,6 +170,20 @@ pub enum LunCommand {
         #[arg(value_parser = NonEmptyStringValueParser::new())]
         name: String,
     },
+    /// Change a LUN's settings: --redundancy moves it into another class
+    /// online (new writes at once, what it holds in the background, at the
+    /// split rate; snapshots keep their blocks where they are).
+    Set {
+        /// LUN name.
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+        /// none, mirror, mirror3 or parity:K+M.
+        #[arg(long, value_name = "CLASS")]
+        redundancy: String,
+        /// Follow the move with a progress bar until it ends.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Grow a LUN, or shrink it with --shrink. Snapshots keep their size.
     Resize {
         /// LUN name.

@@ -27,6 +27,23 @@ pub(super) fn lun(client: &Client, out: Out, command: LunCommand) -> Result<(), 
             out.show(luns, |luns: Vec<LunInfo>| lun_table(&luns))
         }
         LunCommand::Show { name } => out.show(client.lun(&name)?, |l: LunInfo| lun_details(&l)),
+        LunCommand::Set {
+            name,
+            redundancy,
+            wait,
+        } => {
+            let mut reply = client.relayout(&name, &redundancy)?;
+            if wait {
+                let bar = progress_bar(format!("moving \"{name}\" to {redundancy}"));
+                while let Some(done) = reply.relayout_done_bytes {
+                    bar.set_position(done * 1000 / reply.size_bytes.max(1));
+                    std::thread::sleep(Duration::from_millis(SPLIT_POLL_INTERVAL_MS));
+                    reply = client.lun(&name)?;
+                }
+                bar.finish_and_clear();
+            }
+            out.show(reply, |l: LunInfo| lun_details(&l))
+        }
         LunCommand::Resize { name, size, shrink } => {
             let reply = client.resize_lun(&name, &ResizeLun { size, shrink })?;
             out.show(reply, |l: LunInfo| lun_details(&l))

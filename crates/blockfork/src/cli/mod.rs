@@ -263,6 +263,7 @@ mod tests {
                 reserve: false,
                 snapshot_reserve_percent: 0,
                 reserved_bytes: 0,
+                relayout_done_bytes: None,
             },
             LunInfo {
                 id: 2,
@@ -280,6 +281,7 @@ mod tests {
                 reserve: false,
                 snapshot_reserve_percent: 0,
                 reserved_bytes: 0,
+                relayout_done_bytes: None,
             },
         ];
         assert_eq!(

@@ -78,6 +78,17 @@ pub(crate) fn lun_details(l: &LunInfo) -> String {
         ("redundancy", l.redundancy.clone()),
         ("created", format_time(l.created)),
     ]);
+    if let Some(done) = l.relayout_done_bytes {
+        text.push_str(&details(&[(
+            "moving",
+            format!(
+                "into {}: {} of {} looked at",
+                l.redundancy,
+                format_percent(done as f64 / l.size_bytes.max(1) as f64),
+                size_with_bytes(l.size_bytes)
+            ),
+        )]));
+    }
     if l.reserve || l.snapshot_reserve_percent > 0 {
         let mut what = Vec::new();
         if l.reserve {
