@@ -206,7 +206,8 @@ pub async fn check(State(state): State<AppState>) -> Result<Json<PoolCheck>, Api
     Ok(Json(report.into()))
 }
 
-/// Grow the pool (it never shrinks), or change its access mode.
+/// Grow the pool (it never shrinks), change its access mode, or the
+/// redundancy class of new LUNs.
 #[utoipa::path(
     patch, path = "/api/v1/pool", operation_id = "grow_pool", tag = "pool",
     request_body = GrowPool,
@@ -220,10 +221,22 @@ pub async fn grow(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<GrowPool>,
 ) -> Result<Json<PoolStatus>, ApiError> {
-    if body.capacity.is_none() && body.access.is_none() {
-        return Err(ApiError::invalid("give `capacity`, `access` or both"));
+    if body.capacity.is_none() && body.access.is_none() && body.redundancy.is_none() {
+        return Err(ApiError::invalid(
+            "give `capacity`, `access`, `redundancy` or several",
+        ));
     }
+    let class = match body.redundancy.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<engine::redundancy::Redundancy>()
+                .map_err(|e| ApiError::invalid(e.to_string()))?,
+        ),
+    };
     let status = call(&state, move |e| {
+        if let Some(class) = class {
+            e.set_default_redundancy(class)?;
+        }
         if let Some(c) = body.capacity {
             e.grow_pool(c)?;
         }

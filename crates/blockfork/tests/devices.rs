@@ -294,6 +294,14 @@ fn a_parity_lun_over_nbd_survives_two_lost_devices_and_rot() {
     let devices = device_files(tmp.path(), 6, 48);
     let pool = tmp.path().join("pool");
     let mut server = start(&pool, &devices);
+    let bad = server.cli(&["pool", "set", "--redundancy", "mirror9"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("mirror9"));
+    let text = server.cli_ok(&["pool", "set", "--redundancy", "parity:4+2"]);
+    assert!(text.contains("parity:4+2 (for new LUNs)"), "{text}");
+    let made = json(&server, &["lun", "create", "dflt", "--size", "4M"]);
+    assert_eq!(made["redundancy"], "parity:4+2", "{made}");
+    server.cli_ok(&["pool", "set", "--redundancy", "mirror3"]);
     server.cli_ok(&[
         "lun",
         "create",

@@ -498,6 +498,24 @@ impl Engine {
             .unwrap_or_else(|| Redundancy::default_for(self.device_count()))
     }
 
+    /// Sets the class of new LUNs that name none (stored with the pool).
+    pub fn set_default_redundancy(&self, class: Redundancy) -> Result<()> {
+        self.check_class(class)?;
+        {
+            let mut s = self.state.lock();
+            s.check_open()?;
+            s.default_class = Some(class);
+            s.dirty.pool = true;
+        }
+        self.flush()?;
+        self.note(
+            "pool-redundancy-changed",
+            "pool",
+            format!("New LUNs that name no redundancy class are {class} now."),
+        );
+        Ok(())
+    }
+
     /// Refuses a class this pool cannot give a LUN.
     pub(crate) fn check_class(&self, class: Redundancy) -> Result<()> {
         let Some(stores) = &self.stores else {

@@ -241,6 +241,21 @@ fn refusals_name_the_problem_and_change_nothing() {
     assert!(bad("mirror3").contains("needs 3 devices; the pool has 2"));
     assert!(bad("parity:2+1").contains("needs 3 devices; the pool has 2"));
     assert!(e.list_luns("").unwrap().is_empty(), "nothing was made");
+    // The default class for new LUNs is the pool's to change, and kept.
+    let err = e
+        .set_default_redundancy("mirror3".parse().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs 3 devices"), "{err}");
+    assert_eq!(e.pool_status().unwrap().redundancy, "mirror");
+    e.set_default_redundancy("none".parse().unwrap()).unwrap();
+    assert_eq!(e.create_lun("dflt", MIB).unwrap().redundancy, "none");
+    e.close().unwrap();
+    drop(e);
+    let e = open(tmp.path(), &devs).unwrap();
+    assert_eq!(e.pool_status().unwrap().redundancy, "none");
+    e.delete_lun("dflt", false).unwrap();
+    e.set_default_redundancy("mirror".parse().unwrap()).unwrap();
     assert!(matches!(
         e.grow_pool(64 * MIB),
         Err(Error::InvalidArgument(_))

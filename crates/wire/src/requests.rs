@@ -165,6 +165,11 @@ pub struct GrowPool {
     /// NBD client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessMode>,
+    /// The redundancy class of new LUNs that name none (a pool on
+    /// devices): `none`, `mirror`, `mirror3` or `parity:K+M`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "mirror3")]
+    pub redundancy: Option<String>,
 }
 
 /// The pool's access mode.

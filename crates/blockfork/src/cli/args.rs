@@ -427,6 +427,12 @@ pub enum PoolCommand {
         /// `blockfork serve --rebuild-rate` sets it at start.
         #[arg(long, value_name = "MBPS")]
         rebuild_rate: Option<u64>,
+        /// The redundancy class of new LUNs that name none (a pool on
+        /// devices): none, mirror, mirror3 or parity:K+M. Stored with the
+        /// pool. Unset, it follows the device count (none on one, mirror
+        /// on two, mirror3 on three or more).
+        #[arg(long, value_name = "CLASS")]
+        redundancy: Option<String>,
     },
 }
 

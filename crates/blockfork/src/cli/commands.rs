@@ -419,64 +419,51 @@ pub(super) fn pool(client: &Client, out: Out, command: PoolCommand) -> Result<()
         PoolCommand::Grow { capacity } => client.update_pool(&GrowPool {
             capacity: Some(capacity),
             access: None,
+            redundancy: None,
         })?,
         PoolCommand::Scrub { command } => return scrub(client, out, command),
         PoolCommand::Set {
             split_rate,
             mirror_rate,
             io_metrics,
-            access: Some(access),
+            access,
             scrub_rate,
             rebuild_rate,
+            redundancy,
         } => {
-            if split_rate.is_some()
+            let settings = split_rate.is_some()
                 || mirror_rate.is_some()
                 || io_metrics.is_some()
                 || scrub_rate.is_some()
-                || rebuild_rate.is_some()
-            {
-                client.update_settings(&UpdateSettings {
-                    split_rate_mbps: split_rate,
-                    mirror_rate_mbps: mirror_rate,
-                    io_metrics,
-                    scrub_rate_mbps: scrub_rate,
-                    rebuild_rate_mbps: rebuild_rate,
-                })?;
-            }
-            let access = match access {
-                AccessArg::Open => AccessMode::Open,
-                AccessArg::Closed => AccessMode::Closed,
+                || rebuild_rate.is_some();
+            let stored = access.is_some() || redundancy.is_some();
+            let reply = if settings || !stored {
+                Some(if settings {
+                    client.update_settings(&UpdateSettings {
+                        split_rate_mbps: split_rate,
+                        mirror_rate_mbps: mirror_rate,
+                        io_metrics,
+                        scrub_rate_mbps: scrub_rate,
+                        rebuild_rate_mbps: rebuild_rate,
+                    })?
+                } else {
+                    client.settings()?
+                })
+            } else {
+                None
             };
+            if !stored {
+                let reply = reply.expect("settings were read");
+                return out.show(reply, |s: Settings| settings_details(&s));
+            }
             client.update_pool(&GrowPool {
                 capacity: None,
-                access: Some(access),
+                access: access.map(|a| match a {
+                    AccessArg::Open => AccessMode::Open,
+                    AccessArg::Closed => AccessMode::Closed,
+                }),
+                redundancy,
             })?
-        }
-        PoolCommand::Set {
-            split_rate,
-            mirror_rate,
-            io_metrics,
-            access: None,
-            scrub_rate,
-            rebuild_rate,
-        } => {
-            let nothing = split_rate.is_none()
-                && mirror_rate.is_none()
-                && io_metrics.is_none()
-                && scrub_rate.is_none()
-                && rebuild_rate.is_none();
-            let reply = if nothing {
-                client.settings()?
-            } else {
-                client.update_settings(&UpdateSettings {
-                    split_rate_mbps: split_rate,
-                    mirror_rate_mbps: mirror_rate,
-                    io_metrics,
-                    scrub_rate_mbps: scrub_rate,
-                    rebuild_rate_mbps: rebuild_rate,
-                })?
-            };
-            return out.show(reply, |s: Settings| settings_details(&s));
         }
     };
     out.show(reply, |p: PoolStatus| pool_details(&p))
