@@ -220,7 +220,7 @@ pub(super) fn rows(o: &Opts, rows: &mut Vec<Row>) {
             scrubbed as f64 / raw_secs / 1e6
         ),
         ratio: format!("{:.2}×", raw_secs / scrub_secs),
-        goal: "(information; against btrfs scrub: later)".into(),
+        goal: "(information; btrfs: bench/devices-btrfs.sh)".into(),
     });
     let _ = used;
     e.close().expect("close");
