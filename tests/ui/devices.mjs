@@ -2,7 +2,8 @@
 // playwright-core, on a pool on devices one of which is missing: signs
 // in, checks that the view names the pool degraded and the device faulted
 // with its reason, starts a scrub with the page's button and waits for the
-// view to show it done, and takes a screenshot. Run by
+// view to show it done, checks that the LUN view shows a LUN's class and
+// reservation, and takes a screenshot. Run by
 // crates/blockfork/tests/devices.rs:
 //
 //   node devices.mjs URL TOKEN MISSING-DEVICE SCREENSHOT.png
@@ -44,6 +45,9 @@ try {
   await view.locator('button[data-action="scrub-start"]').click();
   await view.locator('text=scrub done').waitFor({ timeout: 60000 });
   check(true, 'a scrub started from the page runs to done');
+  const lun = page.locator('#luns .content li.lun[data-lun="vm"]');
+  await lun.locator('text=thick').waitFor();
+  check((await lun.innerText()).includes('mirror3'), 'the LUN view shows the class and the reservation');
   await page.screenshot({ path: screenshot, fullPage: true });
   check(true, 'screenshot saved');
   check(pageErrors.length === 0, 'no script errors: ' + pageErrors.join('; '));

@@ -333,8 +333,8 @@ impl Scrape {
         )?;
         out.gauge1(
             "blockfork_pool_reserved_bytes",
-            "Bytes guaranteed to reserved LUNs and not yet written (0 until reservations exist).",
-            0.0,
+            "Raw bytes held back for LUNs with reservations (lun create --reserve, --snapshot-reserve) and not yet used by them.",
+            p.reserved_bytes as f64,
         )?;
         out.gauge1(
             "blockfork_luns",
@@ -379,6 +379,28 @@ impl Scrape {
             "blockfork_lun_snapshots",
             "Snapshots of each LUN.",
             &per(&|l| l.snapshot_count as f64),
+        )?;
+        out.gauge(
+            "blockfork_lun_reserved_bytes",
+            "Bytes of data each LUN may still claim from its reservation (0 without one).",
+            &per(&|l| l.reserved_bytes as f64),
+        )?;
+        let moving: Vec<(Labels, f64)> = self
+            .luns
+            .iter()
+            .filter_map(|l| {
+                l.relayout_done_bytes.map(|d| {
+                    (
+                        vec![("lun", l.name.clone()), ("to", l.redundancy.clone())],
+                        d as f64 / l.size_bytes.max(1) as f64,
+                    )
+                })
+            })
+            .collect();
+        out.gauge(
+            "blockfork_lun_relayout_progress",
+            "LUNs moving to another redundancy class (lun set --redundancy): how far, 0 to 1.",
+            &moving,
         )?;
         out.gauge1(
             "blockfork_luns_unlabelled",

@@ -206,7 +206,13 @@ const lunsView = {
       const splitInfo = split
         ? `<span class="split">${bar(split.progress, `split ${split.state} ${(split.progress * 100).toFixed(0)} %`, true)}</span>`
         : '';
-      const badges = (l.replica ? '<span class="badge">mirror destination</span>' : '') +
+      const moving = l.relayout_done_bytes == null ? ''
+        : `<span class="badge">moving to ${esc(l.redundancy)} ${(100 * l.relayout_done_bytes / Math.max(1, l.size_bytes)).toFixed(0)} %</span>`;
+      const reserve = l.reserve || l.snapshot_reserve_percent
+        ? `<span class="badge">${l.reserve ? 'thick' : ''}${l.reserve && l.snapshot_reserve_percent ? ', ' : ''}${l.snapshot_reserve_percent ? `${l.snapshot_reserve_percent} % snapshot reserve` : ''}</span>` : '';
+      const badges = (l.redundancy && l.redundancy !== 'none' ? `<span class="badge">${esc(l.redundancy)}</span>` : '') +
+        reserve + moving +
+        (l.replica ? '<span class="badge">mirror destination</span>' : '') +
         (l.maps.length ? `<span class="badge">mapped: ${esc(l.maps.join(', '))}</span>` : '');
       const snaps = (byLun[l.name] || []).map(snapNode).join('');
       return `<li class="lun" data-lun="${esc(l.name)}"><div class="node">

@@ -498,7 +498,7 @@ fn the_dashboard_shows_the_devices_and_runs_a_scrub() {
     let devices = device_files(tmp.path(), 3, 48);
     let pool = tmp.path().join("pool");
     let mut server = start(&pool, &devices);
-    server.cli_ok(&["lun", "create", "vm", "--size", "16M"]);
+    server.cli_ok(&["lun", "create", "vm", "--size", "16M", "--reserve"]);
     qemu_io(&server, "vm", &["write -P 0x77 0 16M"]);
     assert!(server.stop().success());
     std::fs::remove_file(&devices[2]).unwrap();

@@ -62,6 +62,23 @@ fn a_thick_lun_never_gets_enospc_and_a_thin_one_does_first() {
     assert!(server
         .cli_ok(&["pool", "status"])
         .contains("for LUNs with reservations"));
+    let (code, metrics) = get(
+        &format!("{}/metrics", server.url()),
+        Some(&server.token()),
+        None,
+    );
+    assert_eq!(code, 200);
+    promtool_ok(&metrics);
+    assert_eq!(
+        sample(&metrics, "blockfork_pool_reserved_bytes"),
+        Some((64u64 << 20) as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "blockfork_lun_reserved_bytes{lun=\"db\"}"),
+        Some((64u64 << 20) as f64),
+        "{metrics}"
+    );
 
     // The thin LUN fills what is not reserved, then gets ENOSPC.
     let out = qemu_io(&server, "scratch", &["write -P 0x11 0 64M"]);
