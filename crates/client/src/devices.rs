@@ -1,4 +1,5 @@
-//! A pool on devices: its devices, the device job, and the scrub.
+//! A pool on devices: its devices, the device job, the scrub, and LUNs
+//! moving to another redundancy class.
 
 use super::{parse, with_query, Client, Result};
 use wire::*;
@@ -25,6 +26,15 @@ impl Client {
     pub fn clear_device(&self, path: &str) -> Result<DeviceInfo> {
         let body = DevicePath { path: path.into() };
         self.send("POST", "/pool/devices/clear", &body)
+    }
+
+    /// Moves a LUN into another redundancy class, in the background.
+    pub fn relayout(&self, lun: &str, redundancy: &str) -> Result<LunInfo> {
+        let body = Relayout {
+            lun: lun.into(),
+            redundancy: redundancy.into(),
+        };
+        self.send("POST", "/relayouts", &body)
     }
 
     pub fn device_job(&self) -> Result<MoveInfo> {

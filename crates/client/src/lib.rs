@@ -214,15 +214,6 @@ impl Client {
         self.send("POST", "/clones", body)
     }
 
-    /// Moves a LUN into another redundancy class, in the background.
-    pub fn relayout(&self, lun: &str, redundancy: &str) -> Result<LunInfo> {
-        let body = Relayout {
-            lun: lun.into(),
-            redundancy: redundancy.into(),
-        };
-        self.send("POST", "/relayouts", &body)
-    }
-
     pub fn start_split(&self, lun: &str) -> Result<SplitInfo> {
         self.send("POST", "/splits/start", &SplitTarget { lun: lun.into() })
     }

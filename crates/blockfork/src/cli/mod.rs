@@ -24,11 +24,13 @@ mod args;
 mod commands;
 mod mirror;
 mod output;
+mod output_devices;
 
 pub use args::*;
 use commands::*;
 pub use mirror::peer_create_flags;
 pub use output::*;
+use output_devices::*;
 /// How often `snapshot delete --wait` asks for the reclaim job's progress.
 const JOB_POLL_INTERVAL_MS: u64 = 200;
 /// How often `lun clone status --watch` asks for the split's progress.
