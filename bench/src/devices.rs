@@ -53,7 +53,7 @@ fn uncache(path: &Path) {
     }
 }
 
-fn config() -> EngineConfig {
+pub(super) fn config() -> EngineConfig {
     EngineConfig {
         background: false,
         scrub_rate_bytes: 0,

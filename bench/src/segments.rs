@@ -6,9 +6,9 @@
 //! records per TiB) and in space a class can strand (one part-filled
 //! store per class: the segment size times its devices).
 
-use super::devices::{device_file, median};
+use super::devices::{config, device_file, median};
 use super::{fresh_dir, Opts, MIB};
-use engine::{DeviceOptions, Engine, EngineConfig, BLOCK_SIZE};
+use engine::{DeviceOptions, Engine, BLOCK_SIZE};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::path::Path;
@@ -16,15 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 const ROUNDS: usize = 3;
-
-fn config() -> EngineConfig {
-    EngineConfig {
-        background: false,
-        scrub_rate_bytes: 0,
-        rebuild_rate_bytes: 0,
-        ..EngineConfig::default()
-    }
-}
 
 fn open(meta: &Path, devices: &[std::path::PathBuf], segment: u64) -> Arc<Engine> {
     let opts = DeviceOptions {

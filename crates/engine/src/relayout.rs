@@ -108,15 +108,21 @@ impl Engine {
                 while pos < stop {
                     let (len, hit) = l.head.lookup(pos, stop);
                     if let Some((Val::Data(pba), _)) = hit {
-                        // A run of blocks lies in one store: its class is
-                        // the first block's... unless it spans stores.
-                        for b in 0..len {
-                            if s.alloc.class_at(pba.get() + b) != Some(l.class) {
+                        // Region by region: a run may span adjacent stores.
+                        let mut b = 0;
+                        while b < len {
+                            let at = pba.get() + b;
+                            let n = s
+                                .alloc
+                                .region_end(at)
+                                .map_or(len - b, |e| (e - at).min(len - b));
+                            if s.alloc.class_at(at) != Some(l.class) {
                                 match out.last_mut() {
-                                    Some((a, n)) if *a + *n == pos + b => *n += 1,
-                                    _ => out.push((pos + b, 1)),
+                                    Some((a, k)) if *a + *k == pos + b => *k += n,
+                                    _ => out.push((pos + b, n)),
                                 }
                             }
+                            b += n;
                         }
                     }
                     pos += len;

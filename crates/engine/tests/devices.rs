@@ -2,58 +2,11 @@
 //! checksums verified on every read, self-healing mirrors, a pool that
 //! opens degraded without a device, and refusals that change nothing.
 
-use engine::{DeviceOptions, Engine, EngineConfig, Error};
+mod common;
+use common::*;
+use engine::{Engine, Error};
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-const MIB: u64 = 1 << 20;
-const SEGMENT: u64 = MIB;
-
-fn config() -> EngineConfig {
-    EngineConfig {
-        background: false,
-        check_after_commit: true,
-        ..EngineConfig::default()
-    }
-}
-
-fn opts() -> DeviceOptions {
-    DeviceOptions {
-        segment_bytes: SEGMENT,
-        force: false,
-    }
-}
-
-/// `n` device files of `mib` MiB in `dir`.
-fn device_files(dir: &Path, n: usize, mib: u64) -> Vec<PathBuf> {
-    (0..n)
-        .map(|i| {
-            let p = dir.join(format!("d{i}"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(mib * MIB)
-                .unwrap();
-            p
-        })
-        .collect()
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13) ^ seed ^ (i >> 12) as u8)
-        .collect()
-}
-
-fn open(dir: &Path, devices: &[PathBuf]) -> engine::Result<Arc<Engine>> {
-    Engine::open_devices(&dir.join("meta"), devices, opts(), config())
-}
-
-fn read(e: &Engine, lun: &str, offset: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    e.read(e.resolve(lun).unwrap(), offset, &mut b).unwrap();
-    b
-}
+use std::path::Path;
 
 /// Overwrites every byte after the label of `path` that holds data with
 /// random bytes, in the first `mib` MiB.
@@ -303,19 +256,6 @@ fn refusals_name_the_problem_and_change_nothing() {
     assert!(err.contains("does not exist"), "{err}");
 }
 
-/// Runs a scrub to its end, in the foreground.
-fn scrub_to_end(e: &Engine) -> engine::scrub::ScrubInfo {
-    for _ in 0..100_000 {
-        if e.run_scrub_batch() == engine::scrub::ScrubStep::Idle {
-            let info = e.scrub_status().unwrap();
-            if info.state != "running" {
-                return info;
-            }
-        }
-    }
-    panic!("the scrub did not end");
-}
-
 #[test]
 fn scrub_repairs_every_copy_names_what_is_lost_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -395,19 +335,6 @@ fn scrub_to_end_after_start(e: &Engine) -> engine::scrub::ScrubInfo {
     let started = e.scrub_start().unwrap();
     assert_eq!(started.state, "running");
     scrub_to_end(e)
-}
-
-/// Runs the device job to its end, in the foreground.
-fn moves_to_end(e: &Engine) -> engine::reloc::MoveInfo {
-    for _ in 0..1_000_000 {
-        if e.run_move_batch() == engine::reloc::MoveStep::Idle {
-            let info = e.move_status().unwrap();
-            if info.state != "running" {
-                return info;
-            }
-        }
-    }
-    panic!("the device job did not end");
 }
 
 #[test]

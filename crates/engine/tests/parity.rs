@@ -3,53 +3,11 @@
 //! devices, a lost device rebuilt onto a spare, a clone split into parity,
 //! and the space a stripe holds until its last block is freed.
 
-use engine::{DeviceOptions, Engine, EngineConfig};
+mod common;
+use common::*;
+use engine::Engine;
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-const MIB: u64 = 1 << 20;
-
-fn config() -> EngineConfig {
-    EngineConfig {
-        background: false,
-        check_after_commit: true,
-        ..EngineConfig::default()
-    }
-}
-
-fn open(dir: &Path, devices: &[PathBuf]) -> engine::Result<Arc<Engine>> {
-    let opts = DeviceOptions {
-        segment_bytes: MIB,
-        force: false,
-    };
-    Engine::open_devices(&dir.join("meta"), devices, opts, config())
-}
-
-fn device_files(dir: &Path, n: usize, mib: u64) -> Vec<PathBuf> {
-    (0..n)
-        .map(|i| {
-            let p = dir.join(format!("d{i}"));
-            std::fs::File::create(&p)
-                .unwrap()
-                .set_len(mib * MIB)
-                .unwrap();
-            p
-        })
-        .collect()
-}
-
-fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(13) ^ seed ^ (i >> 12) as u8)
-        .collect()
-}
-
-fn read(e: &Engine, export: &str, offset: u64, len: usize) -> Vec<u8> {
-    let mut b = vec![0u8; len];
-    e.read(e.resolve(export).unwrap(), offset, &mut b).unwrap();
-    b
-}
+use std::path::Path;
 
 fn write(e: &Engine, lun: &str, offset: u64, data: &[u8], want: &mut [u8]) {
     e.write(e.resolve(lun).unwrap(), offset, data, false)
@@ -71,27 +29,7 @@ fn rot(path: &Path) {
 
 fn run_scrub(e: &Engine) -> engine::scrub::ScrubInfo {
     e.scrub_start().unwrap();
-    for _ in 0..100_000 {
-        if e.run_scrub_batch() == engine::scrub::ScrubStep::Idle {
-            let info = e.scrub_status().unwrap();
-            if info.state != "running" {
-                return info;
-            }
-        }
-    }
-    panic!("the scrub did not end");
-}
-
-fn moves_to_end(e: &Engine) -> engine::reloc::MoveInfo {
-    for _ in 0..1_000_000 {
-        if e.run_move_batch() == engine::reloc::MoveStep::Idle {
-            let info = e.move_status().unwrap();
-            if info.state != "running" {
-                return info;
-            }
-        }
-    }
-    panic!("the device job did not end");
+    scrub_to_end(e)
 }
 
 /// A 4+2 LUN with sequential, small and unaligned writes and a snapshot.
